@@ -1,0 +1,215 @@
+//! The virtio device model: the [`VirtioDevice`] trait that block, vsock, fs
+//! and gpu implement, the interrupt a device raises, and the virtio-mmio
+//! transport that puts a device on the MMIO bus.
+
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemory;
+
+/// VIRTIO_F_VERSION_1: the device is a modern (virtio 1.x) device.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// VIRTIO_F_ACCESS_PLATFORM is not offered; devices see guest-physical addresses.
+/// VIRTIO_F_RING_EVENT_IDX.
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest knows how to drive the device.
+    pub const DRIVER: u32 = 2;
+    /// The driver is set up and ready to drive the device.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The guest gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Interrupt status bit: a used buffer was added to a queue.
+pub const INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// The device's interrupt: the status register the guest reads and acks, and
+/// the irqfd that injects the (edge-triggered) interrupt.
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt that signals `irq` (registered as an irqfd by the VMM).
+    pub fn new(irq: EventFd) -> Arc<Self> {
+        Arc::new(Self {
+            status: AtomicU32::new(0),
+            irq,
+        })
+    }
+
+    /// Tells the guest a queue has used buffers.
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.signal(INT_VRING)
+    }
+
+    /// Tells the guest the configuration (or the status) changed.
+    pub fn signal_config_change(&self) -> std::io::Result<()> {
+        self.signal(INT_CONFIG)
+    }
+
+    fn signal(&self, bit: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irq.write(1)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// A shared-memory region a device exposes (virtio 1.2 §2.10), e.g. the
+/// virtio-gpu host-visible region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmRegion {
+    /// Region id (SHMSel value).
+    pub id: u8,
+    /// Guest-physical base.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A queue handed to a device on activation, with the eventfd the guest's
+/// QueueNotify writes signal (an ioeventfd, or the transport on a trapped write).
+pub struct ActiveQueue {
+    /// The queue, as the driver configured it.
+    pub queue: Queue,
+    /// Signalled on QueueNotify for this queue.
+    pub notify: EventFd,
+}
+
+/// Errors a device reports when it cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The queues the driver set up do not fit the device.
+    #[error("bad queue setup: {0}")]
+    BadQueues(String),
+    /// The worker thread or a host resource could not be set up.
+    #[error("device activation: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a virtio device implements to sit behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (virtio 1.2 §5); 0 is a placeholder slot.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (VIRTIO_F_VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    /// Reads device configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space; writes past its end are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the features the driver accepted.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        acked_features: u64,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the device and drops its queues; false if it cannot be reset (the
+    /// transport then leaves it failed until the VM stops).
+    fn reset(&mut self) -> bool;
+    /// Shared-memory regions, indexed by their id.
+    fn shm_regions(&self) -> &[ShmRegion] {
+        &[]
+    }
+}
+
+/// Reads `data.len()` bytes at `offset` of `config`, zero-filling past its end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(off) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(off..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// A placeholder for an empty slot: device id 0, which Linux skips.
+#[derive(Default)]
+pub struct EmptySlot;
+
+impl VirtioDevice for EmptySlot {
+    fn device_type(&self) -> u32 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(
+        &mut self,
+        _mem: GuestMemory,
+        _interrupt: Arc<Interrupt>,
+        _acked_features: u64,
+        _queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        Err(ActivateError::BadQueues("empty slot".into()))
+    }
+    fn reset(&mut self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounds_safe() {
+        let cfg = [1u8, 2, 3];
+        let mut b = [0xffu8; 4];
+        read_config_bytes(&cfg, 1, &mut b);
+        assert_eq!(b, [2, 3, 0, 0]);
+        read_config_bytes(&cfg, 3, &mut b);
+        assert_eq!(b, [0; 4]);
+        read_config_bytes(&cfg, u64::MAX, &mut b);
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let i = Interrupt::new(irq.try_clone().unwrap());
+        i.signal_used_queue().unwrap();
+        i.signal_config_change().unwrap();
+        assert_eq!(i.status(), INT_VRING | INT_CONFIG);
+        assert_eq!(irq.read().unwrap(), 2);
+        i.ack(INT_VRING);
+        assert_eq!(i.status(), INT_CONFIG);
+    }
+}
