@@ -1,1 +1,264 @@
-fn main() {}
+//! `sommelier-guest`: the `/init` of vmapp's default guest.
+//!
+//! It mounts the pseudo file systems, writes the boot-timer port, loads the
+//! kernel modules listed in `/etc/vmapp/modules` (dependencies from
+//! `modules.dep`), runs the command vmapp passed on the kernel command line
+//! (`vmapp.cmd=` hex of NUL-separated argv) or an interactive shell, reports
+//! the exit status through the boot-status port and powers the VM off.
+
+use std::ffi::CString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+
+/// Boot-status port: +0 takes the boot-timer magic, +1 the exit status.
+const BOOT_STATUS_PORT: u16 = 0x440;
+const BOOT_DONE_MAGIC: u8 = 123;
+
+fn log(msg: &str) {
+    eprintln!("sommelier-guest: {msg}");
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (s, t, f, d) = (
+        CString::new(src).unwrap_or_default(),
+        CString::new(target).unwrap_or_default(),
+        CString::new(fstype).unwrap_or_default(),
+        CString::new(data).unwrap_or_default(),
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if r != 0 {
+        log(&format!(
+            "mount {target}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
+/// Writes `val` to an I/O port of the boot-status device.
+fn outb(port: u16, val: u8) {
+    // SAFETY: ioperm grants this process access to the two ports only.
+    if unsafe { libc::ioperm(u64::from(BOOT_STATUS_PORT) as libc::c_ulong, 2, 1) } != 0 {
+        return;
+    }
+    // SAFETY: port access was granted above; the VMM's boot-status device
+    // handles the write and nothing else lives at these ports.
+    unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack)) };
+}
+
+fn load_module(path: &str) {
+    let Ok(f) = std::fs::File::open(path) else {
+        log(&format!("module {path} missing"));
+        return;
+    };
+    let params = CString::default();
+    // SAFETY: finit_module with a valid fd and an empty parameter string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            params.as_ptr(),
+            0,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            log(&format!("loading {path}: {e}"));
+        }
+    }
+}
+
+fn load_modules() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = format!("/lib/modules/{}", release.trim());
+    let dep = std::fs::read_to_string(format!("{dir}/modules.dep")).unwrap_or_default();
+    let wanted = std::fs::read_to_string("/etc/vmapp/modules").unwrap_or_default();
+    let mut loaded: Vec<String> = Vec::new();
+    for name in wanted.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Some((m, deps)) = dep
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(m, _)| {
+                std::path::Path::new(m).file_stem().is_some_and(|s| {
+                    s.to_string_lossy().replace('-', "_") == name.replace('-', "_")
+                })
+            })
+        else {
+            log(&format!("module {name} not in modules.dep"));
+            continue;
+        };
+        // modules.dep lists dependencies nearest first: load farthest first.
+        for rel in deps.split_whitespace().rev().chain(std::iter::once(m)) {
+            if !loaded.iter().any(|l| l == rel) {
+                load_module(&format!("{dir}/{rel}"));
+                loaded.push(rel.to_string());
+            }
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The command vmapp asked for, and whether the host side is a terminal.
+fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
+    let mut cmd = None;
+    let mut tty = false;
+    for w in cmdline.split_whitespace() {
+        if let Some(h) = w.strip_prefix("vmapp.cmd=") {
+            cmd = decode_hex(h).map(|b| {
+                b.split(|&c| c == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            });
+        } else if w == "vmapp.tty=1" {
+            tty = true;
+        }
+    }
+    (cmd, tty)
+}
+
+/// Console line settings: a terminal on the host gets a cooked tty (the host
+/// side is raw); a pipe gets no echo and no output processing, but keeps
+/// canonical input so the host can signal end of input with ^D.
+fn setup_console(tty: bool) {
+    if tty {
+        return;
+    }
+    // SAFETY: plain termios calls on fd 0, which is the console.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) == 0 {
+            t.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL);
+            t.c_oflag &= !libc::OPOST;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
+}
+
+fn status_code(st: std::process::ExitStatus) -> u8 {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => 128u8.wrapping_add(s as u8),
+        _ => 255,
+    }
+}
+
+fn run(argv: Option<Vec<String>>) -> u8 {
+    let mut cmd = match &argv {
+        Some(a) if !a.is_empty() => {
+            let mut c = Command::new(&a[0]);
+            c.args(&a[1..]);
+            c
+        }
+        _ => {
+            // An interactive shell with the serial port as controlling tty.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-l");
+            // SAFETY: between fork and exec only async-signal-safe calls.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::setsid();
+                    libc::ioctl(0, libc::TIOCSCTTY, 1);
+                    Ok(())
+                });
+            }
+            c
+        }
+    };
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .current_dir("/root");
+    match cmd.status() {
+        Ok(st) => status_code(st),
+        Err(e) => {
+            log(&format!("cannot run {:?}: {e}", argv.unwrap_or_default()));
+            127
+        }
+    }
+}
+
+fn main() {
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    mount("proc", "/proc", "proc", nodev | libc::MS_NOEXEC, "");
+    mount("sysfs", "/sys", "sysfs", nodev | libc::MS_NOEXEC, "");
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=620",
+    );
+    mount("tmpfs", "/tmp", "tmpfs", nodev, "mode=1777");
+    mount("tmpfs", "/run", "tmpfs", nodev, "mode=0755");
+    outb(BOOT_STATUS_PORT, BOOT_DONE_MAGIC);
+    load_modules();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (argv, tty) = command_from_cmdline(&cmdline);
+    setup_console(tty);
+    let code = run(argv);
+    // Let the UART send everything the application wrote before powering off.
+    // SAFETY: tcdrain on the console fds.
+    unsafe {
+        libc::tcdrain(1);
+        libc::tcdrain(2);
+    }
+    outb(BOOT_STATUS_PORT + 1, code);
+    // SAFETY: sync and reboot take no pointers; we are PID 1 and done.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Power-off failed: PID 1 must not exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_command_and_tty_flag() {
+        // "sh\0-c\0exit 7"
+        let hex: String = b"sh\0-c\0exit 7"
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (cmd, tty) = command_from_cmdline(&format!("console=ttyS0 vmapp.cmd={hex} quiet"));
+        assert_eq!(cmd.unwrap(), vec!["sh", "-c", "exit 7"]);
+        assert!(!tty);
+        let (cmd, tty) = command_from_cmdline("console=ttyS0 vmapp.tty=1");
+        assert_eq!(cmd, None);
+        assert!(tty);
+        assert_eq!(command_from_cmdline("vmapp.cmd=abc").0, None);
+        assert_eq!(command_from_cmdline("vmapp.cmd=zz").0, None);
+    }
+
+    #[test]
+    fn exit_codes_and_signals() {
+        let st = Command::new("sh").args(["-c", "exit 7"]).status().unwrap();
+        assert_eq!(status_code(st), 7);
+        let st = Command::new("sh")
+            .args(["-c", "kill -9 $$"])
+            .status()
+            .unwrap();
+        assert_eq!(status_code(st), 137);
+    }
+}

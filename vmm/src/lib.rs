@@ -1,1 +1,21 @@
+//! `vmm`: an embeddable KVM virtual machine monitor that boots stock Linux
+//! distribution kernels (ELF `vmlinux` through PVH, or bzImage) on x86_64,
+//! with ACPI-described virtio-mmio devices.
+//!
+//! Embedders build a VM with [`VmBuilder`] and call [`Vm::run`]; see
+//! `examples/boot.rs`. The [`image`] module prepares the default guest (a
+//! Debian kernel plus an initramfs whose `/init` is `sommelier-guest`).
+#![deny(missing_docs)]
 
+pub mod acpi;
+pub mod boot;
+pub mod console;
+pub mod cpu;
+pub mod image;
+pub mod kvm_check;
+pub mod layout;
+pub mod memory;
+pub mod vm;
+
+pub use console::Console;
+pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};

@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask`: the project's developer commands.
+//!
+//! - `cargo xtask run -- ARGS…`: builds the workspace (release) and runs
+//!   `vmapp ARGS…` where KVM can boot stock kernels (directly or in the
+//!   emulated KVM host).
+//! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
+//!   then runs `cargo test --workspace ARGS…`.
+//! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
+//! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo).args(args).status()?;
+    if !st.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = (|| -> Result<i32> {
+        match args.first().map(String::as_str) {
+            Some("run") => {
+                cargo(&["build", "--release", "--workspace", "--bins"])?;
+                let rest: Vec<&str> = args[1..].iter().map(String::as_str).skip_while(|a| *a == "--").collect();
+                let vmapp = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/x86_64-unknown-linux-gnu/release/vmapp")
+                    .canonicalize()?;
+                // The guest image is built here, where the cache is writable.
+                let prep = Command::new(&vmapp).arg("prepare").output()?;
+                if !prep.status.success() {
+                    bail!("vmapp prepare failed: {}", String::from_utf8_lossy(&prep.stderr));
+                }
+                let mut script = xtask::sh_quote(&vmapp.display().to_string());
+                for a in rest {
+                    script.push(' ');
+                    script.push_str(&xtask::sh_quote(a));
+                }
+                if xtask::host() == xtask::Host::Direct {
+                    let st = Command::new("sh").args(["-c", &script]).status()?;
+                    return Ok(st.code().unwrap_or(1));
+                }
+                eprintln!("xtask: /dev/kvm cannot run stock kernels here; using the emulated KVM host");
+                let o = xtask::run_script(&script, Duration::from_secs(1800))?;
+                print!("{}", o.stdout);
+                eprint!("{}", o.stderr);
+                Ok(o.status)
+            }
+            Some("test") => {
+                cargo(&["build", "--workspace", "--bins"])?;
+                let mut a = vec!["test", "--workspace"];
+                a.extend(args[1..].iter().map(String::as_str));
+                cargo(&a)?;
+                Ok(0)
+            }
+            Some("sh") => {
+                let script = args[1..].join(" ");
+                let o = xtask::run_script(&script, Duration::from_secs(1800))?;
+                print!("{}", o.stdout);
+                eprint!("{}", o.stderr);
+                Ok(o.status)
+            }
+            Some("host") => {
+                println!("{:?}", xtask::host());
+                Ok(0)
+            }
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask sh SCRIPT | cargo xtask host"),
+        }
+    })();
+    match r {
+        Ok(c) => ExitCode::from(c as u8),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -97,7 +97,7 @@ pub enum MmioError {
     #[error("invalid queue size {0}")]
     QueueSize(u16),
     /// An eventfd could not be created.
-    #[error("eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[from] std::io::Error),
 }
 
@@ -403,7 +403,7 @@ impl BusDevice for MmioTransport {
             return self.device.read_config(offset - reg::CONFIG, data);
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(b) if offset % 4 == 0 => *b = self.read_reg(offset).to_le_bytes(),
+            Ok(b) if offset.is_multiple_of(4) => *b = self.read_reg(offset).to_le_bytes(),
             _ => {
                 warn_limited!(
                     offset,
@@ -423,7 +423,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(b) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(b)),
+            Ok(b) if offset.is_multiple_of(4) => self.write_reg(offset, u32::from_le_bytes(b)),
             _ => self.needs_reset("register write that is not 32-bit aligned"),
         }
     }

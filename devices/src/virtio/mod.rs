@@ -108,7 +108,7 @@ pub enum ActivateError {
     #[error("bad queue setup: {0}")]
     BadQueues(String),
     /// The worker thread or a host resource could not be set up.
-    #[error("device activation: {0}")]
+    #[error("device activation failed")]
     Io(#[from] std::io::Error),
 }
 

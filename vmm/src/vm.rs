@@ -1,0 +1,512 @@
+//! The VM: built from a [`VmBuilder`], run to completion by [`Vm::run`].
+//!
+//! Threads: the caller's thread runs the event loop (waits for a stop request
+//! or a vCPU exit); one thread per vCPU (`vcpuN`) runs KVM_RUN and dispatches
+//! port-I/O and MMIO exits to the buses; `console-in` forwards stdin to the
+//! UART when the console is the terminal.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use devices::bus::{Bus, BusError};
+use devices::legacy::{
+    AcpiPm, BootStatus, BootStatusState, GuestStop, I8042Reset, PvPanic, Serial, StopReason,
+    ACPI_PM_LEN, BOOT_STATUS_LEN,
+};
+use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
+use devices::virtio::{EmptySlot, VirtioDevice};
+
+use crate::acpi::{self, AcpiError, MmioSlot};
+use crate::boot::{self, BootError};
+use crate::console::{self, Console, ConsoleError, RawTerminal};
+use crate::cpu::{self, CpuError, VcpuStop};
+use crate::kvm_check::{self, KvmError};
+use crate::layout::*;
+use crate::memory::{self, MemoryError};
+
+/// The command line every guest gets before the user's additions.
+pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off";
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what}")]
+    VmIoctl {
+        /// Which step.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel or initramfs.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    /// A vCPU.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// Device placement.
+    #[error("device layout")]
+    Bus(#[from] BusError),
+    /// A virtio transport.
+    #[error("virtio-mmio transport")]
+    Mmio(#[from] MmioError),
+    /// The console.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// A host resource (eventfd, thread, signal handler).
+    #[error("host resource")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why the VM stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reboot (ACPI reset register, i8042 reset).
+    Reset,
+    /// The guest kernel panicked (pvpanic).
+    Panic,
+    /// The guest triple-faulted.
+    TripleFault,
+}
+
+/// How a VM run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmExit {
+    /// Why the VM stopped.
+    pub reason: ExitReason,
+    /// The exit status the guest init reported for its application, if any.
+    pub app_exit_status: Option<u8>,
+    /// Time from [`VmBuilder::start_time`] to the guest init's boot-timer write.
+    pub boot_time: Option<Duration>,
+}
+
+/// Configures a VM.
+///
+/// ```no_run
+/// use vmm::{Console, VmBuilder};
+/// let exit = VmBuilder::new("/boot/vmlinux")
+///     .initramfs("/tmp/initramfs.cpio")
+///     .memory_mib(256)
+///     .vcpus(2)
+///     .append_cmdline("quiet")
+///     .console(Console::Stdio)
+///     .build()?
+///     .run()?;
+/// println!("guest stopped: {:?}", exit.reason);
+/// # Ok::<(), vmm::VmError>(())
+/// ```
+pub struct VmBuilder {
+    kernel: PathBuf,
+    initramfs: Option<PathBuf>,
+    mem_mib: u64,
+    vcpus: u8,
+    cmdline: String,
+    console: Console,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    empty_slots: usize,
+    start: Instant,
+}
+
+impl VmBuilder {
+    /// A VM that boots `kernel` (an ELF vmlinux or a bzImage) with 512 MiB,
+    /// one vCPU, [`BASE_CMDLINE`] and its console on stdio.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initramfs: None,
+            mem_mib: 512,
+            vcpus: 1,
+            cmdline: BASE_CMDLINE.to_string(),
+            console: Console::Stdio,
+            devices: Vec::new(),
+            empty_slots: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// The initramfs (cpio, optionally compressed).
+    pub fn initramfs(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initramfs = Some(path.into());
+        self
+    }
+
+    /// Guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.mem_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs (1..=254).
+    pub fn vcpus(mut self, n: u8) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// Replaces the whole kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = cmdline.into();
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn append_cmdline(mut self, extra: &str) -> Self {
+        if !extra.is_empty() {
+            if !self.cmdline.is_empty() {
+                self.cmdline.push(' ');
+            }
+            self.cmdline.push_str(extra);
+        }
+        self
+    }
+
+    /// Where the serial console goes.
+    pub fn console(mut self, console: Console) -> Self {
+        self.console = console;
+        self
+    }
+
+    /// Adds a virtio device in the next virtio-mmio slot.
+    pub fn device(mut self, dev: Box<dyn VirtioDevice>) -> Self {
+        self.devices.push(dev);
+        self
+    }
+
+    /// At least `n` virtio-mmio slots; those without a device are empty
+    /// placeholders (device id 0) that the guest lists but does not drive.
+    pub fn min_mmio_slots(mut self, n: usize) -> Self {
+        self.empty_slots = n;
+        self
+    }
+
+    /// The instant boot time is measured from (default: when the builder was made).
+    pub fn start_time(mut self, t: Instant) -> Self {
+        self.start = t;
+        self
+    }
+
+    /// Checks the configuration and KVM, and sets the VM up.
+    pub fn build(self) -> Result<Vm, VmError> {
+        Vm::new(self)
+    }
+}
+
+/// `virtio_mmio.device=` parameters for the slots with a device (for kernels
+/// built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES; others use the DSDT).
+pub fn virtio_mmio_cmdline(slots: &[MmioSlot]) -> String {
+    slots
+        .iter()
+        .map(|s| {
+            format!(
+                "virtio_mmio.device={}K@{:#x}:{}",
+                s.size / 1024,
+                s.base,
+                s.irq
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial>>,
+    stdin_input: bool,
+    guest_stop: Arc<GuestStop>,
+    wake: EventFd,
+    boot_status: Arc<Mutex<BootStatusState>>,
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::VmIoctl { what, source }
+}
+
+impl Vm {
+    fn new(mut cfg: VmBuilder) -> Result<Self, VmError> {
+        if cfg.vcpus == 0 || cfg.vcpus > 254 {
+            return Err(VmError::Config(format!(
+                "invalid vCPU count {}: must be 1 to 254",
+                cfg.vcpus
+            )));
+        }
+        let slots_n = cfg.devices.len().max(cfg.empty_slots);
+        if slots_n > MAX_VIRTIO_SLOTS {
+            return Err(VmError::Config(format!(
+                "{slots_n} virtio-mmio slots requested; at most {MAX_VIRTIO_SLOTS}"
+            )));
+        }
+        boot::check_files(&cfg.kernel, cfg.initramfs.as_deref())?;
+        if cfg.mem_mib < 32 {
+            return Err(MemoryError::TooSmall(cfg.mem_mib).into());
+        }
+        if let Some(host) = memory::host_mem_mib().filter(|h| cfg.mem_mib > *h) {
+            return Err(MemoryError::MoreThanHost {
+                requested: cfg.mem_mib,
+                host,
+            }
+            .into());
+        }
+        let kvm = kvm_check::open()?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(cfg.vcpus) > max {
+            return Err(VmError::Config(format!(
+                "{} vCPUs requested; this KVM allows {max}",
+                cfg.vcpus
+            )));
+        }
+        let mem = memory::create(cfg.mem_mib)?;
+        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(ioctl("KVM_CREATE_PIT2"))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the Vm
+            // keeps for as long as the VM fd exists.
+            unsafe { vm.set_user_memory_region(r) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // Kernel, initramfs, ACPI, boot information.
+        let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
+        let initrd = match &cfg.initramfs {
+            Some(p) => Some(boot::load_initrd(&mem, p, &kernel)?),
+            None => None,
+        };
+        let slots: Vec<MmioSlot> = (0..slots_n)
+            .map(|i| MmioSlot {
+                base: VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE,
+                size: MMIO_SIZE,
+                irq: VIRTIO_IRQ_BASE + i as u32,
+            })
+            .collect();
+        let rsdp = acpi::write_tables(&mem, cfg.vcpus, &slots)?;
+        let cmdline = {
+            let devs = virtio_mmio_cmdline(&slots[..cfg.devices.len()]);
+            let mut c = cfg.cmdline.clone();
+            if !devs.is_empty() {
+                c.push(' ');
+                c.push_str(&devs);
+            }
+            c
+        };
+        let map = memory::memory_map(cfg.mem_mib << 20);
+        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, &map, rsdp)?;
+
+        // Port-I/O devices.
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let guest_stop = GuestStop::new(wake.try_clone()?);
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(ioctl("KVM_IRQFD"))?;
+        let stdin_input = matches!(cfg.console, Console::Stdio);
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, cfg.console.writer()?)));
+        let (boot_port, boot_status) = BootStatus::new(cfg.start);
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), SERIAL_PORT.into(), 8)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042Reset::new(guest_stop.clone()))),
+            I8042_PORT.into(),
+            1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(boot_port)),
+            BOOT_STATUS_PORT.into(),
+            BOOT_STATUS_LEN,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(PvPanic::new(guest_stop.clone()))),
+            PVPANIC_PORT.into(),
+            1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(guest_stop.clone()))),
+            ACPI_PM_PORT.into(),
+            ACPI_PM_LEN,
+        )?;
+
+        // virtio-mmio slots.
+        let mut mmio = Bus::new();
+        let mut devices = std::mem::take(&mut cfg.devices).into_iter();
+        for s in &slots {
+            let dev: Box<dyn VirtioDevice> = devices.next().unwrap_or_else(|| Box::new(EmptySlot));
+            let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+            vm.register_irqfd(&irq, s.irq).map_err(ioctl("KVM_IRQFD"))?;
+            let t = MmioTransport::new(dev, mem.clone(), irq)?;
+            for (idx, evt) in t.queue_notify_eventfds() {
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(s.base + reg::QUEUE_NOTIFY), idx)
+                    .map_err(ioctl("KVM_IOEVENTFD"))?;
+            }
+            mmio.insert(Arc::new(Mutex::new(t)), s.base, s.size)?;
+        }
+
+        // vCPUs.
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
+            cpu::configure(&kvm, &vcpu, &mem, id, cfg.vcpus, kernel.entry)?;
+            vcpus.push(vcpu);
+        }
+        Ok(Self {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            stdin_input,
+            guest_stop,
+            wake,
+            boot_status,
+        })
+    }
+
+    /// Runs the guest until it powers off, reboots, panics or faults.
+    pub fn run(self) -> Result<VmExit, VmError> {
+        let Vm {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            stdin_input,
+            guest_stop,
+            wake,
+            boot_status,
+        } = self;
+        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        let kick_sig = SIGRTMIN();
+        register_signal_handler(kick_sig, kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Result<VcpuStop, CpuError>>();
+        let mut threads = Vec::new();
+        for (id, mut vcpu) in vcpus.into_iter().enumerate() {
+            let (pio, mmio, stop, tx) = (pio.clone(), mmio.clone(), stop.clone(), tx.clone());
+            let wake = wake.try_clone()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("vcpu{id}"))
+                    .spawn(move || {
+                        let r = cpu::run_loop(id as u8, &mut vcpu, &pio, &mmio, &stop);
+                        let _ = tx.send(r);
+                        let _ = wake.write(1);
+                    })?,
+            );
+        }
+        drop(tx);
+
+        let raw = if stdin_input {
+            RawTerminal::enter()
+        } else {
+            None
+        };
+        let input = if stdin_input {
+            Some(console::spawn_stdin_forwarder(serial, stop.clone())?)
+        } else {
+            None
+        };
+
+        let result = loop {
+            // Block until something happens (the fd is non-blocking: poll).
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&wake),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is a valid pollfd array of length 1.
+            unsafe { libc::poll(&mut pfd, 1, -1) };
+            let _ = wake.read();
+            if let Some(reason) = guest_stop.reason() {
+                break Ok(match reason {
+                    StopReason::PowerOff => ExitReason::PowerOff,
+                    StopReason::Reset => ExitReason::Reset,
+                    StopReason::Panic => ExitReason::Panic,
+                });
+            }
+            match rx.try_recv() {
+                Ok(Ok(VcpuStop::TripleFault)) => break Ok(ExitReason::TripleFault),
+                Ok(Ok(VcpuStop::SystemEvent(kind))) => {
+                    break Ok(match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                        kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::Panic,
+                        _ => ExitReason::PowerOff,
+                    })
+                }
+                Ok(Ok(VcpuStop::Kicked)) | Err(mpsc::TryRecvError::Empty) => continue,
+                Ok(Err(e)) => break Err(VmError::Cpu(e)),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    break Err(VmError::Config("all vCPU threads ended".into()))
+                }
+            }
+        };
+
+        // Stop every vCPU: set the flag, then signal until each thread is out
+        // of KVM_RUN (a signal that lands before KVM_RUN is retried).
+        stop.store(true, Ordering::Release);
+        use std::os::unix::thread::JoinHandleExt;
+        while threads.iter().any(|t| !t.is_finished()) {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                // SAFETY: the pthread is alive (not finished, not joined).
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_sig) };
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        if let Some(t) = input {
+            let _ = t.join();
+        }
+        drop(raw);
+        drop(vm);
+        drop(mem);
+        let st = *devices::bus::lock(&boot_status);
+        result.map(|reason| VmExit {
+            reason,
+            app_exit_status: st.exit_status,
+            boot_time: st.boot_time,
+        })
+    }
+}

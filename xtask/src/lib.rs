@@ -1,0 +1,295 @@
+//! The emulated KVM host, for machines whose `/dev/kvm` cannot run stock
+//! kernels (PVM, or no VMX/SVM).
+//!
+//! QEMU's TCG emulates an AMD CPU with SVM and nested paging (`-cpu max`), so a
+//! Debian kernel booted under it (the "L1 host") loads `kvm_amd` and gets a
+//! real `/dev/kvm`. The L1 host mounts this machine's `/` read-only over 9p,
+//! mounts fresh `/dev`, `/proc`, `/sys`, `/tmp`, `/run` inside it, and runs a
+//! shell script chrooted there: the same binaries (a freshly built `target/`
+//! included) run against L1's KVM. Output comes back over the serial port,
+//! framed by markers, with the script's exit status.
+//!
+//! On a host with hardware virtualization, [`run_script`] runs the script
+//! directly instead.
+#![deny(missing_docs)]
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmm::image::{self, Cpio};
+use vmm::kvm_check::{self, KvmError};
+
+/// Modules the L1 host loads, in this order (with their dependencies).
+const L1_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "kvm_intel"];
+
+/// The L1 host's `/init`.
+const L1_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+stty -F /dev/console -opost 2>/dev/null
+rel=$(uname -r)
+for m in $(cat /etc/l1/modules); do insmod /lib/modules/$rel/$m 2>/dev/null; done
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 host /host || echo "@@XTASK-L1 no 9p"
+for d in dev proc sys tmp run; do :; done
+mount -t devtmpfs dev /host/dev
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t tmpfs tmp /host/tmp
+mount -t tmpfs run /host/run
+script=$(sed -n 's/.*xtask\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -e /dev/kvm ] || echo "@@XTASK-L1 no /dev/kvm"
+[ -n "$XTASK_L1_DEBUG" ] && cat /proc/mounts
+chroot /host /bin/sh "$script" </dev/null >/host/tmp/xtask.out 2>/host/tmp/xtask.err
+rc=$?
+echo "@@XTASK-STDOUT"
+cat /host/tmp/xtask.out
+echo "@@XTASK-STDERR"
+cat /host/tmp/xtask.err
+echo "@@XTASK-EXIT $rc"
+poweroff -f
+"#;
+
+/// How commands that need KVM run on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// `/dev/kvm` runs stock kernels: run directly.
+    Direct,
+    /// Run inside the emulated KVM host (QEMU TCG with nested SVM).
+    Emulated,
+}
+
+/// Detects which [`Host`] this machine needs. `XTASK_HOST=direct|emulated`
+/// overrides the detection.
+pub fn host() -> Host {
+    match std::env::var("XTASK_HOST").as_deref() {
+        Ok("direct") => return Host::Direct,
+        Ok("emulated") => return Host::Emulated,
+        _ => {}
+    }
+    match kvm_check::open() {
+        Ok(_) => Host::Direct,
+        Err(KvmError::Pvm | KvmError::NoHardwareVirt | KvmError::NoDevice) => Host::Emulated,
+        // No permission or a missing capability: running directly gives the
+        // user vmapp's own message.
+        Err(_) => Host::Direct,
+    }
+}
+
+/// What a script printed and how it ended.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// Exit status of the script.
+    pub status: i32,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// Files of the emulated host, built from the same Debian kernel as the guest.
+pub struct EmulatedHost {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+fn target_tmp() -> PathBuf {
+    // Scripts must be visible inside L1, which sees this machine's `/`
+    // read-only: keep them under the workspace's target dir.
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    base.join("xtask")
+}
+
+impl EmulatedHost {
+    /// Builds (or reuses) the L1 host's initramfs in the vmapp cache.
+    pub fn prepare() -> Result<Self> {
+        let cache = image::cache_dir();
+        let dir = cache.join("emulated-host");
+        std::fs::create_dir_all(&dir)?;
+        let lock = std::fs::File::create(dir.join("lock"))?;
+        // SAFETY: flock on an fd we own.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        let packages = image::resolve_packages()?;
+        let stamp = format!(
+            "{} {} {}\n{L1_INIT}{L1_MODULES:?}",
+            packages.0.name, packages.0.version, packages.1.version
+        );
+        let tree = image::kernel_tree(&cache, packages)?;
+        let initramfs = dir.join("l1.cpio");
+        let stamp_path = dir.join("stamp");
+        if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str())
+            || !initramfs.exists()
+        {
+            eprintln!("xtask: building the emulated KVM host's initramfs");
+            let mods = image::modules::resolve(&tree.moddir, L1_MODULES)?;
+            let mut c = Cpio::new();
+            image::add_base(&mut c, &tree, &mods)?;
+            c.dir("etc/l1");
+            let list: Vec<&str> = mods.iter().map(|m| m.rel.as_str()).collect();
+            c.file("etc/l1/modules", 0o644, list.join("\n").as_bytes());
+            c.file("init", 0o755, L1_INIT.as_bytes());
+            let mut buf = Vec::new();
+            c.finish(&mut buf)?;
+            std::fs::write(&initramfs, buf)?;
+            std::fs::write(&stamp_path, &stamp)?;
+        }
+        Ok(Self {
+            kernel: tree.vmlinux,
+            initramfs,
+        })
+    }
+
+    /// Runs `script` (sh) inside the L1 host; `timeout` bounds the whole run.
+    pub fn run(&self, script: &str, timeout: Duration) -> Result<Output> {
+        let qemu = "qemu-system-x86_64";
+        let tmp = target_tmp();
+        std::fs::create_dir_all(&tmp)?;
+        let script_path = tmp.join(format!("script-{}-{}.sh", std::process::id(), unique()));
+        std::fs::write(&script_path, script)?;
+        let script_path = script_path.canonicalize()?;
+        let mut child = Command::new(qemu)
+            .args(["-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "3072", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initramfs)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=0 xtask.script={} {}",
+                script_path.display(),
+                if std::env::var_os("XTASK_DEBUG").is_some() { "XTASK_L1_DEBUG=1" } else { "" }
+            ))
+            .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{qemu} is required for the emulated KVM host (apt-get install qemu-system-x86)"))?;
+        let mut stdout = child.stdout.take().context("qemu stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = stdout.read_to_end(&mut v);
+            v
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break Some(s);
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let raw = reader.join().unwrap_or_default();
+        let _ = std::fs::remove_file(&script_path);
+        let text = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        if std::env::var_os("XTASK_DEBUG").is_some() {
+            eprintln!("xtask: emulated host console:\n{text}\n{err}");
+        }
+        let Some(status) = status else {
+            bail!("the emulated KVM host did not finish within {timeout:?}; it printed:\n{text}");
+        };
+        parse_output(&text).with_context(|| {
+            format!("the emulated KVM host ended ({status}) without a result; it printed:\n{text}\n{err}")
+        })
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Splits the L1 console output into the script's stdout, stderr and status.
+pub fn parse_output(text: &str) -> Option<Output> {
+    let (_, rest) = text.split_once("@@XTASK-STDOUT\n")?;
+    let (stdout, rest) = rest.split_once("@@XTASK-STDERR\n")?;
+    let (stderr, rest) = rest.rsplit_once("@@XTASK-EXIT ")?;
+    let status = rest.lines().next()?.trim().parse().ok()?;
+    Some(Output {
+        status,
+        stdout: stdout.to_string(),
+        stderr: stderr.to_string(),
+    })
+}
+
+/// Quotes `s` for sh.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs `script` where KVM can boot stock kernels: directly, or inside the
+/// emulated KVM host. The script runs in the current directory with the
+/// current environment's `PATH`, `HOME`, `XDG_CACHE_HOME` and `RUST_LOG`.
+pub fn run_script(script: &str, timeout: Duration) -> Result<Output> {
+    let cwd = std::env::current_dir()?;
+    let mut full = format!("cd {}\n", sh_quote(&cwd.display().to_string()));
+    for var in [
+        "PATH",
+        "HOME",
+        "XDG_CACHE_HOME",
+        "RUST_LOG",
+        "VMAPP_GUEST_INIT",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            full.push_str(&format!("export {var}={}\n", sh_quote(&v)));
+        }
+    }
+    full.push_str(script);
+    full.push('\n');
+    match host() {
+        Host::Direct => {
+            let o = Command::new("timeout")
+                .arg(timeout.as_secs().to_string())
+                .args(["sh", "-c", &full])
+                .stdin(Stdio::null())
+                .output()?;
+            Ok(Output {
+                status: o.status.code().unwrap_or(128),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            })
+        }
+        Host::Emulated => EmulatedHost::prepare()?.run(&full, timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_framed_output() {
+        let t = "noise\n@@XTASK-STDOUT\nhello\n@@XTASK-STDERR\noops\n@@XTASK-EXIT 7\n";
+        let o = parse_output(t).unwrap();
+        assert_eq!(
+            (o.status, o.stdout.as_str(), o.stderr.as_str()),
+            (7, "hello\n", "oops\n")
+        );
+        assert!(parse_output("@@XTASK-STDOUT\nno end").is_none());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}
