@@ -165,7 +165,7 @@ fn dsdt_decompiles_with_iasl() {
     assert!(dsl.contains("0xD0001000"), "{dsl}");
     assert!(dsl.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"));
     assert!(dsl.contains("0x00000006"), "irq of slot 1: {dsl}");
-    assert!(dsl.contains("Name (_S5_, Package"), "{dsl}");
+    assert!(dsl.contains("Name (_S5, Package (0x04)"), "{dsl}");
     assert!(dsl.contains("EisaId (\"PNP0501\")"), "{dsl}");
     assert!(
         dsl.contains("IO (Decode16,\n                    0x03F8,"),
