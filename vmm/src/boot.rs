@@ -53,6 +53,9 @@ pub enum BootError {
     /// The initramfs is not a cpio archive (or a known compression of one).
     #[error("{0} is not an initramfs (cpio, gzip, xz, zstd, lz4 or bzip2)")]
     NotAnInitrd(String),
+    /// A cpio initramfs that ends before its trailer.
+    #[error("initramfs {0} is truncated (its cpio archive ends before the trailer)")]
+    InitrdTruncated(String),
     /// No room for the initramfs.
     #[error("initramfs of {0} bytes does not fit in guest memory")]
     InitrdTooLarge(u64),
@@ -122,29 +125,67 @@ pub struct LoadedKernel {
     kernel_end: u64,
 }
 
-/// Checks, before anything is allocated, that the kernel is a kernel and the
-/// initramfs an initramfs.
-pub fn check_files(kernel: &Path, initrd: Option<&Path>) -> Result<KernelFormat, BootError> {
+/// Checks, before anything is allocated, that the kernel is a kernel.
+pub fn check_kernel(kernel: &Path) -> Result<KernelFormat, BootError> {
     let p = kernel.display().to_string();
     let mut f = File::open(kernel).map_err(|source| BootError::KernelFile {
         path: p.clone(),
         source,
     })?;
-    let format = detect_format(&mut f, &p)?;
-    if let Some(i) = initrd {
-        let ip = i.display().to_string();
-        let mut head = [0u8; 6];
-        let mut f = File::open(i).map_err(|source| BootError::InitrdFile {
-            path: ip.clone(),
-            source,
-        })?;
-        let n = read_up_to(&mut f, &mut head).map_err(|source| BootError::InitrdFile {
-            path: ip.clone(),
-            source,
-        })?;
-        check_initrd_magic(&head[..n], &ip)?;
+    detect_format(&mut f, &p)
+}
+
+/// Reads and checks the initramfs: a known compression, or a complete cpio
+/// "newc" archive (every header and file inside the file, up to the trailer).
+pub fn read_initrd(path: &Path) -> Result<Vec<u8>, BootError> {
+    let p = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| BootError::InitrdFile {
+        path: p.clone(),
+        source,
+    })?;
+    check_initrd_magic(&data, &p)?;
+    if data.starts_with(b"0707") && !newc_complete(&data) {
+        return Err(BootError::InitrdTruncated(p));
     }
-    Ok(format)
+    Ok(data)
+}
+
+/// Whether a newc archive's first member list runs to its `TRAILER!!!`.
+pub fn newc_complete(data: &[u8]) -> bool {
+    let field = |off: usize, i: usize| -> Option<usize> {
+        let s = data.get(off + 6 + i * 8..off + 6 + (i + 1) * 8)?;
+        usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+    };
+    let align = |x: usize| x.checked_add(3).map(|x| x & !3);
+    let mut off = 0usize;
+    loop {
+        let Some(magic) = data.get(off..off + 6) else {
+            return false;
+        };
+        if magic != b"070701" && magic != b"070702" {
+            return false;
+        }
+        let (Some(filesize), Some(namesize)) = (field(off, 6), field(off, 11)) else {
+            return false;
+        };
+        let Some(name_end) = (off + 110).checked_add(namesize) else {
+            return false;
+        };
+        let Some(name) = data.get(off + 110..name_end) else {
+            return false;
+        };
+        if name.strip_suffix(&[0]) == Some(b"TRAILER!!!") {
+            return true;
+        }
+        let Some(next) = align(name_end)
+            .and_then(|d| d.checked_add(filesize))
+            .filter(|end| *end <= data.len())
+            .and_then(align)
+        else {
+            return false;
+        };
+        off = next;
+    }
 }
 
 /// Loads the kernel at `path` into `mem`.
@@ -206,18 +247,25 @@ fn check_initrd_magic(data: &[u8], path: &str) -> Result<(), BootError> {
     }
 }
 
-/// Reads the initramfs and puts it at the top of low RAM; returns (addr, size).
-pub fn load_initrd(
+/// Real-mode code at the reset vector: `mov al, 0xfe; out 0x64, al; hlt;
+/// jmp $-1`. A kernel that reboots "through the BIOS" (Linux's default on a
+/// hardware-reduced ACPI machine without EFI) jumps here and pulses the i8042
+/// reset line, which the VMM reports as a reboot instead of running whatever
+/// bytes happen to be there.
+pub const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Writes [`RESET_STUB`] at the real-mode reset vector.
+pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    vm_memory::Bytes::write_slice(mem, &RESET_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(|e| BootError::Memory(e.to_string()))
+}
+
+/// Puts the initramfs at the top of low RAM; returns (addr, size).
+pub fn place_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    data: &[u8],
     kernel: &LoadedKernel,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let p = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| BootError::InitrdFile {
-        path: p.clone(),
-        source,
-    })?;
-    check_initrd_magic(&data, &p)?;
     let size = data.len() as u64;
     let mut top = mem.last_addr().raw_value().min(MMIO_GAP_START - 1) + 1;
     if let Some(h) = &kernel.setup_header {
@@ -230,7 +278,7 @@ pub fn load_initrd(
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel.kernel_end.max(HIMEM_START))
         .ok_or(BootError::InitrdTooLarge(size))?;
-    vm_memory::Bytes::write_slice(mem, &data, GuestAddress(addr))
+    vm_memory::Bytes::write_slice(mem, data, GuestAddress(addr))
         .map_err(|e| BootError::Memory(e.to_string()))?;
     Ok((GuestAddress(addr), size))
 }
@@ -338,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn reset_vector_pulses_the_i8042_reset_line() {
+        let m = mem();
+        write_reset_stub(&m).unwrap();
+        let mut code = [0u8; 16];
+        vm_memory::Bytes::read_slice(&m, &mut code, GuestAddress(RESET_VECTOR)).unwrap();
+        // mov al, 0xfe ; out 0x64, al: the value and port I8042Reset acts on.
+        assert_eq!(&code[..4], &[0xb0, 0xfe, 0xe6, I8042_PORT as u8]);
+        // hlt, then a jump back to the hlt (rel8 = -3): never runs off the end.
+        assert_eq!(&code[4..7], &[0xf4, 0xeb, 0xfd]);
+        // The 16 bytes up to 1 MiB hold nothing else.
+        assert!(code[7..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
     fn rejects_files_that_are_not_kernels() {
         let m = mem();
         for (name, data) in [
@@ -380,28 +442,43 @@ mod tests {
             kernel_end: 0x20_0000,
         };
         let bad = tmp("bad-initrd", b"not an archive");
-        assert!(matches!(
-            load_initrd(&m, &bad, &k),
-            Err(BootError::NotAnInitrd(_))
-        ));
+        assert!(matches!(read_initrd(&bad), Err(BootError::NotAnInitrd(_))));
         std::fs::remove_file(bad).unwrap();
-        let good = tmp(
-            "good-initrd",
-            b"070701 a truncated cpio is the kernel's business",
-        );
-        let (addr, size) = load_initrd(&m, &good, &k).unwrap();
+        let mut c = crate::image::Cpio::new();
+        c.file("init", 0o755, b"#!/bin/sh\n");
+        let mut cpio = Vec::new();
+        c.finish(&mut cpio).unwrap();
+        assert!(newc_complete(&cpio));
+        for cut in [1, 6, 50, 110, 115, cpio.len() - 4] {
+            assert!(!newc_complete(&cpio[..cut]), "cut at {cut}");
+            let p = tmp("cut-initrd", &cpio[..cut]);
+            let r = read_initrd(&p);
+            std::fs::remove_file(p).unwrap();
+            assert!(
+                matches!(
+                    r,
+                    Err(BootError::InitrdTruncated(_) | BootError::NotAnInitrd(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        // A header whose sizes lie is not complete.
+        let mut lie = cpio.clone();
+        lie[54..62].copy_from_slice(b"ffffffff");
+        assert!(!newc_complete(&lie));
+        let good = tmp("good-initrd", &cpio);
+        let data = read_initrd(&good).unwrap();
         std::fs::remove_file(good).unwrap();
+        let (addr, size) = place_initrd(&m, &data, &k).unwrap();
         assert_eq!(addr.0 % 0x1000, 0);
         assert!(addr.0 + size <= 64 << 20);
         assert!(addr.0 >= 0x20_0000);
         // Too large for the space above the kernel.
-        let big = tmp(
-            "big-initrd",
-            &[&[0x1f, 0x8b][..], &vec![0u8; 63 << 20]].concat(),
-        );
-        let r = load_initrd(&m, &big, &k);
-        std::fs::remove_file(big).unwrap();
-        assert!(matches!(r, Err(BootError::InitrdTooLarge(_))));
+        let big = [&[0x1f, 0x8b][..], &vec![0u8; 63 << 20]].concat();
+        assert!(matches!(
+            place_initrd(&m, &big, &k),
+            Err(BootError::InitrdTooLarge(_))
+        ));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first, where the kernel also scans for it).
 pub const ACPI_START: u64 = 0xe0000;
+/// The real-mode reset vector (F000:FFF0) a guest jumps to for a BIOS reboot.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// First byte of high memory; bzImage kernels load here.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole (RAM stops here and resumes at 4 GiB).

@@ -262,7 +262,11 @@ impl Vm {
                 "{slots_n} virtio-mmio slots requested; at most {MAX_VIRTIO_SLOTS}"
             )));
         }
-        boot::check_files(&cfg.kernel, cfg.initramfs.as_deref())?;
+        boot::check_kernel(&cfg.kernel)?;
+        let initrd_data = match &cfg.initramfs {
+            Some(p) => Some(boot::read_initrd(p)?),
+            None => None,
+        };
         if cfg.mem_mib < 32 {
             return Err(MemoryError::TooSmall(cfg.mem_mib).into());
         }
@@ -306,10 +310,11 @@ impl Vm {
 
         // Kernel, initramfs, ACPI, boot information.
         let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
-        let initrd = match &cfg.initramfs {
-            Some(p) => Some(boot::load_initrd(&mem, p, &kernel)?),
+        let initrd = match &initrd_data {
+            Some(d) => Some(boot::place_initrd(&mem, d, &kernel)?),
             None => None,
         };
+        drop(initrd_data);
         let slots: Vec<MmioSlot> = (0..slots_n)
             .map(|i| MmioSlot {
                 base: VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE,
@@ -318,6 +323,7 @@ impl Vm {
             })
             .collect();
         let rsdp = acpi::write_tables(&mem, cfg.vcpus, &slots)?;
+        boot::write_reset_stub(&mem)?;
         let cmdline = {
             let devs = virtio_mmio_cmdline(&slots[..cfg.devices.len()]);
             let mut c = cfg.cmdline.clone();

@@ -5,6 +5,8 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
+//! - `cargo xtask bench [BOOT-BENCH-ARGS…]`: the boot benchmark (vmapp vs
+//!   QEMU microvm), run where KVM can boot stock kernels.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
 
@@ -59,6 +61,42 @@ fn main() -> ExitCode {
                 cargo(&a)?;
                 Ok(0)
             }
+            Some("bench") => {
+                cargo(&["build", "--release", "--workspace", "--bins"])?;
+                let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/x86_64-unknown-linux-gnu/release")
+                    .canonicalize()?;
+                let vmapp = rel.join("vmapp");
+                let prep = Command::new(&vmapp).arg("prepare").output()?;
+                if !prep.status.success() {
+                    bail!("vmapp prepare failed: {}", String::from_utf8_lossy(&prep.stderr));
+                }
+                let prep = String::from_utf8_lossy(&prep.stdout).into_owned();
+                let field = |k: &str| {
+                    prep.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(str::to_string)
+                        .ok_or_else(|| anyhow::anyhow!("vmapp prepare printed no {k}"))
+                };
+                let mut script = format!(
+                    "{} --vmapp {} --vmlinux {} --initramfs {}",
+                    xtask::sh_quote(&rel.join("boot-bench").display().to_string()),
+                    xtask::sh_quote(&vmapp.display().to_string()),
+                    xtask::sh_quote(&field("vmlinux=")?),
+                    xtask::sh_quote(&field("initramfs=")?),
+                );
+                for a in &args[1..] {
+                    script.push(' ');
+                    script.push_str(&xtask::sh_quote(a));
+                }
+                if xtask::host() == xtask::Host::Emulated {
+                    eprintln!("xtask: running the benchmark inside the emulated KVM host");
+                }
+                let o = xtask::run_script(&script, Duration::from_secs(3600))?;
+                print!("{}", o.stdout);
+                eprint!("{}", o.stderr);
+                Ok(o.status)
+            }
             Some("sh") => {
                 let script = args[1..].join(" ");
                 let o = xtask::run_script(&script, Duration::from_secs(1800))?;
@@ -70,7 +108,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

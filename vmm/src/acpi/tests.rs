@@ -167,5 +167,8 @@ fn dsdt_decompiles_with_iasl() {
     assert!(dsl.contains("0x00000006"), "irq of slot 1: {dsl}");
     assert!(dsl.contains("Name (_S5, Package (0x04)"), "{dsl}");
     assert!(dsl.contains("EisaId (\"PNP0501\")"), "{dsl}");
-    assert!(dsl.contains("0x03F8,             // Range Minimum"), "{dsl}");
+    assert!(
+        dsl.contains("0x03F8,             // Range Minimum"),
+        "{dsl}"
+    );
 }

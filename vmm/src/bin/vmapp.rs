@@ -106,8 +106,14 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     Ok(match exit.reason {
         ExitReason::PowerOff => ExitCode::from(exit.app_exit_status.unwrap_or(0)),
         ExitReason::Reset => {
-            eprintln!("vmapp: the guest asked to reboot; stopped");
-            ExitCode::from(exit.app_exit_status.unwrap_or(0))
+            match exit.app_exit_status {
+                // The application finished; the guest rebooting after that is a stop.
+                Some(code) => ExitCode::from(code),
+                None => {
+                    eprintln!("vmapp: error: the guest rebooted (or panicked before it could report a panic)");
+                    ExitCode::from(70)
+                }
+            }
         }
         ExitReason::Panic => {
             eprintln!("vmapp: error: the guest kernel panicked");

@@ -1,0 +1,209 @@
+//! Boots the distribution's kernel with `vmapp` and checks what the guest
+//! itself reports. On machines whose `/dev/kvm` cannot run stock kernels the
+//! VMs run inside the emulated KVM host (see `xtask`).
+//!
+//! Run through `cargo xtask test`, which builds `sommelier-guest` first.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const VMAPP: &str = env!("CARGO_BIN_EXE_vmapp");
+/// Seconds one `vmapp launch` may take under the emulated host before it
+/// counts as hung (`timeout` then exits 124, which no assertion accepts).
+const T: u32 = 240;
+
+/// Builds the default guest on this machine (where the cache is writable).
+fn prepare() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let o = Command::new(VMAPP).arg("prepare").output().unwrap();
+        assert!(
+            o.status.success(),
+            "vmapp prepare failed (is sommelier-guest built? `cargo xtask test` builds it):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
+}
+
+/// Runs `script` where KVM boots stock kernels; returns (stdout, stderr).
+fn in_kvm(script: &str) -> (String, String) {
+    prepare();
+    let o = xtask::run_script(script, Duration::from_secs(900)).expect("running the VM script");
+    assert_eq!(o.status, 0, "script failed:\n{}\n{}", o.stdout, o.stderr);
+    (o.stdout, o.stderr)
+}
+
+const PROBE: &str = "echo nproc=$(nproc); grep MemTotal /proc/meminfo; \
+    echo lnro=$(ls -d /sys/bus/platform/devices/LNRO0005:* | wc -l); \
+    echo online=$(cat /sys/devices/system/cpu/online)";
+
+/// One `vmapp launch` per entry of `args`, with the probe as command; returns
+/// each run's output and exit status.
+fn probe_runs(args: &[&str]) -> Vec<(String, i32)> {
+    let mut script = String::new();
+    for a in args {
+        script.push_str(&format!(
+            "echo @@RUN; timeout {T} {VMAPP} launch {a} -- sh -c {}; echo @@RC=$?\n",
+            xtask::sh_quote(PROBE)
+        ));
+    }
+    let (out, err) = in_kvm(&script);
+    let runs: Vec<(String, i32)> = out
+        .split("@@RUN\n")
+        .skip(1)
+        .map(|r| {
+            let (body, rc) = r.rsplit_once("@@RC=").expect("run ended");
+            (body.to_string(), rc.trim().parse().expect("exit status"))
+        })
+        .collect();
+    assert_eq!(runs.len(), args.len(), "{out}\n{err}");
+    runs
+}
+
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in guest output:\n{out}"))
+        .trim()
+}
+
+fn check_probe(out: &str, rc: i32, cpus: u32, mem_mib: u64) {
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(value(out, "nproc="), cpus.to_string(), "{out}");
+    let online = if cpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", cpus - 1)
+    };
+    assert_eq!(value(out, "online="), online, "{out}");
+    let kib: u64 = value(out, "MemTotal:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let want = mem_mib * 1024;
+    assert!(
+        kib <= want && kib * 10 >= want * 9,
+        "MemTotal {kib} kB is not within 10% of {want} kB"
+    );
+    // vmapp describes 4 virtio-mmio slots in the DSDT.
+    assert_eq!(value(out, "lnro="), "4", "{out}");
+}
+
+#[test]
+fn boots_vmlinux_through_pvh_with_one_and_two_vcpus() {
+    let runs = probe_runs(&["--cpus 1 --memory 1024", "--cpus 2 --memory 1024"]);
+    check_probe(&runs[0].0, runs[0].1, 1, 1024);
+    check_probe(&runs[1].0, runs[1].1, 2, 1024);
+}
+
+#[test]
+fn boots_bzimage_with_one_and_two_vcpus() {
+    let runs = probe_runs(&[
+        "--bzimage --cpus 1 --memory 1024",
+        "--bzimage --cpus 2 --memory 1024",
+    ]);
+    check_probe(&runs[0].0, runs[0].1, 1, 1024);
+    check_probe(&runs[1].0, runs[1].1, 2, 1024);
+}
+
+#[test]
+fn exit_status_poweroff_reboot_and_panic() {
+    let script = format!(
+        "{v} launch -- sh -c 'exit 7'; echo @@exit7=$?\n\
+         {v} launch -- sh -c 'echo to-stdout; echo to-stderr >&2; exit 3'; echo @@streams=$?\n\
+         {v} launch -- poweroff -f; echo @@poweroff=$?\n\
+         {v} launch -- reboot -f; echo @@reboot=$?\n\
+         {v} launch -- sh -c 'echo c > /proc/sysrq-trigger'; echo @@panic=$?\n",
+        v = format!("timeout {T} {VMAPP}")
+    );
+    let (out, err) = in_kvm(&script);
+    let rc = |k: &str| value(&out, &format!("@@{k}=")).to_string();
+    assert_eq!(rc("exit7"), "7", "{out}\n{err}");
+    assert_eq!(rc("streams"), "3", "{out}\n{err}");
+    // For now both guest streams arrive on the serial console (stdout).
+    assert!(
+        out.contains("to-stdout\n") && out.contains("to-stderr\n"),
+        "{out}"
+    );
+    assert_eq!(rc("poweroff"), "0", "{out}\n{err}");
+    assert_eq!(rc("reboot"), "70", "{out}\n{err}");
+    assert!(err.contains("the guest rebooted"), "{err}");
+    assert_eq!(rc("panic"), "70", "{out}\n{err}");
+    assert!(err.contains("the guest kernel panicked"), "{err}");
+    assert!(!err.contains("panicked at"), "vmapp itself panicked: {err}");
+}
+
+/// Bad input is reported on one line before any VM is created, so these run
+/// directly on every host.
+#[test]
+fn bad_input_is_one_line_and_non_zero() {
+    prepare();
+    let dir = std::env::temp_dir().join(format!("vmapp-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-a-kernel");
+    std::fs::write(&text, "hello").unwrap();
+    // A cpio archive cut in the middle of its first file.
+    let img = String::from_utf8_lossy(&Command::new(VMAPP).arg("prepare").output().unwrap().stdout)
+        .into_owned();
+    let initramfs = value(&img, "initramfs=").to_string();
+    let vmlinux = value(&img, "vmlinux=").to_string();
+    let data = std::fs::read(&initramfs).unwrap();
+    let truncated = dir.join("truncated.cpio");
+    std::fs::write(&truncated, &data[..data.len() / 3]).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--kernel".into(), "/nonexistent/vmlinux".into()],
+            "cannot read kernel /nonexistent/vmlinux",
+        ),
+        (
+            vec!["--kernel".into(), text.display().to_string()],
+            "is not a Linux kernel",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                vmlinux.clone(),
+                "--initramfs".into(),
+                truncated.display().to_string(),
+            ],
+            "is truncated",
+        ),
+        (vec!["--cpus".into(), "0".into()], "invalid vCPU count 0"),
+        (
+            vec!["--memory".into(), "100000000".into()],
+            "more than the host's",
+        ),
+        (vec!["--memory".into(), "4".into()], "too small"),
+    ];
+    for (args, want) in cases {
+        let o = Command::new(VMAPP)
+            .arg("launch")
+            .args(&args)
+            .arg("--")
+            .arg("true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line expected: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // On a PVM host, running directly says so.
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        let o = Command::new(VMAPP)
+            .args(["launch", "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("kvm_pvm") && err.contains("emulated KVM host"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
