@@ -92,6 +92,13 @@ pub fn run_until_marker(
         }
         seen.join("\n")
     });
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut e = String::new();
+        let _ = stderr.read_to_string(&mut e);
+        e
+    });
     let ready = rx.recv_timeout(timeout);
     let mem = match ready {
         Ok(_) => std::fs::read_to_string(format!("/proc/{pid}/smaps"))
@@ -105,13 +112,23 @@ pub fn run_until_marker(
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, not yet reaped; both pointers are valid.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let mut killed = false;
+    let r = loop {
+        // SAFETY: pid is our child, not yet reaped; both pointers are valid.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r != 0 {
+            break r;
+        }
+        if start.elapsed() > timeout && !killed {
+            let _ = child.kill();
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let out = reader.join().unwrap_or_default();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
+    let err = err_reader.join().unwrap_or_default();
+    if killed {
+        bail!("the VMM did not exit within {timeout:?}; output:\n{out}\n{err}");
     }
     let Ok(ready) = ready else {
         bail!("no marker within {timeout:?}; output:\n{out}\n{err}");

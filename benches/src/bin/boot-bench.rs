@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let a = Args::parse();
     let guest_cmd = ["sh", "-c", "echo @@bench-ready; sleep 1"];
-    let timeout = Duration::from_secs(300);
+    let timeout = Duration::from_secs(120);
     let guest_kib = a.memory * 1024;
     let mem = a.memory.to_string();
 
@@ -72,7 +72,8 @@ fn run() -> Result<()> {
             "--console",
             "stdio",
         ])
-        .args(["--kernel", &a.vmlinux, "--initramfs", &a.initramfs, "--"])
+        .args(["--kernel", &a.vmlinux, "--initramfs", &a.initramfs])
+        .args(["--cmdline", "quiet loglevel=0", "--"])
         .args(guest_cmd);
         c
     };
