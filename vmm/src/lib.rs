@@ -18,4 +18,5 @@ pub mod memory;
 pub mod vm;
 
 pub use console::Console;
+pub use devices::virtio::block::DiskConfig;
 pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};

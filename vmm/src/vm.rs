@@ -22,6 +22,7 @@ use devices::legacy::{
     AcpiPm, BootStatus, BootStatusState, GuestStop, I8042Reset, PvPanic, Serial, StopReason,
     ACPI_PM_LEN, BOOT_STATUS_LEN,
 };
+use devices::virtio::block::{Block, BlockError, DiskConfig};
 use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
 use devices::virtio::{EmptySlot, VirtioDevice};
 
@@ -74,6 +75,9 @@ pub enum VmError {
     /// The console.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A disk image.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
     /// A host resource (eventfd, thread, signal handler).
     #[error("host resource")]
     Io(#[from] std::io::Error),
@@ -126,6 +130,7 @@ pub struct VmBuilder {
     cmdline: String,
     console: Console,
     devices: Vec<Box<dyn VirtioDevice>>,
+    disks: Vec<DiskConfig>,
     empty_slots: usize,
     start: Instant,
 }
@@ -142,6 +147,7 @@ impl VmBuilder {
             cmdline: BASE_CMDLINE.to_string(),
             console: Console::Stdio,
             devices: Vec::new(),
+            disks: Vec::new(),
             empty_slots: 0,
             start: Instant::now(),
         }
@@ -188,6 +194,14 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-blk disk. Disks take the first virtio-mmio slots, in
+    /// the order they are added (`/dev/vda`, `/dev/vdb`, …). The image is
+    /// opened and locked by [`build`](Self::build).
+    pub fn disk(mut self, cfg: DiskConfig) -> Self {
+        self.disks.push(cfg);
+        self
+    }
+
     /// Adds a virtio device in the next virtio-mmio slot.
     pub fn device(mut self, dev: Box<dyn VirtioDevice>) -> Self {
         self.devices.push(dev);
@@ -208,7 +222,13 @@ impl VmBuilder {
     }
 
     /// Checks the configuration and KVM, and sets the VM up.
-    pub fn build(self) -> Result<Vm, VmError> {
+    pub fn build(mut self) -> Result<Vm, VmError> {
+        let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for d in &self.disks {
+            devs.push(Box::new(Block::new(d)?));
+        }
+        devs.append(&mut self.devices);
+        self.devices = devs;
         Vm::new(self)
     }
 }

@@ -4,35 +4,11 @@
 //!
 //! Run through `cargo xtask test`, which builds `sommelier-guest` first.
 
+mod common;
+
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Duration;
 
-const VMAPP: &str = env!("CARGO_BIN_EXE_vmapp");
-/// Seconds one `vmapp launch` may take under the emulated host before it
-/// counts as hung (`timeout` then exits 124, which no assertion accepts).
-const T: u32 = 240;
-
-/// Builds the default guest on this machine (where the cache is writable).
-fn prepare() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let o = Command::new(VMAPP).arg("prepare").output().unwrap();
-        assert!(
-            o.status.success(),
-            "vmapp prepare failed (is sommelier-guest built? `cargo xtask test` builds it):\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
-}
-
-/// Runs `script` where KVM boots stock kernels; returns (stdout, stderr).
-fn in_kvm(script: &str) -> (String, String) {
-    prepare();
-    let o = xtask::run_script(script, Duration::from_secs(900)).expect("running the VM script");
-    assert_eq!(o.status, 0, "script failed:\n{}\n{}", o.stdout, o.stderr);
-    (o.stdout, o.stderr)
-}
+use common::{in_kvm, prepare, value, T, VMAPP};
 
 const PROBE: &str = "echo nproc=$(nproc); grep MemTotal /proc/meminfo; \
     echo lnro=$(ls -d /sys/bus/platform/devices/LNRO0005:* | wc -l); \
@@ -59,13 +35,6 @@ fn probe_runs(args: &[&str]) -> Vec<(String, i32)> {
         .collect();
     assert_eq!(runs.len(), args.len(), "{out}\n{err}");
     runs
-}
-
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in guest output:\n{out}"))
-        .trim()
 }
 
 fn check_probe(out: &str, rc: i32, cpus: u32, mem_mib: u64) {
@@ -176,6 +145,14 @@ fn bad_input_is_one_line_and_non_zero() {
             "more than the host's",
         ),
         (vec!["--memory".into(), "4".into()], "too small"),
+        (
+            vec!["--disk".into(), "/nonexistent/disk.img".into()],
+            "cannot open disk image /nonexistent/disk.img",
+        ),
+        (
+            vec!["--disk".into(), "x.img,bogus".into()],
+            "bad disk description",
+        ),
     ];
     for (args, want) in cases {
         let o = Command::new(VMAPP)

@@ -24,7 +24,14 @@ use vmm::image::{self, Cpio};
 use vmm::kvm_check::{self, KvmError};
 
 /// Modules the L1 host loads, in this order (with their dependencies).
-const L1_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "kvm_intel"];
+const L1_MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "kvm_amd",
+    "kvm_intel",
+];
 
 /// The L1 host's `/init`.
 const L1_INIT: &str = r#"#!/bin/sh
@@ -41,7 +48,11 @@ for d in dev proc sys tmp run; do :; done
 mount -t devtmpfs dev /host/dev
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
-mount -t tmpfs tmp /host/tmp
+# /tmp stays the host's /tmp (checkouts and scripts may live there), made
+# writable by a tmpfs overlay whose writes vanish with the L1 host.
+mkdir -p /ovl && mount -t tmpfs ovl /ovl && mkdir -p /ovl/u /ovl/w
+mount -t overlay overlay -o lowerdir=/host/tmp,upperdir=/ovl/u,workdir=/ovl/w /host/tmp \
+  || { echo "@@XTASK-L1 no overlay on /tmp"; mount -t tmpfs tmp /host/tmp; }
 mount -t tmpfs run /host/run
 script=$(sed -n 's/.*xtask\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -e /dev/kvm ] || echo "@@XTASK-L1 no /dev/kvm"

@@ -191,6 +191,7 @@ impl MmioTransport {
             q.reset();
         }
         self.interrupt.ack(u32::MAX);
+        self.interrupt.clear_needs_reset();
         self.config_generation = self.config_generation.wrapping_add(1);
     }
 
@@ -274,7 +275,14 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
+            reg::STATUS => {
+                self.status
+                    | if self.interrupt.needs_reset() {
+                        DEVICE_NEEDS_RESET
+                    } else {
+                        0
+                    }
+            }
             reg::QUEUE_DESC_LOW => q.map_or(0, |q| q.desc_table() as u32),
             reg::QUEUE_DESC_HIGH => q.map_or(0, |q| (q.desc_table() >> 32) as u32),
             reg::QUEUE_DRIVER_LOW => q.map_or(0, |q| q.avail_ring() as u32),

@@ -2,9 +2,10 @@
 //! and gpu implement, the interrupt a device raises, and the virtio-mmio
 //! transport that puts a device on the MMIO bus.
 
+pub mod block;
 pub mod mmio;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -44,6 +45,7 @@ pub const INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     status: AtomicU32,
     irq: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -52,6 +54,7 @@ impl Interrupt {
         Arc::new(Self {
             status: AtomicU32::new(0),
             irq,
+            needs_reset: AtomicBool::new(false),
         })
     }
 
@@ -63,6 +66,21 @@ impl Interrupt {
     /// Tells the guest the configuration (or the status) changed.
     pub fn signal_config_change(&self) -> std::io::Result<()> {
         self.signal(INT_CONFIG)
+    }
+
+    /// Called by a device's worker when the driver broke the queue protocol
+    /// (e.g. an impossible available index): the transport then reports
+    /// DEVICE_NEEDS_RESET and the guest is told through a config interrupt.
+    pub fn set_needs_reset(&self) -> std::io::Result<()> {
+        if self.needs_reset.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.signal_config_change()
+    }
+
+    /// Whether a worker asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bit: u32) -> std::io::Result<()> {
@@ -77,6 +95,10 @@ impl Interrupt {
 
     fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vmm::{image, Console, ExitReason, VmBuilder};
+use vmm::{image, Console, DiskConfig, ExitReason, VmBuilder};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +53,10 @@ struct Launch {
     /// Where the serial console goes: stdio, none, or a file path.
     #[arg(long, default_value = "stdio")]
     console: String,
+    /// A virtio-blk disk, PATH[,ro][,serial=ID]; repeat for more (vda, vdb, …).
+    /// Writable images are locked exclusively, read-only ones shared.
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
+    disks: Vec<String>,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -90,6 +94,9 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .console(console)
         .start_time(start)
         .min_mmio_slots(4);
+    for d in &a.disks {
+        b = b.disk(DiskConfig::parse(d)?);
+    }
     if let Some(i) = initramfs {
         b = b.initramfs(i);
     }

@@ -44,6 +44,7 @@ const MODULE_DIRS: &[&str] = &[
     "fs/netfs",
     "fs/fscache",
     "fs/fuse",
+    "fs/overlayfs",
     "net/9p",
     "net/vmw_vsock",
 ];
@@ -320,7 +321,8 @@ pub fn kernel_tree(cache: &Path, packages: (Package, Package)) -> Result<KernelT
         packages: packages.clone(),
     };
     let done = dir.join("complete");
-    if done.exists() {
+    let stamp = MODULE_DIRS.join("\n");
+    if std::fs::read_to_string(&done).is_ok_and(|s| s == stamp) {
         return Ok(tree);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -347,7 +349,7 @@ pub fn kernel_tree(cache: &Path, packages: (Package, Package)) -> Result<KernelT
     unpack(&bdeb, &broot, &["./bin/busybox".into()])?;
     std::fs::rename(broot.join("bin/busybox"), &tree.busybox).map_err(io_err("busybox"))?;
     let _ = std::fs::remove_dir_all(&broot);
-    File::create(&done).map_err(io_err("kernel cache stamp"))?;
+    std::fs::write(&done, stamp).map_err(io_err("kernel cache stamp"))?;
     Ok(tree)
 }
 
