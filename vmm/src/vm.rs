@@ -24,6 +24,7 @@ use devices::legacy::{
 };
 use devices::virtio::block::{Block, BlockError, DiskConfig};
 use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
+use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{EmptySlot, VirtioDevice};
 
 use crate::acpi::{self, AcpiError, MmioSlot};
@@ -78,6 +79,9 @@ pub enum VmError {
     /// A disk image.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A host resource (eventfd, thread, signal handler).
     #[error("host resource")]
     Io(#[from] std::io::Error),
@@ -131,6 +135,7 @@ pub struct VmBuilder {
     console: Console,
     devices: Vec<Box<dyn VirtioDevice>>,
     disks: Vec<DiskConfig>,
+    vsock: Option<VsockConfig>,
     empty_slots: usize,
     start: Instant,
 }
@@ -148,6 +153,7 @@ impl VmBuilder {
             console: Console::Stdio,
             devices: Vec::new(),
             disks: Vec::new(),
+            vsock: None,
             empty_slots: 0,
             start: Instant::now(),
         }
@@ -202,6 +208,14 @@ impl VmBuilder {
         self
     }
 
+    /// Adds the virtio-vsock device (after the disks): host clients connect
+    /// to `cfg.uds_path` with Firecracker's `CONNECT <port>` protocol, guest
+    /// connections to the host's port P go to `{uds_path}_P`.
+    pub fn vsock(mut self, cfg: VsockConfig) -> Self {
+        self.vsock = Some(cfg);
+        self
+    }
+
     /// Adds a virtio device in the next virtio-mmio slot.
     pub fn device(mut self, dev: Box<dyn VirtioDevice>) -> Self {
         self.devices.push(dev);
@@ -226,6 +240,9 @@ impl VmBuilder {
         let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for d in &self.disks {
             devs.push(Box::new(Block::new(d)?));
+        }
+        if let Some(v) = self.vsock.take() {
+            devs.push(Box::new(Vsock::new(v)?));
         }
         devs.append(&mut self.devices);
         self.devices = devs;

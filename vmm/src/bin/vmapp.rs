@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vmm::{image, Console, DiskConfig, ExitReason, VmBuilder};
+use vmm::{image, Console, DiskConfig, ExitReason, VmBuilder, VsockConfig};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,14 @@ struct Launch {
     /// Writable images are locked exclusively, read-only ones shared.
     #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
     disks: Vec<String>,
+    /// A virtio-vsock device whose host side is this Unix socket (Firecracker's
+    /// protocol: connect, send `CONNECT <port>\n`; guest connections to port P
+    /// go to PATH_P).
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 3)]
+    cid: u64,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -96,6 +104,12 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .min_mmio_slots(4);
     for d in &a.disks {
         b = b.disk(DiskConfig::parse(d)?);
+    }
+    if let Some(p) = a.vsock {
+        b = b.vsock(VsockConfig {
+            cid: a.cid,
+            uds_path: p,
+        });
     }
     if let Some(i) = initramfs {
         b = b.initramfs(i);

@@ -1,0 +1,260 @@
+//! virtio-vsock (virtio 1.2 §5.10) with a Firecracker-compatible Unix-socket
+//! host side; see [`muxer`] for the protocol and the flow control.
+//!
+//! One worker thread per device owns the queues and every host stream and
+//! waits in one epoll for queue notifications, host sockets and its kill
+//! eventfd. Packet headers go through the `virtio-vsock` crate.
+
+pub mod muxer;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use crate::{warn_limited, GuestMemory};
+pub use muxer::{Muxer, MuxerError};
+
+/// Virtio device id of a socket device.
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+/// Queue size of each of the three queues (rx, tx, event).
+pub const QUEUE_SIZE: u16 = 256;
+/// The guest CID when none is configured.
+pub const DEFAULT_CID: u64 = 3;
+
+/// The vsock device's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (≥ 3).
+    pub cid: u64,
+    /// Host socket: host clients connect here; guest connections to port P
+    /// go to `PATH_P`.
+    pub uds_path: PathBuf,
+}
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// CIDs 0–2 are reserved and 2^32−1 is VMADDR_CID_ANY.
+    #[error("invalid guest CID {0} (it must be at least 3 and below 4294967295)")]
+    BadCid(u64),
+    /// The host socket.
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+}
+
+struct Worker {
+    kill: EventFd,
+    thread: JoinHandle<()>,
+}
+
+/// The virtio-vsock device.
+pub struct Vsock {
+    cfg: VsockConfig,
+    listener: UnixListener,
+    config: [u8; 8],
+    queue_sizes: [u16; 3],
+    worker: Option<Worker>,
+}
+
+impl Vsock {
+    /// Binds the host socket (a stale socket file nobody listens on is replaced).
+    pub fn new(cfg: VsockConfig) -> Result<Self, VsockError> {
+        if cfg.cid < 3 || cfg.cid >= u64::from(u32::MAX) {
+            return Err(VsockError::BadCid(cfg.cid));
+        }
+        let listener = muxer::bind(&cfg.uds_path)?;
+        Ok(Self {
+            config: cfg.cid.to_le_bytes(),
+            cfg,
+            listener,
+            queue_sizes: [QUEUE_SIZE; 3],
+            worker: None,
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.kill.write(1);
+            let _ = w.thread.join();
+        }
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.cfg.uds_path);
+    }
+}
+
+const TOKEN_RXQ: u64 = 0;
+const TOKEN_TXQ: u64 = 1;
+const TOKEN_EVQ: u64 = 2;
+const TOKEN_KILL: u64 = 3;
+
+struct Queues {
+    rx: Queue,
+    tx: Queue,
+    rx_notify: EventFd,
+    tx_notify: EventFd,
+    ev_notify: EventFd,
+}
+
+fn wait_readable(e: &EventFd) {
+    let mut p = libc::pollfd {
+        fd: e.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    while unsafe { libc::poll(&mut p, 1, -1) } != 1 {}
+}
+
+fn run_worker(
+    mut mux: Muxer,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    mut q: Queues,
+    kill: EventFd,
+) {
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        let n = match mux.epoll().wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("vsock: epoll failed: {e}");
+                let _ = interrupt.set_needs_reset();
+                return;
+            }
+        };
+        let mut used = false;
+        let mut result = Ok(());
+        for ev in &events[..n] {
+            let r = match ev.data() {
+                TOKEN_KILL => return,
+                TOKEN_RXQ => {
+                    let _ = q.rx_notify.read();
+                    Ok(false)
+                }
+                TOKEN_TXQ => {
+                    let _ = q.tx_notify.read();
+                    mux.process_tx(&mem, &mut q.tx)
+                }
+                TOKEN_EVQ => {
+                    let _ = q.ev_notify.read();
+                    Ok(false)
+                }
+                t => {
+                    mux.host_event(t, ev.event_set());
+                    Ok(false)
+                }
+            };
+            match r {
+                Ok(u) => used |= u,
+                Err(e) => result = Err(e),
+            }
+        }
+        // The guest may have queued more tx while we worked; and whatever
+        // became ready goes into rx buffers.
+        if result.is_ok() {
+            result = mux.process_tx(&mem, &mut q.tx).map(|u| used |= u);
+        }
+        if result.is_ok() {
+            result = mux.fill_rx(&mem, &mut q.rx).map(|u| used |= u);
+        }
+        if let Err(e) = result {
+            warn_limited!("vsock: broken queue: {e}; device needs reset");
+            let _ = interrupt.set_needs_reset();
+            // Close every stream and wait for the guest's reset.
+            drop(mux);
+            wait_readable(&kill);
+            return;
+        }
+        if used {
+            let _ = interrupt.signal_used_queue();
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn_limited!("vsock: guest wrote read-only config at {offset:#x}");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        _acked_features: u64,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        self.stop();
+        let [rx, tx, ev]: [ActiveQueue; 3] = queues
+            .try_into()
+            .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 3", q.len())))?;
+        let listener = self.listener.try_clone()?;
+        let mux = Muxer::new(self.cfg.cid, self.cfg.uds_path.clone(), Some(listener))
+            .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let k = kill.try_clone()?;
+        for (fd, token) in [
+            (rx.notify.as_raw_fd(), TOKEN_RXQ),
+            (tx.notify.as_raw_fd(), TOKEN_TXQ),
+            (ev.notify.as_raw_fd(), TOKEN_EVQ),
+            (kill.as_raw_fd(), TOKEN_KILL),
+        ] {
+            mux.epoll().ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        let mut rxq = rx.queue;
+        let mut txq = tx.queue;
+        rxq.set_event_idx(false);
+        txq.set_event_idx(false);
+        let q = Queues {
+            rx: rxq,
+            tx: txq,
+            rx_notify: rx.notify,
+            tx_notify: tx.notify,
+            ev_notify: ev.notify,
+        };
+        let thread = std::thread::Builder::new()
+            .name("virtio-vsock".into())
+            .spawn(move || run_worker(mux, mem, interrupt, q, k))?;
+        self.worker = Some(Worker { kill, thread });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.stop();
+        true
+    }
+}

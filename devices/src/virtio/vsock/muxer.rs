@@ -1,0 +1,734 @@
+//! The host side of virtio-vsock: guest streams mapped onto Unix sockets with
+//! Firecracker's protocol.
+//!
+//! - Host-initiated: a client connects to the listening socket `PATH`, writes
+//!   `CONNECT <port>\n` and, once the guest accepts, reads `OK <host port>\n`.
+//! - Guest-initiated to CID 2 port P: the muxer connects to `PATH_P`; nothing
+//!   listening means the guest gets a reset at once.
+//!
+//! Flow control follows the virtio spec's credit scheme both ways: each host
+//! stream has a buffer of [`BUF_ALLOC`] bytes for guest data the host peer has
+//! not read yet (a guest that overruns the credit it was given gets a reset),
+//! and host data is only read when the guest has credit and an rx buffer for
+//! it, so a guest that never reads its rx queue stalls its streams instead of
+//! making the VMM buffer. Streams whose data cannot go anywhere are not polled.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::bitmap::BitmapSlice;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::{warn_limited, GuestMemory};
+
+/// The host's CID.
+pub const HOST_CID: u64 = 2;
+/// Bytes of guest data buffered per stream before the host peer reads them.
+pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Largest packet payload accepted from the guest.
+pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// Most streams at once.
+pub const MAX_CONNS: usize = 1024;
+/// Most control packets waiting for rx buffers.
+const MAX_PENDING_CTRL: usize = 4096;
+/// Longest `CONNECT <port>\n` line.
+const MAX_CONNECT_LINE: usize = 32;
+/// First port handed out for host-initiated streams (as Firecracker does).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Stream socket type.
+pub const TYPE_STREAM: u16 = 1;
+/// Packet operations (virtio 1.2 §5.10.6).
+#[allow(missing_docs)]
+pub mod op {
+    pub const REQUEST: u16 = 1;
+    pub const RESPONSE: u16 = 2;
+    pub const RST: u16 = 3;
+    pub const SHUTDOWN: u16 = 4;
+    pub const RW: u16 = 5;
+    pub const CREDIT_UPDATE: u16 = 6;
+    pub const CREDIT_REQUEST: u16 = 7;
+}
+/// SHUTDOWN flag: the peer will receive no more data.
+pub const SHUTDOWN_RCV: u32 = 1;
+/// SHUTDOWN flag: the peer will send no more data.
+pub const SHUTDOWN_SEND: u32 = 2;
+
+/// Epoll tokens below this are the worker's; streams use `fd + TOKEN_BASE`.
+pub const TOKEN_BASE: u64 = 16;
+/// The listening socket's token.
+pub const TOKEN_LISTENER: u64 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    /// Host-side port.
+    local: u32,
+    /// Guest-side port.
+    peer: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// We sent REQUEST for a host client; waiting for the guest's RESPONSE.
+    LocalInit,
+    Established,
+}
+
+struct Conn {
+    stream: UnixStream,
+    state: State,
+    /// Guest data the host peer has not taken yet (≤ BUF_ALLOC).
+    txbuf: VecDeque<u8>,
+    /// Bytes of guest data written to the host stream (our fwd_cnt).
+    fwd_cnt: u32,
+    /// fwd_cnt last told to the guest.
+    fwd_cnt_sent: u32,
+    /// Bytes sent to the guest.
+    rx_cnt: u32,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Polled for reading (only while its data can go somewhere).
+    armed_in: bool,
+    /// Queued in `want_rx`.
+    queued: bool,
+    /// The guest will send no more.
+    guest_shut_send: bool,
+    /// The host peer will send no more (its stream hit EOF).
+    host_eof: bool,
+    /// Leading bytes of `txbuf` that are ours (the `OK` line), not guest data.
+    uncounted: usize,
+    interest: u32,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, state: State) -> Self {
+        Self {
+            stream,
+            state,
+            txbuf: VecDeque::new(),
+            fwd_cnt: 0,
+            fwd_cnt_sent: 0,
+            rx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            armed_in: false,
+            queued: false,
+            guest_shut_send: false,
+            host_eof: false,
+            uncounted: 0,
+            interest: u32::MAX,
+        }
+    }
+
+    fn peer_credit(&self) -> u32 {
+        let in_flight = self.rx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+}
+
+/// A host client that has not finished its `CONNECT` line.
+struct Pending {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// A control packet waiting for an rx buffer.
+#[derive(Clone, Copy, Debug)]
+struct Ctrl {
+    key: Key,
+    op: u16,
+    flags: u32,
+}
+
+/// Errors setting up the host side.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxerError {
+    /// The listening socket.
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    Listen {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// epoll.
+    #[error("vsock epoll: {0}")]
+    Epoll(#[from] std::io::Error),
+}
+
+/// Binds `path`, replacing a stale socket nobody listens on.
+pub fn bind(path: &PathBuf) -> Result<UnixListener, MuxerError> {
+    let err = |source| MuxerError::Listen {
+        path: path.clone(),
+        source,
+    };
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            use std::os::unix::fs::FileTypeExt;
+            let is_sock = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            if is_sock && UnixStream::connect(path).is_err() {
+                std::fs::remove_file(path).map_err(err)?;
+                UnixListener::bind(path).map_err(err)
+            } else {
+                Err(err(e))
+            }
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// All streams of one device.
+pub struct Muxer {
+    cid: u64,
+    uds: PathBuf,
+    epoll: Epoll,
+    listener: Option<UnixListener>,
+    conns: HashMap<Key, Conn>,
+    by_fd: HashMap<RawFd, Key>,
+    pending: HashMap<RawFd, Pending>,
+    ctrl: VecDeque<Ctrl>,
+    want_rx: VecDeque<Key>,
+    next_local: u32,
+}
+
+impl Muxer {
+    /// A muxer for guest `cid` whose host side is `uds` (`listener` bound to it).
+    pub fn new(cid: u64, uds: PathBuf, listener: Option<UnixListener>) -> Result<Self, MuxerError> {
+        let epoll = Epoll::new()?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+            epoll.ctl(
+                ControlOperation::Add,
+                l.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+            )?;
+        }
+        Ok(Self {
+            cid,
+            uds,
+            epoll,
+            listener,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            pending: HashMap::new(),
+            ctrl: VecDeque::new(),
+            want_rx: VecDeque::new(),
+            next_local: FIRST_LOCAL_PORT,
+        })
+    }
+
+    /// The epoll the worker waits on (queue and kill eventfds are added to it).
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Number of open streams.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn push_ctrl(&mut self, key: Key, op: u16, flags: u32) {
+        if self.ctrl.len() >= MAX_PENDING_CTRL {
+            warn_limited!("vsock: guest is not reading its rx queue; dropping a control packet");
+            return;
+        }
+        self.ctrl.push_back(Ctrl { key, op, flags });
+    }
+
+    fn set_interest(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let mut ev = EventSet::empty();
+        if c.armed_in {
+            ev |= EventSet::IN;
+        }
+        if !c.txbuf.is_empty() {
+            ev |= EventSet::OUT;
+        }
+        let bits = ev.bits();
+        if bits == c.interest {
+            return;
+        }
+        let fd = c.stream.as_raw_fd();
+        let op = if c.interest == u32::MAX {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Modify
+        };
+        c.interest = bits;
+        if let Err(e) = self
+            .epoll
+            .ctl(op, fd, EpollEvent::new(ev, fd as u64 + TOKEN_BASE))
+        {
+            tracing::error!("vsock: epoll_ctl: {e}");
+        }
+    }
+
+    fn add_conn(&mut self, key: Key, conn: Conn) {
+        self.by_fd.insert(conn.stream.as_raw_fd(), key);
+        self.conns.insert(key, conn);
+        self.set_interest(key);
+    }
+
+    fn remove_conn(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            let fd = c.stream.as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.by_fd.remove(&fd);
+        }
+    }
+
+    fn reset_conn(&mut self, key: Key) {
+        self.remove_conn(key);
+        self.push_ctrl(key, op::RST, 0);
+    }
+
+    fn arm(&mut self, key: Key) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.state == State::Established && !c.host_eof && !c.queued && c.peer_credit() > 0 {
+                c.armed_in = true;
+            }
+        }
+        self.set_interest(key);
+    }
+
+    /// Serves the guest's tx queue. An error means the queue is broken.
+    pub fn process_tx(
+        &mut self,
+        mem: &GuestMemory,
+        q: &mut Queue,
+    ) -> Result<bool, virtio_queue::Error> {
+        let mut used = false;
+        while let Some(mut chain) = q.iter(mem)?.next() {
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => self.guest_packet(&pkt),
+                Err(e) => warn_limited!("vsock: bad tx packet: {e}"),
+            }
+            q.add_used(mem, head, 0)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    fn guest_packet<B: BitmapSlice>(&mut self, pkt: &VsockPacket<B>) {
+        let key = Key {
+            local: pkt.dst_port(),
+            peer: pkt.src_port(),
+        };
+        if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
+            warn_limited!(
+                "vsock: packet from cid {} to cid {} dropped",
+                pkt.src_cid(),
+                pkt.dst_cid()
+            );
+            return;
+        }
+        if pkt.type_() != TYPE_STREAM {
+            if pkt.op() != op::RST {
+                self.push_ctrl(key, op::RST, 0);
+            }
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.peer_buf_alloc = pkt.buf_alloc();
+            c.peer_fwd_cnt = pkt.fwd_cnt();
+        }
+        match pkt.op() {
+            op::REQUEST => self.guest_connect(key, pkt.buf_alloc(), pkt.fwd_cnt()),
+            op::RESPONSE => match self.conns.get_mut(&key) {
+                Some(c) if c.state == State::LocalInit => {
+                    c.state = State::Established;
+                    let line = format!("OK {}\n", key.local);
+                    c.uncounted = line.len();
+                    c.txbuf.extend(line.as_bytes());
+                    self.flush(key);
+                    self.arm(key);
+                }
+                _ => self.push_ctrl(key, op::RST, 0),
+            },
+            op::RW => self.guest_data(key, pkt),
+            op::CREDIT_UPDATE => {
+                if self.conns.contains_key(&key) {
+                    self.arm(key);
+                } else {
+                    self.push_ctrl(key, op::RST, 0);
+                }
+            }
+            op::CREDIT_REQUEST => {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.fwd_cnt_sent = c.fwd_cnt;
+                    self.push_ctrl(key, op::CREDIT_UPDATE, 0);
+                } else {
+                    self.push_ctrl(key, op::RST, 0);
+                }
+            }
+            op::SHUTDOWN => {
+                let Some(c) = self.conns.get_mut(&key) else {
+                    self.push_ctrl(key, op::RST, 0);
+                    return;
+                };
+                if pkt.flags() & SHUTDOWN_SEND != 0 {
+                    c.guest_shut_send = true;
+                }
+                if pkt.flags() & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
+                    self.flush(key);
+                    self.reset_conn(key);
+                } else {
+                    self.flush(key);
+                }
+            }
+            op::RST => self.remove_conn(key),
+            other => {
+                warn_limited!("vsock: unknown op {other}");
+                self.reset_conn(key);
+            }
+        }
+    }
+
+    fn guest_connect(&mut self, key: Key, buf_alloc: u32, fwd_cnt: u32) {
+        if self.conns.contains_key(&key) {
+            self.reset_conn(key);
+            return;
+        }
+        if self.conns.len() >= MAX_CONNS {
+            warn_limited!("vsock: too many streams; refusing port {}", key.local);
+            self.push_ctrl(key, op::RST, 0);
+            return;
+        }
+        let mut path = self.uds.clone().into_os_string();
+        path.push(format!("_{}", key.local));
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+            Ok(s) => {
+                let mut c = Conn::new(s, State::Established);
+                c.peer_buf_alloc = buf_alloc;
+                c.peer_fwd_cnt = fwd_cnt;
+                self.add_conn(key, c);
+                self.push_ctrl(key, op::RESPONSE, 0);
+                self.arm(key);
+            }
+            Err(_) => self.push_ctrl(key, op::RST, 0),
+        }
+    }
+
+    fn guest_data<B: BitmapSlice>(&mut self, key: Key, pkt: &VsockPacket<B>) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            self.push_ctrl(key, op::RST, 0);
+            return;
+        };
+        if c.state != State::Established || c.guest_shut_send {
+            self.reset_conn(key);
+            return;
+        }
+        let Some(data) = pkt.data_slice() else {
+            return;
+        };
+        let len = (pkt.len() as usize).min(data.len());
+        if c.txbuf.len() + len > BUF_ALLOC as usize {
+            warn_limited!("vsock: guest overran its credit on port {}", key.local);
+            self.reset_conn(key);
+            return;
+        }
+        let mut buf = vec![0u8; len];
+        if data.copy_to(&mut buf[..]) != len {
+            self.reset_conn(key);
+            return;
+        }
+        c.txbuf.extend(buf);
+        self.flush(key);
+    }
+
+    /// Writes buffered guest data to the host stream.
+    fn flush(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let mut failed = false;
+        while !c.txbuf.is_empty() {
+            let (a, _) = c.txbuf.as_slices();
+            match c.stream.write(a) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.txbuf.drain(..n);
+                    let ours = n.min(c.uncounted);
+                    c.uncounted -= ours;
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add((n - ours) as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.reset_conn(key);
+            return;
+        }
+        if c.txbuf.is_empty() && c.guest_shut_send {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            if c.host_eof {
+                // Both directions are done.
+                self.reset_conn(key);
+                return;
+            }
+        }
+        // Tell the guest about freed space once a quarter of the buffer is free.
+        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= BUF_ALLOC / 4
+            || (c.txbuf.is_empty() && c.fwd_cnt != c.fwd_cnt_sent)
+        {
+            c.fwd_cnt_sent = c.fwd_cnt;
+            self.push_ctrl(key, op::CREDIT_UPDATE, 0);
+        }
+        self.set_interest(key);
+    }
+
+    /// Handles an epoll event on the listener or a stream.
+    pub fn host_event(&mut self, token: u64, events: EventSet) {
+        if token == TOKEN_LISTENER {
+            self.accept();
+            return;
+        }
+        let Some(fd) = token.checked_sub(TOKEN_BASE).map(|f| f as RawFd) else {
+            return;
+        };
+        if self.pending.contains_key(&fd) {
+            self.handshake(fd);
+            return;
+        }
+        let Some(&key) = self.by_fd.get(&fd) else {
+            return;
+        };
+        if events.contains(EventSet::OUT) {
+            self.flush(key);
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) && c.armed_in {
+            // Read when an rx buffer is there: disarm until then.
+            c.armed_in = false;
+            if !c.queued {
+                c.queued = true;
+                self.want_rx.push_back(key);
+            }
+            self.set_interest(key);
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(l) = &self.listener else {
+            return;
+        };
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    if self.pending.len() + self.conns.len() >= MAX_CONNS
+                        || s.set_nonblocking(true).is_err()
+                    {
+                        continue;
+                    }
+                    let fd = s.as_raw_fd();
+                    if self
+                        .epoll
+                        .ctl(
+                            ControlOperation::Add,
+                            fd,
+                            EpollEvent::new(EventSet::IN, fd as u64 + TOKEN_BASE),
+                        )
+                        .is_ok()
+                    {
+                        self.pending.insert(
+                            fd,
+                            Pending {
+                                stream: s,
+                                line: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads a host client's `CONNECT <port>\n`, one byte at a time so no
+    /// stream data after it is consumed.
+    fn handshake(&mut self, fd: RawFd) {
+        let Some(p) = self.pending.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let done = loop {
+            match p.stream.read(&mut byte) {
+                Ok(0) => break Err(()),
+                Ok(_) if byte[0] == b'\n' => break Ok(()),
+                Ok(_) if p.line.len() >= MAX_CONNECT_LINE => break Err(()),
+                Ok(_) => p.line.push(byte[0]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break Err(()),
+            }
+        };
+        let Some(p) = self.pending.remove(&fd) else {
+            return;
+        };
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let port = done.ok().and_then(|()| {
+            std::str::from_utf8(&p.line)
+                .ok()?
+                .strip_prefix("CONNECT ")?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        });
+        let Some(port) = port else {
+            warn_limited!("vsock: host client sent no valid CONNECT line; closing it");
+            return;
+        };
+        let mut local = self.next_local;
+        while self.conns.keys().any(|k| k.local == local) {
+            local = local.wrapping_add(1).max(FIRST_LOCAL_PORT);
+        }
+        self.next_local = local.wrapping_add(1).max(FIRST_LOCAL_PORT);
+        let key = Key { local, peer: port };
+        self.add_conn(key, Conn::new(p.stream, State::LocalInit));
+        self.push_ctrl(key, op::REQUEST, 0);
+    }
+
+    /// Whether anything waits for an rx buffer.
+    pub fn has_rx_work(&self) -> bool {
+        !self.ctrl.is_empty() || !self.want_rx.is_empty()
+    }
+
+    /// Moves control packets and host data into the guest's rx queue.
+    pub fn fill_rx(
+        &mut self,
+        mem: &GuestMemory,
+        q: &mut Queue,
+    ) -> Result<bool, virtio_queue::Error> {
+        let mut used = false;
+        while self.has_rx_work() {
+            let Some(mut chain) = q.iter(mem)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut pkt = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn_limited!("vsock: bad rx buffer: {e}");
+                    q.add_used(mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
+            };
+            let len = if let Some(c) = self.ctrl.pop_front() {
+                self.header(&mut pkt, c.key, c.op, c.flags);
+                0
+            } else {
+                match self.host_data(&mut pkt) {
+                    Some(n) => n,
+                    None => {
+                        // Nothing was read after all: give the buffer back.
+                        q.go_to_previous_position();
+                        continue;
+                    }
+                }
+            };
+            q.add_used(
+                mem,
+                head,
+                (pkt.header_slice().len() as u32).saturating_add(len),
+            )?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    fn header<B: BitmapSlice>(&self, pkt: &mut VsockPacket<B>, key: Key, op: u16, flags: u32) {
+        let (buf_alloc, fwd_cnt) = self
+            .conns
+            .get(&key)
+            .map_or((0, 0), |c| (BUF_ALLOC, c.fwd_cnt));
+        pkt.set_src_cid(HOST_CID)
+            .set_dst_cid(self.cid)
+            .set_src_port(key.local)
+            .set_dst_port(key.peer)
+            .set_type(TYPE_STREAM)
+            .set_op(op)
+            .set_flags(flags)
+            .set_len(0)
+            .set_buf_alloc(buf_alloc)
+            .set_fwd_cnt(fwd_cnt);
+    }
+
+    /// Reads one stream's data into `pkt`; `None` if no stream had any.
+    fn host_data<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> Option<u32> {
+        while let Some(key) = self.want_rx.pop_front() {
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            c.queued = false;
+            let cap = pkt.data_slice().map_or(0, |d| d.len());
+            let want = (c.peer_credit() as usize).min(cap);
+            if want == 0 || c.state != State::Established {
+                self.arm(key);
+                continue;
+            }
+            let mut buf = vec![0u8; want];
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    // The host peer will send no more (it may still read):
+                    // a half-close, as with TCP.
+                    c.host_eof = true;
+                    if c.guest_shut_send && c.txbuf.is_empty() {
+                        // Both directions are done.
+                        self.reset_conn(key);
+                        continue;
+                    }
+                    self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_SEND);
+                    self.set_interest(key);
+                    return Some(0);
+                }
+                Ok(n) => {
+                    let data = pkt.data_slice()?;
+                    data.copy_from(&buf[..n]);
+                    c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                    c.fwd_cnt_sent = c.fwd_cnt;
+                    // More may be waiting: stay queued behind the others.
+                    c.queued = true;
+                    self.want_rx.push_back(key);
+                    self.header(pkt, key, op::RW, 0);
+                    pkt.set_len(n as u32);
+                    return Some(n as u32);
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    self.arm(key);
+                }
+                Err(_) => {
+                    // The RST goes out with the next buffer.
+                    self.reset_conn(key);
+                }
+            }
+        }
+        None
+    }
+}

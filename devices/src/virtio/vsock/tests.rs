@@ -1,0 +1,476 @@
+//! Muxer tests over real guest memory and split queues (driven the way the
+//! Linux driver drives them) and real Unix sockets.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::epoll::EpollEvent;
+
+use super::muxer::*;
+use crate::GuestMemory;
+
+const CID: u64 = 3;
+const HDR: usize = 44;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const TX_BUF: u64 = 0x10_0000;
+const RX_BUF: u64 = 0x20_0000;
+const RX_DATA: u64 = 0x30_0000;
+const QSIZE: u16 = 256;
+
+struct Hdr {
+    src_cid: u64,
+    dst_cid: u64,
+    src_port: u32,
+    dst_port: u32,
+    len: u32,
+    ty: u16,
+    op: u16,
+    flags: u32,
+    buf_alloc: u32,
+    fwd_cnt: u32,
+}
+
+impl Hdr {
+    fn guest(src_port: u32, dst_port: u32, op: u16) -> Self {
+        Self {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: 0,
+            ty: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 1 << 20,
+            fwd_cnt: 0,
+        }
+    }
+
+    fn bytes(&self) -> [u8; HDR] {
+        let mut b = [0u8; HDR];
+        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
+        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..30].copy_from_slice(&self.ty.to_le_bytes());
+        b[30..32].copy_from_slice(&self.op.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
+        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+        b
+    }
+
+    fn parse(b: &[u8]) -> Self {
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+        Self {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            ty: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+}
+
+/// The guest driver's side: both queues and their descriptor allocation.
+struct Guest<'a> {
+    mem: &'a GuestMemory,
+    rxm: MockSplitQueue<'a, GuestMemory>,
+    txm: MockSplitQueue<'a, GuestMemory>,
+    rx: Queue,
+    tx: Queue,
+    rx_next: u16,
+    tx_next: u16,
+    rx_seen: u16,
+}
+
+fn add_chain(m: &MockSplitQueue<'_, GuestMemory>, next: &mut u16, descs: &[(u64, u32, bool)]) {
+    if *next as usize + descs.len() > QSIZE as usize {
+        *next = 0;
+    }
+    let base = *next;
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, l, w))| {
+            let last = i + 1 == descs.len();
+            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            RawDescriptor::from(SplitDescriptor::new(a, l, flags, base + i as u16 + 1))
+        })
+        .collect();
+    m.add_desc_chains(&raw, base).unwrap();
+    *next += descs.len() as u16;
+}
+
+impl<'a> Guest<'a> {
+    fn new(mem: &'a GuestMemory) -> Self {
+        let rxm = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
+        let txm = MockSplitQueue::create(mem, GuestAddress(0x8000), QSIZE);
+        let rx = rxm.create_queue().unwrap();
+        let tx = txm.create_queue().unwrap();
+        Self {
+            mem,
+            rxm,
+            txm,
+            rx,
+            tx,
+            rx_next: 0,
+            tx_next: 0,
+            rx_seen: 0,
+        }
+    }
+
+    fn send(&mut self, mux: &mut Muxer, h: Hdr, data: &[u8]) {
+        let mut h = h;
+        h.len = data.len() as u32;
+        self.mem
+            .write_slice(&h.bytes(), GuestAddress(TX_BUF))
+            .unwrap();
+        self.mem
+            .write_slice(data, GuestAddress(TX_BUF + 0x1000))
+            .unwrap();
+        let mut d = vec![(TX_BUF, HDR as u32, false)];
+        if !data.is_empty() {
+            d.push((TX_BUF + 0x1000, data.len() as u32, false));
+        }
+        add_chain(&self.txm, &mut self.tx_next, &d);
+        assert!(mux.process_tx(self.mem, &mut self.tx).unwrap());
+    }
+
+    /// Offers one rx buffer and lets the muxer fill it.
+    fn recv(&mut self, mux: &mut Muxer) -> Option<(Hdr, Vec<u8>)> {
+        add_chain(
+            &self.rxm,
+            &mut self.rx_next,
+            &[(RX_BUF, HDR as u32, true), (RX_DATA, 4096, true)],
+        );
+        mux.fill_rx(self.mem, &mut self.rx).unwrap();
+        let used = self.rxm.used().idx().load();
+        if used == self.rx_seen {
+            // Take the offered buffer back out of the avail ring.
+            let idx = self.rxm.avail().idx().load();
+            self.rxm.avail().idx().store(idx.wrapping_sub(1));
+            self.rx_next -= 2;
+            return None;
+        }
+        self.rx_seen = used;
+        let mut b = [0u8; HDR];
+        self.mem.read_slice(&mut b, GuestAddress(RX_BUF)).unwrap();
+        let h = Hdr::parse(&b);
+        let mut data = vec![0u8; h.len as usize];
+        self.mem
+            .read_slice(&mut data, GuestAddress(RX_DATA))
+            .unwrap();
+        Some((h, data))
+    }
+}
+
+fn mem() -> GuestMemory {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+}
+
+/// Dispatches whatever host-side events are ready.
+fn pump(mux: &mut Muxer) {
+    for _ in 0..3 {
+        let mut ev = [EpollEvent::default(); 64];
+        let n = mux.epoll().wait(50, &mut ev).unwrap();
+        for e in &ev[..n] {
+            mux.host_event(e.data(), e.event_set());
+        }
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    mux: Muxer,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let l = bind(&path).unwrap();
+    let mux = Muxer::new(CID, path.clone(), Some(l)).unwrap();
+    Env {
+        _dir: dir,
+        path,
+        mux,
+    }
+}
+
+fn port_path(p: &std::path::Path, port: u32) -> PathBuf {
+    PathBuf::from(format!("{}_{port}", p.display()))
+}
+
+/// Guest connects to host port 52 (`PATH_52`); returns the host's stream.
+fn guest_connect(e: &mut Env, g: &mut Guest) -> UnixStream {
+    let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
+    g.send(&mut e.mux, Hdr::guest(1000, 52, op::REQUEST), &[]);
+    let (h, _) = g.recv(&mut e.mux).expect("a reply");
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port, h.dst_cid),
+        (op::RESPONSE, 52, 1000, CID)
+    );
+    assert_eq!(h.buf_alloc, BUF_ALLOC);
+    let (s, _) = srv.accept().unwrap();
+    s
+}
+
+#[test]
+fn guest_initiated_stream_echoes_both_ways() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), b"hello host");
+    let mut b = [0u8; 10];
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"hello host");
+    host.write_all(b"hello guest").unwrap();
+    pump(&mut e.mux);
+    let mut got = None;
+    for _ in 0..4 {
+        if let Some((h, d)) = g.recv(&mut e.mux) {
+            if h.op == op::RW {
+                got = Some((h, d));
+                break;
+            }
+        }
+    }
+    let (h, d) = got.expect("data for the guest");
+    assert_eq!((h.src_port, h.dst_port, h.ty), (52, 1000, TYPE_STREAM));
+    assert_eq!(d, b"hello guest");
+    // The host half-closes: the guest is told, and can still send.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    pump(&mut e.mux);
+    let (h, _) = g.recv(&mut e.mux).expect("shutdown");
+    assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+    g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), b"tail");
+    let mut b = [0u8; 4];
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"tail");
+    // The guest finishes too: the host sees EOF and the stream is gone.
+    let mut h = Hdr::guest(1000, 52, op::SHUTDOWN);
+    h.flags = SHUTDOWN_SEND;
+    g.send(&mut e.mux, h, &[]);
+    assert_eq!(host.read(&mut b).unwrap(), 0);
+    assert_eq!(e.mux.connections(), 0);
+    let mut ops = Vec::new();
+    while let Some((h, _)) = g.recv(&mut e.mux) {
+        ops.push(h.op);
+    }
+    assert_eq!(ops.last(), Some(&op::RST), "{ops:?}");
+}
+
+#[test]
+fn connecting_to_an_unbound_port_is_reset_at_once() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    g.send(&mut e.mux, Hdr::guest(1000, 77, op::REQUEST), &[]);
+    let (h, _) = g.recv(&mut e.mux).expect("a reply");
+    assert_eq!((h.op, h.src_port, h.dst_port), (op::RST, 77, 1000));
+    assert_eq!(e.mux.connections(), 0);
+}
+
+#[test]
+fn host_initiated_connect_protocol() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut c = UnixStream::connect(&e.path).unwrap();
+    c.write_all(b"CONNECT 5000\nearly-data").unwrap();
+    pump(&mut e.mux);
+    let (h, _) = g.recv(&mut e.mux).expect("request to the guest");
+    assert_eq!(
+        (h.op, h.dst_port, h.dst_cid, h.src_cid),
+        (op::REQUEST, 5000, CID, HOST_CID)
+    );
+    assert!(h.src_port >= 1 << 30);
+    let local = h.src_port;
+    g.send(&mut e.mux, Hdr::guest(5000, local, op::RESPONSE), &[]);
+    let mut line = [0u8; 64];
+    let want = format!("OK {local}\n");
+    c.read_exact(&mut line[..want.len()]).unwrap();
+    assert_eq!(&line[..want.len()], want.as_bytes());
+    // Bytes sent right after the CONNECT line are stream data, not lost.
+    pump(&mut e.mux);
+    let (h, d) = g.recv(&mut e.mux).expect("early data");
+    assert_eq!((h.op, d.as_slice()), (op::RW, &b"early-data"[..]));
+}
+
+#[test]
+fn garbage_instead_of_connect_closes_that_client_only() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut bad = UnixStream::connect(&e.path).unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut long = UnixStream::connect(&e.path).unwrap();
+    long.write_all(&[b'A'; 100]).unwrap();
+    pump(&mut e.mux);
+    let mut b = [0u8; 8];
+    for s in [&mut bad, &mut long] {
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            r => panic!("not closed: {r:?}"),
+        }
+    }
+    assert!(g.recv(&mut e.mux).is_none(), "nothing reaches the guest");
+    // A well-behaved client still works.
+    let mut c = UnixStream::connect(&e.path).unwrap();
+    c.write_all(b"CONNECT 9\n").unwrap();
+    pump(&mut e.mux);
+    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::REQUEST);
+}
+
+#[test]
+fn host_data_respects_the_guest_credit() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
+    let mut h = Hdr::guest(1000, 52, op::REQUEST);
+    h.buf_alloc = 1000;
+    g.send(&mut e.mux, h, &[]);
+    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RESPONSE);
+    let (mut host, _) = srv.accept().unwrap();
+    host.write_all(&[7u8; 5000]).unwrap();
+    let mut total = 0;
+    for _ in 0..10 {
+        pump(&mut e.mux);
+        while let Some((h, d)) = g.recv(&mut e.mux) {
+            assert_eq!(h.op, op::RW);
+            total += d.len();
+        }
+    }
+    assert_eq!(total, 1000, "exactly the guest's buffer");
+    // The guest consumed it all: more flows.
+    let mut h = Hdr::guest(1000, 52, op::CREDIT_UPDATE);
+    h.buf_alloc = 1000;
+    h.fwd_cnt = 1000;
+    g.send(&mut e.mux, h, &[]);
+    let mut more = 0;
+    for _ in 0..10 {
+        pump(&mut e.mux);
+        while let Some((_, d)) = g.recv(&mut e.mux) {
+            more += d.len();
+        }
+    }
+    assert_eq!(more, 1000);
+}
+
+#[test]
+fn a_guest_that_never_reads_rx_stalls_the_host_writer() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    host.set_nonblocking(true).unwrap();
+    let chunk = [1u8; 65536];
+    let mut written = 0usize;
+    for _ in 0..1000 {
+        match host.write(&chunk) {
+            Ok(n) => written += n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                pump(&mut e.mux);
+                // Still blocked after the muxer ran: it is not draining into memory.
+                match host.write(&chunk) {
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Ok(n) => written += n,
+                    Err(err) => panic!("{err}"),
+                }
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(written < 16 << 20, "the host could write {written} bytes");
+}
+
+#[test]
+fn a_guest_overrunning_its_credit_is_reset() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let _host = guest_connect(&mut e, &mut g); // never reads
+    let data = vec![3u8; 60000];
+    let mut reset = false;
+    for _ in 0..200 {
+        g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), &data);
+        while let Some((h, _)) = g.recv(&mut e.mux) {
+            if h.op == op::RST {
+                reset = true;
+            }
+        }
+        if reset {
+            break;
+        }
+    }
+    assert!(reset);
+    assert_eq!(e.mux.connections(), 0);
+}
+
+#[test]
+fn malformed_packets_are_dropped() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    // Write-only tx head, a header shorter than 44 bytes, a length beyond the maximum.
+    add_chain(&g.txm, &mut g.tx_next, &[(TX_BUF, HDR as u32, true)]);
+    add_chain(&g.txm, &mut g.tx_next, &[(TX_BUF, 20, false)]);
+    let mut h = Hdr::guest(1, 2, op::RW);
+    h.len = MAX_PKT_DATA + 1;
+    m.write_slice(&h.bytes(), GuestAddress(TX_BUF + 0x2000))
+        .unwrap();
+    add_chain(
+        &g.txm,
+        &mut g.tx_next,
+        &[
+            (TX_BUF + 0x2000, HDR as u32, false),
+            (TX_BUF + 0x3000, 4096, false),
+        ],
+    );
+    assert!(e.mux.process_tx(&m, &mut g.tx).unwrap());
+    assert_eq!(g.txm.used().idx().load(), 3);
+    // Wrong CIDs are dropped; an unknown type gets a reset.
+    let mut h = Hdr::guest(1, 52, op::REQUEST);
+    h.src_cid = 7;
+    g.send(&mut e.mux, h, &[]);
+    assert!(g.recv(&mut e.mux).is_none());
+    let mut h = Hdr::guest(1, 52, op::REQUEST);
+    h.ty = 2;
+    g.send(&mut e.mux, h, &[]);
+    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RST);
+    // A device-readable rx buffer is consumed with length 0.
+    g.send(&mut e.mux, Hdr::guest(1, 99, op::REQUEST), &[]);
+    add_chain(&g.rxm, &mut g.rx_next, &[(RX_BUF, HDR as u32, false)]);
+    e.mux.fill_rx(&m, &mut g.rx).unwrap();
+    let last = g.rxm.used().idx().load() - 1;
+    assert_eq!(
+        g.rxm
+            .used()
+            .ring()
+            .ref_at(last as usize)
+            .unwrap()
+            .load()
+            .len(),
+        0
+    );
+    assert_eq!(e.mux.connections(), 0);
+}
