@@ -6,6 +6,8 @@
 //! (`vmapp.cmd=` hex of NUL-separated argv) or an interactive shell, reports
 //! the exit status through the boot-status port and powers the VM off.
 
+mod vsock;
+
 use std::ffi::CString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
@@ -193,6 +195,11 @@ fn run(argv: Option<Vec<String>>) -> u8 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 && args.get(1).map(String::as_str) == Some("vsock") {
+        std::process::exit(vsock::main(&args[2..]));
+    }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV;
     mount("proc", "/proc", "proc", nodev | libc::MS_NOEXEC, "");
     mount("sysfs", "/sys", "sysfs", nodev | libc::MS_NOEXEC, "");

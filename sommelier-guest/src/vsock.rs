@@ -1,0 +1,207 @@
+//! `/init vsock …`: a small AF_VSOCK tool for the default guest (busybox has
+//! none), used by tests and handy for debugging:
+//!
+//! - `vsock connect CID PORT`: connects and relays stdin/stdout (stdin EOF
+//!   half-closes the stream); exits 1 with a message if the connection is
+//!   refused or reset.
+//! - `vsock listen PORT`: accepts one connection and relays it the same way.
+//! - `vsock echo PORT`: prints `@@listening`, then echoes every connection
+//!   back to its sender, concurrently, forever.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+fn socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+fn connect(cid: u32, port: u32) -> std::io::Result<File> {
+    let s = socket()?;
+    let a = addr(cid, port);
+    // SAFETY: a is a valid sockaddr_vm of ADDR_LEN bytes.
+    let r = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            (&a as *const libc::sockaddr_vm).cast(),
+            ADDR_LEN,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(File::from(s))
+}
+
+fn listen(port: u32) -> std::io::Result<OwnedFd> {
+    let s = socket()?;
+    let a = addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: a is a valid sockaddr_vm of ADDR_LEN bytes.
+    if unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            (&a as *const libc::sockaddr_vm).cast(),
+            ADDR_LEN,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen on our socket.
+    if unsafe { libc::listen(s.as_raw_fd(), 128) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn accept(l: &OwnedFd) -> std::io::Result<File> {
+    // SAFETY: accept without a peer address.
+    let fd = unsafe {
+        libc::accept4(
+            l.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn shutdown_write(f: &File) {
+    // SAFETY: shutdown on a socket we own.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// Copies `from` into `to` until EOF; returns the bytes copied.
+fn copy(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let r = match from.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..r])?;
+        n += r as u64;
+    }
+}
+
+/// stdin → socket (half-closing at EOF) and socket → stdout.
+fn relay(sock: File) -> i32 {
+    let Ok(mut w) = sock.try_clone() else {
+        return 1;
+    };
+    let t = std::thread::spawn(move || {
+        let r = copy(&mut std::io::stdin().lock(), &mut w);
+        shutdown_write(&w);
+        r
+    });
+    let mut r = sock;
+    let down = copy(&mut r, &mut std::io::stdout().lock());
+    let _ = std::io::stdout().flush();
+    let up = t
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("stdin thread")));
+    match (down, up) {
+        (Ok(_), Ok(_)) => 0,
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("vsock: {e}");
+            1
+        }
+    }
+}
+
+fn num(s: Option<&String>) -> Option<u32> {
+    s?.parse().ok()
+}
+
+/// Runs the tool with `args` (after `vsock`); returns the exit status.
+pub fn main(args: &[String]) -> i32 {
+    let usage = || {
+        eprintln!("usage: vsock connect CID PORT | vsock listen PORT | vsock echo PORT");
+        2
+    };
+    match args.first().map(String::as_str) {
+        Some("connect") => {
+            let (Some(cid), Some(port)) = (num(args.get(1)), num(args.get(2))) else {
+                return usage();
+            };
+            match connect(cid, port) {
+                Ok(s) => relay(s),
+                Err(e) => {
+                    eprintln!("vsock: connect to {cid}:{port}: {e}");
+                    1
+                }
+            }
+        }
+        Some("listen") => {
+            let Some(port) = num(args.get(1)) else {
+                return usage();
+            };
+            match listen(port).and_then(|l| {
+                println!("@@listening");
+                accept(&l)
+            }) {
+                Ok(s) => relay(s),
+                Err(e) => {
+                    eprintln!("vsock: listen on {port}: {e}");
+                    1
+                }
+            }
+        }
+        Some("echo") => {
+            let Some(port) = num(args.get(1)) else {
+                return usage();
+            };
+            let l = match listen(port) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("vsock: listen on {port}: {e}");
+                    return 1;
+                }
+            };
+            println!("@@listening");
+            let _ = std::io::stdout().flush();
+            loop {
+                match accept(&l) {
+                    Ok(mut s) => {
+                        std::thread::spawn(move || {
+                            if let Ok(mut w) = s.try_clone() {
+                                let _ = copy(&mut s, &mut w);
+                                shutdown_write(&w);
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        eprintln!("vsock: accept: {e}");
+                        return 1;
+                    }
+                }
+            }
+        }
+        _ => usage(),
+    }
+}
