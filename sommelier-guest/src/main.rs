@@ -6,6 +6,7 @@
 //! (`vmapp.cmd=` hex of NUL-separated argv) or an interactive shell, reports
 //! the exit status through the boot-status port and powers the VM off.
 
+mod agent;
 mod vsock;
 
 use std::ffi::CString;
@@ -122,11 +123,54 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect()
             });
+        } else if w.starts_with("vmapp.agent=") {
+            // Handled by agent_port.
         } else if w == "vmapp.tty=1" {
             tty = true;
         }
     }
     (cmd, tty)
+}
+
+/// The vsock port of vmapp's agent listener, if vmapp wants the agent.
+fn agent_port(cmdline: &str) -> Option<u32> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("vmapp.agent="))
+        .and_then(|p| p.parse().ok())
+}
+
+const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("TERM", "linux"),
+];
+
+/// Runs the command vmapp sends over vsock; returns (status, keep running).
+fn run_agent(port: u32) -> (u8, bool) {
+    let mut last = None;
+    for _ in 0..50 {
+        match vsock::connect(2, port) {
+            Ok(s) => {
+                return match agent::serve(s, BASE_ENV) {
+                    Ok(o) => (o.status, o.keep_running),
+                    Err(e) => {
+                        log(&format!("agent: {e}"));
+                        (125, false)
+                    }
+                };
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    log(&format!(
+        "agent: cannot reach vmapp on vsock port {port}: {last:?}"
+    ));
+    (125, false)
 }
 
 /// Console line settings: a terminal on the host gets a cooked tty (the host
@@ -218,7 +262,16 @@ fn main() {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (argv, tty) = command_from_cmdline(&cmdline);
     setup_console(tty);
-    let code = run(argv);
+    let (code, keep_running) = match agent_port(&cmdline) {
+        Some(port) => run_agent(port),
+        None => (run(argv), false),
+    };
+    if keep_running {
+        outb(BOOT_STATUS_PORT + 1, code);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     // Let the UART send everything the application wrote before powering off.
     // SAFETY: tcdrain on the console fds.
     unsafe {

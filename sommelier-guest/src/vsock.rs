@@ -33,7 +33,7 @@ fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 
 const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
 
-fn connect(cid: u32, port: u32) -> std::io::Result<File> {
+pub(crate) fn connect(cid: u32, port: u32) -> std::io::Result<File> {
     let s = socket()?;
     let a = addr(cid, port);
     // SAFETY: a is a valid sockaddr_vm of ADDR_LEN bytes.

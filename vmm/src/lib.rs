@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod acpi;
+pub mod agent;
 pub mod boot;
 pub mod console;
 pub mod cpu;

@@ -82,6 +82,11 @@ fn exit_status_poweroff_reboot_and_panic() {
     let script = format!(
         "{v} launch -- sh -c 'exit 7'; echo @@exit7=$?\n\
          {v} launch -- sh -c 'echo to-stdout; echo to-stderr >&2; exit 3'; echo @@streams=$?\n\
+         head -c 3000000 /dev/urandom > /tmp/vmapp-cat-in.$$; \
+         {v} launch -- cat < /tmp/vmapp-cat-in.$$ > /tmp/vmapp-cat-out.$$; echo @@cat=$?\n\
+         cmp -s /tmp/vmapp-cat-in.$$ /tmp/vmapp-cat-out.$$ && echo @@catcmp=same || echo @@catcmp=differ\n\
+         e=$({v} launch --env V=42 --workdir /tmp -- sh -c 'echo v=$V $(pwd)'); echo @@env=$?; echo @@envout=$e\n\
+         {v} launch -- no-such-program; echo @@missing=$?\n\
          {v} launch -- poweroff -f; echo @@poweroff=$?\n\
          {v} launch -- reboot -f; echo @@reboot=$?\n\
          {v} launch -- sh -c 'echo c > /proc/sysrq-trigger'; echo @@panic=$?\n",
@@ -91,11 +96,21 @@ fn exit_status_poweroff_reboot_and_panic() {
     let rc = |k: &str| value(&out, &format!("@@{k}=")).to_string();
     assert_eq!(rc("exit7"), "7", "{out}\n{err}");
     assert_eq!(rc("streams"), "3", "{out}\n{err}");
-    // For now both guest streams arrive on the serial console (stdout).
+    // Through the vsock agent each guest stream lands on its own.
     assert!(
-        out.contains("to-stdout\n") && out.contains("to-stderr\n"),
+        out.contains("to-stdout\n") && !out.contains("to-stderr"),
         "{out}"
     );
+    assert!(
+        err.contains("to-stderr\n") && !err.contains("to-stdout"),
+        "{err}"
+    );
+    assert_eq!(rc("cat"), "0", "{out}\n{err}");
+    assert_eq!(value(&out, "@@catcmp="), "same", "{out}\n{err}");
+    assert_eq!(rc("env"), "0", "{out}\n{err}");
+    assert_eq!(value(&out, "@@envout="), "v=42 /tmp", "{out}\n{err}");
+    assert_eq!(rc("missing"), "127", "{out}\n{err}");
+    assert!(err.contains("no-such-program"), "{err}");
     assert_eq!(rc("poweroff"), "0", "{out}\n{err}");
     assert_eq!(rc("reboot"), "70", "{out}\n{err}");
     assert!(err.contains("the guest rebooted"), "{err}");

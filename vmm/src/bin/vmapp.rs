@@ -2,12 +2,16 @@
 //! distribution's own kernel.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vmm::agent::{AgentHost, Run, AGENT_PORT};
 use vmm::{image, Console, DiskConfig, ExitReason, VmBuilder, VsockConfig};
 
 #[derive(Parser)]
@@ -24,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a VM and run COMMAND in it (an interactive shell without one).
-    Launch(Launch),
+    Launch(Box<Launch>),
     /// Build or refresh the default guest (kernel and initramfs) in the cache.
     Prepare {
         /// Re-resolve the Debian package versions even if an image is cached.
@@ -50,9 +54,20 @@ struct Launch {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u64,
-    /// Where the serial console goes: stdio, none, or a file path.
-    #[arg(long, default_value = "stdio")]
-    console: String,
+    /// Where the serial console goes: stdio, none, or a file path. Default:
+    /// stdio for an interactive guest; stderr when the default guest runs a
+    /// command through its agent (stdout is then the command's alone).
+    #[arg(long)]
+    console: Option<String>,
+    /// Environment for the command, KEY=VALUE (repeatable; default guest).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    envs: Vec<String>,
+    /// Working directory of the command in the guest (default guest).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Keep the VM running after the command exits (default guest).
+    #[arg(long)]
+    keep_running: bool,
     /// A virtio-blk disk, PATH[,ro][,serial=ID]; repeat for more (vda, vdb, …).
     /// Writable images are locked exclusively, read-only ones shared.
     #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
@@ -73,6 +88,30 @@ struct Launch {
     command: Vec<String>,
 }
 
+/// A private directory for the agent's sockets, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p = base.join(format!("vmapp-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn hex(argv: &[String]) -> String {
     argv.join("\0")
         .bytes()
@@ -91,10 +130,17 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
             (k, a.initramfs.or(Some(img.initramfs)), true)
         }
     };
-    let console = match a.console.as_str() {
-        "stdio" => Console::Stdio,
-        "none" => Console::None,
-        p => Console::File(PathBuf::from(p)),
+    // The default guest runs a command through its vsock agent (separate
+    // stdout/stderr, binary-safe stdin); a terminal session and other guests
+    // use the serial console.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let agent = default_guest && !a.command.is_empty() && !interactive;
+    let console = match a.console.as_deref() {
+        Some("stdio") => Console::Stdio,
+        None if !agent => Console::Stdio,
+        None => Console::Writer(Box::new(std::io::stderr())),
+        Some("none") => Console::None,
+        Some(p) => Console::File(PathBuf::from(p)),
     };
     let mut b = VmBuilder::new(kernel)
         .memory_mib(a.memory)
@@ -105,10 +151,21 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     for d in &a.disks {
         b = b.disk(DiskConfig::parse(d)?);
     }
-    if let Some(p) = a.vsock {
+    let mut tmp = None;
+    let vsock = match (a.vsock, agent) {
+        (Some(p), _) => Some(p),
+        (None, true) => {
+            let d = TempDir::new()?;
+            let p = d.0.join("v.sock");
+            tmp = Some(d);
+            Some(p)
+        }
+        (None, false) => None,
+    };
+    if let Some(p) = &vsock {
         b = b.vsock(VsockConfig {
             cid: a.cid,
-            uds_path: p,
+            uds_path: p.clone(),
         });
     }
     if let Some(i) = initramfs {
@@ -117,13 +174,58 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     if default_guest {
         b = b.append_cmdline("quiet loglevel=0");
     }
-    if !a.command.is_empty() {
-        b = b.append_cmdline(&format!("vmapp.cmd={}", hex(&a.command)));
-    }
-    if a.console == "stdio" && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+    let host = match (&vsock, agent) {
+        (Some(p), true) => {
+            b = b.append_cmdline(&format!("vmapp.agent={AGENT_PORT}"));
+            Some(AgentHost::listen(p)?)
+        }
+        _ => {
+            if !a.command.is_empty() {
+                b = b.append_cmdline(&format!("vmapp.cmd={}", hex(&a.command)));
+            }
+            None
+        }
+    };
+    if a.console.as_deref().unwrap_or("stdio") == "stdio" && interactive {
         b = b.append_cmdline("vmapp.tty=1");
     }
-    let exit = b.append_cmdline(&a.cmdline).build()?.run()?;
+    let vm = b.append_cmdline(&a.cmdline).build()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let agent_thread = host.map(|h| {
+        let run = Run {
+            argv: a.command.clone(),
+            env: a.envs.clone(),
+            cwd: a.workdir.clone().unwrap_or_default(),
+            keep_running: a.keep_running,
+        };
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+            h.serve(
+                &run,
+                &done,
+                Some(stdin),
+                std::io::stdout(),
+                std::io::stderr(),
+            )
+        })
+    });
+    let exit = vm.run();
+    done.store(true, Ordering::SeqCst);
+    let agent_result = agent_thread.map(|t| t.join());
+    drop(tmp);
+    let exit = exit?;
+    if let Some(r) = agent_result {
+        match r {
+            Ok(Ok(Some(e)))
+                if exit.reason != ExitReason::Panic && exit.reason != ExitReason::TripleFault =>
+            {
+                return Ok(ExitCode::from(e.status()));
+            }
+            Ok(Err(e)) => eprintln!("vmapp: error: {e}"),
+            _ => {}
+        }
+    }
     Ok(match exit.reason {
         ExitReason::PowerOff => ExitCode::from(exit.app_exit_status.unwrap_or(0)),
         ExitReason::Reset => {
@@ -159,7 +261,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Launch(a) => launch(a, start),
+        Cmd::Launch(a) => launch(*a, start),
         Cmd::Prepare { refresh } => (|| {
             let init = image::default_init_path()?;
             let img = image::prepare(&image::cache_dir(), &init, refresh)?;

@@ -1,0 +1,128 @@
+//! The guest agent: connects to vmapp over vsock, runs the command it is sent
+//! and streams its stdin/stdout/stderr and exit status (protocol in
+//! `sommelier_guest::proto`).
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use sommelier_guest::proto::{self, ty, Exit, Run};
+
+/// The outcome: the command's status and whether to keep the VM running.
+pub struct Outcome {
+    /// Shell-style exit status.
+    pub status: u8,
+    /// vmapp asked to keep the VM running.
+    pub keep_running: bool,
+}
+
+fn send(w: &Mutex<std::fs::File>, t: u8, payload: &[u8]) -> Result<(), proto::ProtoError> {
+    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+    proto::write_frame(&mut *g, t, payload)
+}
+
+/// Pumps `from` into frames of type `t`.
+fn pump(mut from: impl Read, w: Arc<Mutex<std::fs::File>>, t: u8) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if send(&w, t, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs the agent on `sock` (connected to vmapp).
+pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, proto::ProtoError> {
+    let mut r = sock.try_clone()?;
+    let w = Arc::new(Mutex::new(sock));
+    send(&w, ty::HELLO, &proto::VERSION.to_le_bytes())?;
+    let run = loop {
+        match proto::read_frame(&mut r)? {
+            Some((ty::RUN, p)) => break Run::decode(&p)?,
+            Some(_) => continue,
+            None => return Err(proto::ProtoError::Malformed("vmapp closed before RUN")),
+        }
+    };
+    let mut cmd = Command::new(&run.argv[0]);
+    cmd.args(&run.argv[1..]).env_clear();
+    for (k, v) in base_env {
+        cmd.env(k, v);
+    }
+    for kv in &run.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.current_dir(if run.cwd.is_empty() { "/" } else { &run.cwd })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot run {:?}: {e}", run.argv[0]);
+            send(&w, ty::ERROR, msg.as_bytes())?;
+            let status = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Ok(Outcome {
+                status,
+                keep_running: run.keep_running,
+            });
+        }
+    };
+    let out = child.stdout.take().map(|o| {
+        let w = w.clone();
+        std::thread::spawn(move || pump(o, w, ty::STDOUT))
+    });
+    let err = child.stderr.take().map(|e| {
+        let w = w.clone();
+        std::thread::spawn(move || pump(e, w, ty::STDERR))
+    });
+    let mut stdin = child.stdin.take();
+    // Host → command stdin; ends at STDIN_EOF or when vmapp goes away.
+    let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _closed = closed_tx;
+        while let Ok(Some((t, p))) = proto::read_frame(&mut r) {
+            match t {
+                ty::STDIN => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&p).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                ty::STDIN_EOF => stdin = None,
+                _ => {}
+            }
+        }
+    });
+    let st = child.wait()?;
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.join();
+    }
+    let exit = match (st.code(), st.signal()) {
+        (Some(c), _) => Exit::Code(c as u8),
+        (None, Some(s)) => Exit::Signal(s as u8),
+        _ => Exit::Code(255),
+    };
+    send(&w, ty::EXIT, &exit.encode())?;
+    // vmapp closes the stream once it has everything; powering off before
+    // that could leave our last bytes in the guest's vsock queue.
+    let _ = closed.recv_timeout(std::time::Duration::from_secs(10));
+    Ok(Outcome {
+        status: exit.status(),
+        keep_running: run.keep_running,
+    })
+}
