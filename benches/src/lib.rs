@@ -72,12 +72,7 @@ pub fn run_until_marker(
     timeout: Duration,
 ) -> Result<Run> {
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let mut child = spawn_piped(&mut cmd)?;
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -158,9 +153,159 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The same guest under both VMMs: kernel, initramfs, memory, binaries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Guest {
+    /// The vmapp binary.
+    #[arg(long)]
+    pub vmapp: String,
+    /// ELF vmlinux both VMMs boot (PVH entry).
+    #[arg(long)]
+    pub vmlinux: String,
+    /// Initramfs both VMMs load.
+    #[arg(long)]
+    pub initramfs: String,
+    /// Guest memory (MiB).
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+}
+
+/// Hex of the NUL-separated argv, as the guest init reads `vmapp.cmd=`.
+pub fn hex(argv: &[&str]) -> String {
+    argv.join("\0")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Guest {
+    /// `vmapp launch` of `argv` with 1 vCPU, the serial console on stdout and
+    /// the same quiet command line QEMU gets; `extra` goes before `--`.
+    pub fn vmapp(&self, extra: &[&str], argv: &[&str]) -> Command {
+        let mem = self.memory.to_string();
+        let mut c = Command::new(&self.vmapp);
+        c.args([
+            "launch",
+            "--memory",
+            &mem,
+            "--cpus",
+            "1",
+            "--console",
+            "stdio",
+        ])
+        .args(["--kernel", &self.vmlinux, "--initramfs", &self.initramfs])
+        .args(["--cmdline", "quiet loglevel=0"])
+        .args(extra)
+        .arg("--")
+        .args(argv);
+        c
+    }
+
+    /// `qemu-system-x86_64 -M microvm` running `argv` in the same guest, with
+    /// what vmapp puts on the command line minus its virtio-mmio slots
+    /// (microvm describes its own in its DSDT); `extra` are more QEMU options.
+    pub fn qemu(&self, extra: &[&str], argv: &[&str]) -> Command {
+        let mem = self.memory.to_string();
+        let append = format!(
+            "console=ttyS0 panic=-1 pci=off quiet loglevel=0 vmapp.cmd={}",
+            hex(argv)
+        );
+        let mut c = Command::new(&self.qemu);
+        c.args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on"])
+            .args(["-accel", "kvm", "-cpu", "host", "-m", &mem, "-smp", "1"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args([
+                "-serial",
+                "stdio",
+                "-kernel",
+                &self.vmlinux,
+                "-initrd",
+                &self.initramfs,
+            ])
+            .args(["-append", &append])
+            .args(extra);
+        c
+    }
+}
+
+/// Starts `cmd` with stdin closed and stdout/stderr piped.
+fn spawn_piped(cmd: &mut Command) -> Result<std::process::Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+/// Runs `cmd` to completion (killed after `timeout`); returns its stdout.
+pub fn run_capture(mut cmd: Command, timeout: Duration) -> Result<String> {
+    let mut child = spawn_piped(&mut cmd)?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let ro = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let re = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = ro.join().unwrap_or_default();
+    let err = re.join().unwrap_or_default();
+    match status {
+        Some(st) if st.success() => Ok(out),
+        Some(st) => bail!("{:?} failed ({st}):\n{out}\n{err}", cmd.get_program()),
+        None => bail!(
+            "{:?} did not finish within {timeout:?}:\n{out}\n{err}",
+            cmd.get_program()
+        ),
+    }
+}
+
+/// The number after `@@key=` in `out`.
+pub fn metric(out: &str, key: &str) -> Result<f64> {
+    let k = format!("@@{key}=");
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&k))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {k} in the guest's output:\n{out}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_and_hex() {
+        let out = "noise\r\n@@seqread_mbps=12.5\r\n@@x=abc\n";
+        assert_eq!(metric(out, "seqread_mbps").unwrap(), 12.5);
+        assert!(metric(out, "x").is_err());
+        assert!(metric(out, "missing").is_err());
+        assert_eq!(hex(&["a", "b"]), "610062");
+    }
 
     #[test]
     fn smaps_separates_guest_ram() {

@@ -7,6 +7,7 @@
 //! the exit status through the boot-status port and powers the VM off.
 
 mod agent;
+mod bench;
 mod vsock;
 
 use std::ffi::CString;
@@ -241,8 +242,12 @@ fn run(argv: Option<Vec<String>>) -> u8 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 && args.get(1).map(String::as_str) == Some("vsock") {
-        std::process::exit(vsock::main(&args[2..]));
+    if unsafe { libc::getpid() } != 1 {
+        match args.get(1).map(String::as_str) {
+            Some("vsock") => std::process::exit(vsock::main(&args[2..])),
+            Some("bench") => std::process::exit(bench::main(&args[2..])),
+            _ => {}
+        }
     }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV;
     mount("proc", "/proc", "proc", nodev | libc::MS_NOEXEC, "");

@@ -5,8 +5,8 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
-//! - `cargo xtask bench [BOOT-BENCH-ARGS…]`: the boot benchmark (vmapp vs
-//!   QEMU microvm), run where KVM can boot stock kernels.
+//! - `cargo xtask bench [boot|io] [ARGS…]`: the boot or block-I/O benchmark
+//!   (vmapp vs QEMU microvm), run where KVM can boot stock kernels.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
 
@@ -78,14 +78,19 @@ fn main() -> ExitCode {
                         .map(str::to_string)
                         .ok_or_else(|| anyhow::anyhow!("vmapp prepare printed no {k}"))
                 };
+                let (bin, rest) = match args.get(1).map(String::as_str) {
+                    Some("io") => ("io-bench", &args[2..]),
+                    Some("boot") => ("boot-bench", &args[2..]),
+                    _ => ("boot-bench", &args[1..]),
+                };
                 let mut script = format!(
                     "{} --vmapp {} --vmlinux {} --initramfs {}",
-                    xtask::sh_quote(&rel.join("boot-bench").display().to_string()),
+                    xtask::sh_quote(&rel.join(bin).display().to_string()),
                     xtask::sh_quote(&vmapp.display().to_string()),
                     xtask::sh_quote(&field("vmlinux=")?),
                     xtask::sh_quote(&field("initramfs=")?),
                 );
-                for a in &args[1..] {
+                for a in rest {
                     script.push(' ');
                     script.push_str(&xtask::sh_quote(a));
                 }
@@ -108,7 +113,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

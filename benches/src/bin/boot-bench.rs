@@ -9,40 +9,23 @@
 //! Run it through `cargo xtask bench`, which prepares the guest image and runs
 //! this where KVM boots stock kernels.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use benches::{median, run_until_marker, Run};
+use benches::{median, run_until_marker, Guest, Run};
 use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
-    /// The vmapp binary.
-    #[arg(long)]
-    vmapp: String,
-    /// ELF vmlinux both VMMs boot (PVH entry).
-    #[arg(long)]
-    vmlinux: String,
-    /// Initramfs both VMMs load.
-    #[arg(long)]
-    initramfs: String,
+    #[command(flatten)]
+    guest: Guest,
     /// Runs per VMM.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Guest memory (MiB).
-    #[arg(long, default_value_t = 512)]
-    memory: u64,
-    /// QEMU binary.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: String,
 }
 
 const MARKER: &str = "@@bench-ready";
-
-fn hex(s: &[&str]) -> String {
-    s.join("\0").bytes().map(|b| format!("{b:02x}")).collect()
-}
 
 fn main() -> ExitCode {
     match run() {
@@ -58,53 +41,9 @@ fn run() -> Result<()> {
     let a = Args::parse();
     let guest_cmd = ["sh", "-c", "echo @@bench-ready; sleep 1"];
     let timeout = Duration::from_secs(120);
-    let guest_kib = a.memory * 1024;
-    let mem = a.memory.to_string();
-
-    let vmapp = || {
-        let mut c = Command::new(&a.vmapp);
-        c.args([
-            "launch",
-            "--memory",
-            &mem,
-            "--cpus",
-            "1",
-            "--console",
-            "stdio",
-        ])
-        .args(["--kernel", &a.vmlinux, "--initramfs", &a.initramfs])
-        .args(["--cmdline", "quiet loglevel=0", "--"])
-        .args(guest_cmd);
-        c
-    };
-    // What vmapp puts on the command line, minus its virtio-mmio slots
-    // (QEMU's microvm describes its own in its DSDT).
-    let append = format!(
-        "console=ttyS0 panic=-1 pci=off quiet loglevel=0 vmapp.cmd={}",
-        hex(&guest_cmd)
-    );
-    let qemu = || {
-        let mut c = Command::new(&a.qemu);
-        c.args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on"])
-            .args(["-accel", "kvm", "-cpu", "host", "-m", &mem, "-smp", "1"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args([
-                "-serial",
-                "stdio",
-                "-kernel",
-                &a.vmlinux,
-                "-initrd",
-                &a.initramfs,
-            ])
-            .args(["-append", &append]);
-        c
-    };
+    let guest_kib = a.guest.memory * 1024;
+    let vmapp = || a.guest.vmapp(&[], &guest_cmd);
+    let qemu = || a.guest.qemu(&[], &guest_cmd);
 
     let mut ours: Vec<Run> = Vec::new();
     let mut theirs: Vec<Run> = Vec::new();
@@ -138,7 +77,7 @@ fn run() -> Result<()> {
     let peak = |r: &Run| r.peak_rss_kib as f64 / 1024.0;
     println!(
         "| metric (median of {} runs, {} MiB, 1 vCPU) | vmapp | QEMU microvm | vmapp / QEMU |",
-        a.runs, a.memory
+        a.runs, a.guest.memory
     );
     println!("|---|---|---|---|");
     for (name, f, unit) in [
