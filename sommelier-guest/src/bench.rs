@@ -4,6 +4,9 @@
 //! - `bench blk DEV MIB SECS`: sequential 1 MiB O_DIRECT write then read of
 //!   the first MIB MiB, then 4 KiB O_DIRECT random reads for SECS seconds.
 //!   Prints `@@seqwrite_mbps=`, `@@seqread_mbps=`, `@@randread_iops=`.
+//! - `bench vsock CID TXPORT RXPORT MIB`: sends MIB MiB to CID:TXPORT and
+//!   waits for the peer to close (`@@vsock_tx_mbps=`), then listens on RXPORT
+//!   and reads one stream to its end (`@@vsock_rx_mbps=`).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -82,6 +85,38 @@ fn blk(dev: &str, mib: u64, secs: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+fn vsock(cid: u32, txport: u32, rxport: u32, mib: u64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let buf = vec![0x5au8; 64 * 1024];
+    let t = Instant::now();
+    let mut s = crate::vsock::connect(cid, txport)?;
+    for _ in 0..mib * 16 {
+        s.write_all(&buf)?;
+    }
+    // SAFETY: shutdown on our socket.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SHUT_WR) };
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    println!("@@vsock_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
+    let l = crate::vsock::listen(rxport)?;
+    println!("@@vsock-listening");
+    let mut c = crate::vsock::accept(&l)?;
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    let mut t = None;
+    loop {
+        let r = c.read(&mut rbuf)?;
+        t.get_or_insert_with(Instant::now);
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    let d = t.map_or(Duration::ZERO, |t| t.elapsed());
+    println!("@@vsock_rx_mbps={:.1}", mbps(n, d));
+    Ok(())
+}
+
 /// Runs `bench ARGS`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let r = match args {
@@ -89,8 +124,14 @@ pub fn main(args: &[String]) -> i32 {
             (Ok(m), Ok(s)) => blk(dev, m, s),
             _ => Err(std::io::ErrorKind::InvalidInput.into()),
         },
+        [k, cid, tx, rx, mib] if k == "vsock" => {
+            match (cid.parse(), tx.parse(), rx.parse(), mib.parse()) {
+                (Ok(c), Ok(t), Ok(r), Ok(m)) => vsock(c, t, r, m),
+                _ => Err(std::io::ErrorKind::InvalidInput.into()),
+            }
+        }
         _ => {
-            eprintln!("usage: bench blk DEV MIB SECS");
+            eprintln!("usage: bench blk DEV MIB SECS | bench vsock CID TXPORT RXPORT MIB");
             return 2;
         }
     };

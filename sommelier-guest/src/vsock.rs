@@ -50,7 +50,7 @@ pub(crate) fn connect(cid: u32, port: u32) -> std::io::Result<File> {
     Ok(File::from(s))
 }
 
-fn listen(port: u32) -> std::io::Result<OwnedFd> {
+pub(crate) fn listen(port: u32) -> std::io::Result<OwnedFd> {
     let s = socket()?;
     let a = addr(libc::VMADDR_CID_ANY, port);
     // SAFETY: a is a valid sockaddr_vm of ADDR_LEN bytes.
@@ -71,7 +71,7 @@ fn listen(port: u32) -> std::io::Result<OwnedFd> {
     Ok(s)
 }
 
-fn accept(l: &OwnedFd) -> std::io::Result<File> {
+pub(crate) fn accept(l: &OwnedFd) -> std::io::Result<File> {
     // SAFETY: accept without a peer address.
     let fd = unsafe {
         libc::accept4(

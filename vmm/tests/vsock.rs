@@ -6,9 +6,10 @@ mod common;
 
 use common::{in_kvm, value, T, VMAPP};
 
-/// Bytes streamed each way (the emulated host runs the guest in software,
-/// so this stays well below what the benchmark moves).
-const STREAM: u32 = 32 << 20;
+/// Bytes streamed each way.
+const STREAM: u32 = 256 << 20;
+/// Seconds a VM streaming [`STREAM`] may take under the emulated host.
+const TS: u32 = 900;
 
 #[test]
 fn streams_echo_concurrency_and_refusals() {
@@ -25,10 +26,11 @@ echo datasha=$(sha256sum < $d/data | cut -d' ' -f1)
 {VMAPP} launch --memory 256 --vsock $d/v.sock -- /init vsock echo 5000 > $d/out1 2>&1 &
 vm=$!
 wait_for @@listening $d/out1 || echo "no echo server: $(cat $d/out1)"
-(printf 'CONNECT 5000\n'; cat $d/data) | timeout {T} socat -t 120 - UNIX-CONNECT:$d/v.sock > $d/back
+(printf 'CONNECT 5000\n'; cat $d/data) | timeout {TS} socat -t 120 - UNIX-CONNECT:$d/v.sock > $d/back
 echo okline=$(head -n 1 $d/back | cut -d' ' -f1)
 n=$(head -n 1 $d/back | wc -c)
 echo echosha=$(tail -c +$((n + 1)) $d/back | sha256sum | cut -d' ' -f1)
+rm -f $d/back $d/data
 for i in $(seq 1 64); do
   ( (printf 'CONNECT 5000\n'; cat $d/small) | timeout {T} socat -t 120 - UNIX-CONNECT:$d/v.sock | tail -c 65536 > $d/c$i; touch $d/done$i ) &
 done
@@ -44,10 +46,10 @@ echo after=$(cat $d/after)
 kill $vm; wait $vm
 
 # VM 2: the guest connects out to host port 6000 (PATH_6000), and to an unbound 6001.
-timeout {T} socat -u UNIX-LISTEN:$d/v.sock_6000 CREATE:$d/recv &
+timeout {TS} socat -u UNIX-LISTEN:$d/v.sock_6000 CREATE:$d/recv &
 lst=$!
 i=0; while [ ! -S $d/v.sock_6000 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-timeout {T} {VMAPP} launch --memory 512 --vsock $d/v.sock -- sh -c 'head -c {STREAM} /dev/urandom > /tmp/x; echo gsha=$(sha256sum < /tmp/x | cut -d" " -f1); /init vsock connect 2 6000 < /tmp/x; echo sendrc=$?; /init vsock connect 2 6001 < /dev/null; echo refusedrc=$?'
+timeout {TS} {VMAPP} launch --memory 1024 --vsock $d/v.sock -- sh -c 'head -c {STREAM} /dev/urandom > /tmp/x; echo gsha=$(sha256sum < /tmp/x | cut -d" " -f1); /init vsock connect 2 6000 < /tmp/x; echo sendrc=$?; /init vsock connect 2 6001 < /dev/null; echo refusedrc=$?'
 echo vm2rc=$?
 wait $lst
 echo hsha=$(sha256sum < $d/recv | cut -d' ' -f1)

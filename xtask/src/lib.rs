@@ -29,6 +29,7 @@ const L1_MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "overlay",
+    "vhost_vsock",
     "kvm_amd",
     "kvm_intel",
 ];

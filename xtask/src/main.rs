@@ -5,7 +5,7 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
-//! - `cargo xtask bench [boot|io] [ARGS…]`: the boot or block-I/O benchmark
+//! - `cargo xtask bench [boot|io|vsock] [ARGS…]`: the boot or block-I/O benchmark
 //!   (vmapp vs QEMU microvm), run where KVM can boot stock kernels.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
@@ -80,6 +80,7 @@ fn main() -> ExitCode {
                 };
                 let (bin, rest) = match args.get(1).map(String::as_str) {
                     Some("io") => ("io-bench", &args[2..]),
+                    Some("vsock") => ("vsock-bench", &args[2..]),
                     Some("boot") => ("boot-bench", &args[2..]),
                     _ => ("boot-bench", &args[1..]),
                 };
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

@@ -36,6 +36,7 @@ const MODULE_DIRS: &[&str] = &[
     "arch/x86/kvm",
     "virt/lib",
     "drivers/virtio",
+    "drivers/vhost",
     "drivers/block",
     "drivers/misc/pvpanic",
     "drivers/crypto/ccp",

@@ -1,0 +1,234 @@
+//! vsock throughput: vmapp's virtio-vsock (host side: Unix sockets) against
+//! QEMU microvm's `vhost-vsock-device` (host side: AF_VSOCK through the host
+//! kernel), same guest and measuring program (`/init bench vsock`), runs
+//! alternating. The guest sends N MiB to the host, then receives N MiB; both
+//! rates are measured in the guest.
+//!
+//! Run it through `cargo xtask bench vsock` (the emulated host loads
+//! `vhost_vsock` for QEMU).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use benches::{median, metric, run_capture, Guest};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    guest: Guest,
+    /// Runs per VMM.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// MiB each way.
+    #[arg(long, default_value_t = 256)]
+    mib: u64,
+}
+
+const TX_PORT: u32 = 7000;
+const RX_PORT: u32 = 7001;
+const GUEST_CID: u32 = 3;
+const METRICS: [(&str, &str); 2] = [
+    ("vsock_tx_mbps", "guest → host (MB/s)"),
+    ("vsock_rx_mbps", "host → guest (MB/s)"),
+];
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vsock-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drain(mut s: impl Read) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn feed(mut s: impl Write, mib: u64) -> std::io::Result<()> {
+    let buf = vec![0xa5u8; 64 * 1024];
+    for _ in 0..mib * 16 {
+        s.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+fn vsock_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); checked before use.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: plain data; all-zero is valid.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+const VLEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+/// The host's ends for one run: a sink the guest sends to, and a source
+/// that connects to the guest once it listens.
+enum HostSide {
+    Unix(std::path::PathBuf),
+    Vsock,
+}
+
+impl HostSide {
+    fn start_sink(&self) -> Result<std::thread::JoinHandle<()>> {
+        match self {
+            HostSide::Unix(p) => {
+                let path = format!("{}_{TX_PORT}", p.display());
+                let _ = std::fs::remove_file(&path);
+                let l = UnixListener::bind(&path).context("binding the sink")?;
+                Ok(std::thread::spawn(move || {
+                    if let Ok((s, _)) = l.accept() {
+                        drain(s);
+                    }
+                }))
+            }
+            HostSide::Vsock => {
+                let s = vsock_socket().context("AF_VSOCK on the host (is vhost_vsock loaded?)")?;
+                let a = vsock_addr(libc::VMADDR_CID_ANY, TX_PORT);
+                // SAFETY: valid sockaddr_vm of VLEN bytes; then listen.
+                let ok = unsafe {
+                    libc::bind(s.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), VLEN) == 0
+                        && libc::listen(s.as_raw_fd(), 1) == 0
+                };
+                if !ok {
+                    bail!("vsock listen: {}", std::io::Error::last_os_error());
+                }
+                Ok(std::thread::spawn(move || {
+                    // SAFETY: accept on our listening socket.
+                    let fd = unsafe {
+                        libc::accept(s.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut())
+                    };
+                    if fd >= 0 {
+                        // SAFETY: a fresh descriptor we own.
+                        drain(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }))
+            }
+        }
+    }
+
+    /// Connects to the guest's RX_PORT, retrying until it listens.
+    fn connect(&self, deadline: Instant, vm_done: &AtomicBool) -> Result<std::fs::File> {
+        loop {
+            if Instant::now() > deadline || vm_done.load(Ordering::SeqCst) {
+                bail!("the guest never listened on port {RX_PORT}");
+            }
+            match self {
+                HostSide::Unix(p) => {
+                    if let Ok(mut s) = UnixStream::connect(p) {
+                        s.write_all(format!("CONNECT {RX_PORT}\n").as_bytes())?;
+                        let mut line = Vec::new();
+                        let mut b = [0u8; 1];
+                        while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                            line.push(b[0]);
+                        }
+                        if line.starts_with(b"OK ") {
+                            return Ok(std::fs::File::from(OwnedFd::from(s)));
+                        }
+                    }
+                }
+                HostSide::Vsock => {
+                    let s = vsock_socket()?;
+                    let a = vsock_addr(GUEST_CID, RX_PORT);
+                    // SAFETY: valid sockaddr_vm of VLEN bytes.
+                    let r = unsafe {
+                        libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), VLEN)
+                    };
+                    if r == 0 {
+                        return Ok(std::fs::File::from(s));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let a = Args::parse();
+    let dir = std::env::temp_dir().join(format!("vmapp-vsock-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sock = dir.join("v.sock");
+    let sock_s = sock.display().to_string();
+    let (cid, tx, rx, mib) = (
+        GUEST_CID.to_string(),
+        TX_PORT.to_string(),
+        RX_PORT.to_string(),
+        a.mib.to_string(),
+    );
+    let argv = ["/init", "bench", "vsock", "2", &tx, &rx, &mib];
+    let dev = format!("vhost-vsock-device,guest-cid={cid}");
+    let timeout = Duration::from_secs(1800);
+    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..a.runs {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for who in order {
+            let (cmd, side) = if who == 0 {
+                let _ = std::fs::remove_file(&sock);
+                (
+                    a.guest.vmapp(&["--vsock", &sock_s, "--cid", &cid], &argv),
+                    HostSide::Unix(sock.clone()),
+                )
+            } else {
+                (a.guest.qemu(&["-device", &dev], &argv), HostSide::Vsock)
+            };
+            let sink = side.start_sink()?;
+            let done = Arc::new(AtomicBool::new(false));
+            let d = done.clone();
+            let vm = std::thread::spawn(move || {
+                let r = run_capture(cmd, timeout);
+                d.store(true, Ordering::SeqCst);
+                r
+            });
+            // Closing after the data is the guest's end of stream.
+            let source = side
+                .connect(Instant::now() + timeout, &done)
+                .and_then(|s| Ok(feed(&s, a.mib)?));
+            let out = vm.join().map_err(|_| anyhow::anyhow!("VMM thread"))??;
+            source.with_context(|| format!("guest output:\n{out}"))?;
+            let _ = sink.join();
+            let v: Vec<f64> = METRICS
+                .iter()
+                .map(|(k, _)| metric(&out, k))
+                .collect::<Result<_>>()?;
+            eprintln!("vsock-bench: run {i} {}: {v:?}", ["vmapp", "qemu"][who]);
+            results[who].push(v);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "| metric (median of {} runs, {} MiB each way) | vmapp | QEMU microvm + vhost-vsock | vmapp / QEMU |",
+        a.runs, a.mib
+    );
+    println!("|---|---|---|---|");
+    for (j, (_, label)) in METRICS.iter().enumerate() {
+        let m = |w: usize| median(&results[w].iter().map(|r| r[j]).collect::<Vec<_>>());
+        let (ours, theirs) = (m(0), m(1));
+        println!(
+            "| {label} | {ours:.1} | {theirs:.1} | {:.2} |",
+            ours / theirs
+        );
+    }
+    Ok(())
+}
