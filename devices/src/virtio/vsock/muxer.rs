@@ -438,12 +438,44 @@ impl Muxer {
             self.reset_conn(key);
             return;
         }
-        let mut buf = vec![0u8; len];
-        if data.copy_to(&mut buf[..]) != len {
-            self.reset_conn(key);
-            return;
+        // Straight from guest memory to the host stream when nothing is
+        // queued before it; only what the stream does not take is copied.
+        let mut off = 0;
+        if c.txbuf.is_empty() && len > 0 {
+            let guard = data.ptr_guard();
+            // SAFETY: the guard points at `data.len()` ≥ len bytes of mapped
+            // guest memory; send reads at most len of them.
+            let n = unsafe {
+                libc::send(
+                    c.stream.as_raw_fd(),
+                    guard.as_ptr().cast(),
+                    len,
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                off = n as usize;
+                c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
+            } else {
+                let e = std::io::Error::last_os_error();
+                if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
+                    self.reset_conn(key);
+                    return;
+                }
+            }
         }
-        c.txbuf.extend(buf);
+        if off < len {
+            let mut buf = vec![0u8; len - off];
+            let copied = data
+                .subslice(off, len - off)
+                .map(|d| d.copy_to(&mut buf[..]))
+                .unwrap_or(0);
+            if copied != len - off {
+                self.reset_conn(key);
+                return;
+            }
+            c.txbuf.extend(buf);
+        }
         self.flush(key);
     }
 
@@ -691,8 +723,20 @@ impl Muxer {
                 self.arm(key);
                 continue;
             }
-            let mut buf = vec![0u8; want];
-            match c.stream.read(&mut buf) {
+            let Some(data) = pkt.data_slice() else {
+                self.arm(key);
+                continue;
+            };
+            let guard = data.ptr_guard_mut();
+            // SAFETY: the guard points at `data.len()` ≥ want bytes of mapped
+            // guest memory (the rx buffer); read writes at most want of them.
+            let r = unsafe { libc::read(c.stream.as_raw_fd(), guard.as_ptr().cast(), want) };
+            let r = if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            };
+            match r {
                 Ok(0) => {
                     // The host peer will send no more (it may still read):
                     // a half-close, as with TCP.
@@ -707,8 +751,7 @@ impl Muxer {
                     return Some(0);
                 }
                 Ok(n) => {
-                    let data = pkt.data_slice()?;
-                    data.copy_from(&buf[..n]);
+                    data.bitmap().mark_dirty(0, n);
                     c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
                     c.fwd_cnt_sent = c.fwd_cnt;
                     // More may be waiting: stay queued behind the others.
