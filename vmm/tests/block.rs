@@ -59,6 +59,14 @@ echo second-err=$(cat $d/err5)
 echo third-rc=$?
 kill -9 $pid; wait $pid
 echo t6=$(date +%s)
+
+# 6. The host file system fills up mid-run (a sparse image on an 8 MiB tmpfs):
+#    those writes fail in the guest, the VM and its other disk keep working.
+mkdir $d/full && mount -t tmpfs -o size=8m tmpfs $d/full && truncate -s 64M $d/full/disk.img
+{v} --disk $d/full/disk.img --disk $img -- sh -c 'dd if=/dev/urandom of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null; echo fullrc=$?; printf still-fine | dd of=/dev/vdb bs=512 seek=30000 conv=sync,fsync 2>/dev/null; echo otherdisk=$(dd if=/dev/vdb bs=512 skip=30000 count=1 2>/dev/null | head -c 10)'
+echo rc6=$?
+umount $d/full
+echo t7=$(date +%s)
 rm -rf $d
 "#
     );
@@ -84,6 +92,13 @@ rm -rf $d
     assert_eq!(value(&out, "second-rc="), "1", "{all}");
     let e = value(&out, "second-err=");
     assert!(e.contains("is in use by another VM"), "{all}");
+    assert_ne!(
+        value(&out, "fullrc="),
+        "0",
+        "writes past ENOSPC must fail: {all}"
+    );
+    assert_eq!(value(&out, "otherdisk="), "still-fine", "{all}");
+    assert_eq!(value(&out, "rc6="), "0", "{all}");
     assert_eq!(
         value(&out, "third-rc="),
         "1",
