@@ -294,6 +294,53 @@ pub fn metric(out: &str, key: &str) -> Result<f64> {
         .with_context(|| format!("no {k} in the guest's output:\n{out}"))
 }
 
+/// Per-metric results of both VMMs: `[vmapp, reference]`, one `Vec` of
+/// metric values per run.
+pub type Results = [Vec<Vec<f64>>; 2];
+
+/// Reads `metrics` from one run's guest output into `results[who]`.
+pub fn record(
+    results: &mut Results,
+    who: usize,
+    run: usize,
+    tool: &str,
+    out: &str,
+    metrics: &[(&str, &str)],
+) -> Result<()> {
+    let v: Vec<f64> = metrics
+        .iter()
+        .map(|(k, _)| metric(out, k))
+        .collect::<Result<_>>()?;
+    eprintln!("{tool}: run {run} {}: {v:?}", ["vmapp", "qemu"][who]);
+    results[who].push(v);
+    Ok(())
+}
+
+/// Prints the markdown table of medians and ratios.
+pub fn print_table(title: &str, reference: &str, metrics: &[(&str, &str)], results: &Results) {
+    println!("| {title} | vmapp | {reference} | vmapp / QEMU |");
+    println!("|---|---|---|---|");
+    for (j, (_, label)) in metrics.iter().enumerate() {
+        let m = |w: usize| median(&results[w].iter().map(|r| r[j]).collect::<Vec<_>>());
+        let (ours, theirs) = (m(0), m(1));
+        println!(
+            "| {label} | {ours:.1} | {theirs:.1} | {:.2} |",
+            ours / theirs
+        );
+    }
+}
+
+/// A benchmark binary's exit: the error on stderr, prefixed by its name.
+pub fn exit(tool: &str, r: Result<()>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,9 @@ fn exit_status_poweroff_reboot_and_panic() {
          cmp -s /tmp/vmapp-cat-in.$$ /tmp/vmapp-cat-out.$$ && echo @@catcmp=same || echo @@catcmp=differ\n\
          e=$({v} launch --env V=42 --workdir /tmp -- sh -c 'echo v=$V $(pwd)'); echo @@env=$?; echo @@envout=$e\n\
          {v} launch -- no-such-program; echo @@missing=$?\n\
+         {VMAPP} launch --keep-running -- sh -c 'echo kept-running' > /tmp/vmapp-kr.$$ 2>&1 & p=$!; \
+         i=0; while ! grep -q kept-running /tmp/vmapp-kr.$$ && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
+         sleep 3; kill -0 $p && echo @@kept=alive; kill -9 $p; wait $p\n\
          {v} launch -- poweroff -f; echo @@poweroff=$?\n\
          {v} launch -- reboot -f; echo @@reboot=$?\n\
          {v} launch -- sh -c 'echo c > /proc/sysrq-trigger'; echo @@panic=$?\n",
@@ -110,6 +113,11 @@ fn exit_status_poweroff_reboot_and_panic() {
     assert_eq!(rc("env"), "0", "{out}\n{err}");
     assert_eq!(value(&out, "@@envout="), "v=42 /tmp", "{out}\n{err}");
     assert_eq!(rc("missing"), "127", "{out}\n{err}");
+    assert_eq!(
+        value(&out, "@@kept="),
+        "alive",
+        "--keep-running: {out}\n{err}"
+    );
     assert!(err.contains("no-such-program"), "{err}");
     assert_eq!(rc("poweroff"), "0", "{out}\n{err}");
     assert_eq!(rc("reboot"), "70", "{out}\n{err}");

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use benches::{median, metric, run_capture, Guest};
+use benches::{run_capture, Guest};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -37,13 +37,7 @@ const METRICS: [(&str, &str); 3] = [
 ];
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("io-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    benches::exit("io-bench", run())
 }
 
 fn run() -> Result<()> {
@@ -59,7 +53,7 @@ fn run() -> Result<()> {
     let argv = ["/init", "bench", "blk", "/dev/vda", &mib, &secs];
     let drive = format!("file={img_s},if=none,id=d0,format=raw");
     let timeout = Duration::from_secs(1200);
-    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    let mut results: benches::Results = [Vec::new(), Vec::new()];
     for i in 0..a.runs {
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         for who in order {
@@ -72,27 +66,14 @@ fn run() -> Result<()> {
                 )
             };
             let out = run_capture(cmd, timeout)?;
-            let v: Vec<f64> = METRICS
-                .iter()
-                .map(|(k, _)| metric(&out, k))
-                .collect::<Result<_>>()?;
-            eprintln!("io-bench: run {i} {}: {v:?}", ["vmapp", "qemu"][who]);
-            results[who].push(v);
+            benches::record(&mut results, who, i, "io-bench", &out, &METRICS)?;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "| metric (median of {} runs, {} MiB, 1 vCPU) | vmapp | QEMU microvm | vmapp / QEMU |",
+    let title = format!(
+        "metric (median of {} runs, {} MiB, 1 vCPU)",
         a.runs, a.guest.memory
     );
-    println!("|---|---|---|---|");
-    for (j, (_, label)) in METRICS.iter().enumerate() {
-        let m = |w: usize| median(&results[w].iter().map(|r| r[j]).collect::<Vec<_>>());
-        let (ours, theirs) = (m(0), m(1));
-        println!(
-            "| {label} | {ours:.1} | {theirs:.1} | {:.2} |",
-            ours / theirs
-        );
-    }
+    benches::print_table(&title, "QEMU microvm", &METRICS, &results);
     Ok(())
 }

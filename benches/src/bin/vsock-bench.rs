@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use benches::{median, metric, run_capture, Guest};
+use benches::{run_capture, Guest};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -40,13 +40,7 @@ const METRICS: [(&str, &str); 2] = [
 ];
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vsock-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    benches::exit("vsock-bench", run())
 }
 
 fn drain(mut s: impl Read) {
@@ -180,7 +174,7 @@ fn run() -> Result<()> {
     let argv = ["/init", "bench", "vsock", "2", &tx, &rx, &mib];
     let dev = format!("vhost-vsock-device,guest-cid={cid}");
     let timeout = Duration::from_secs(1800);
-    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    let mut results: benches::Results = [Vec::new(), Vec::new()];
     for i in 0..a.runs {
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         for who in order {
@@ -208,27 +202,11 @@ fn run() -> Result<()> {
             let out = vm.join().map_err(|_| anyhow::anyhow!("VMM thread"))??;
             source.with_context(|| format!("guest output:\n{out}"))?;
             let _ = sink.join();
-            let v: Vec<f64> = METRICS
-                .iter()
-                .map(|(k, _)| metric(&out, k))
-                .collect::<Result<_>>()?;
-            eprintln!("vsock-bench: run {i} {}: {v:?}", ["vmapp", "qemu"][who]);
-            results[who].push(v);
+            benches::record(&mut results, who, i, "vsock-bench", &out, &METRICS)?;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "| metric (median of {} runs, {} MiB each way) | vmapp | QEMU microvm + vhost-vsock | vmapp / QEMU |",
-        a.runs, a.mib
-    );
-    println!("|---|---|---|---|");
-    for (j, (_, label)) in METRICS.iter().enumerate() {
-        let m = |w: usize| median(&results[w].iter().map(|r| r[j]).collect::<Vec<_>>());
-        let (ours, theirs) = (m(0), m(1));
-        println!(
-            "| {label} | {ours:.1} | {theirs:.1} | {:.2} |",
-            ours / theirs
-        );
-    }
+    let title = format!("metric (median of {} runs, {} MiB each way)", a.runs, a.mib);
+    benches::print_table(&title, "QEMU microvm + vhost-vsock", &METRICS, &results);
     Ok(())
 }
