@@ -1,5 +1,6 @@
 //! Devices for the `vmm` crate: the MMIO/PIO bus, the virtio-mmio (version 2)
-//! transport with its [`virtio::VirtioDevice`] trait, and the legacy platform
+//! transport with its [`virtio::VirtioDevice`] trait, the virtio-blk and
+//! virtio-vsock devices, and the legacy platform
 //! bits a stock x86_64 Linux kernel needs (8250 serial console, ACPI power
 //! management registers, pvpanic, i8042 reset, boot-status port).
 //!
@@ -12,6 +13,19 @@ pub mod bus;
 pub mod legacy;
 pub mod ratelimit;
 pub mod virtio;
+
+/// Waits until `fd` is readable: `None` waits forever. Returns false on
+/// timeout (or a poll error, e.g. EINTR — callers loop or give up).
+pub fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Option<std::time::Duration>) -> bool {
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
 
 /// The guest memory type every device works on.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -89,7 +89,7 @@ fn vsock(cid: u32, txport: u32, rxport: u32, mib: u64) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let buf = vec![0x5au8; 64 * 1024];
     let t = Instant::now();
-    let mut s = crate::vsock::connect(cid, txport)?;
+    let mut s = sommelier_guest::vsock_socket::connect(cid, txport)?;
     for _ in 0..mib * 16 {
         s.write_all(&buf)?;
     }
@@ -98,9 +98,9 @@ fn vsock(cid: u32, txport: u32, rxport: u32, mib: u64) -> std::io::Result<()> {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
     println!("@@vsock_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
-    let l = crate::vsock::listen(rxport)?;
+    let l = sommelier_guest::vsock_socket::listen(rxport)?;
     println!("@@vsock-listening");
-    let mut c = crate::vsock::accept(&l)?;
+    let mut c = sommelier_guest::vsock_socket::accept(&l)?;
     let mut rbuf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
     let mut t = None;

@@ -154,7 +154,7 @@ const BASE_ENV: &[(&str, &str)] = &[
 fn run_agent(port: u32) -> (u8, bool) {
     let mut last = None;
     for _ in 0..50 {
-        match vsock::connect(2, port) {
+        match sommelier_guest::vsock_socket::connect(2, port) {
             Ok(s) => {
                 return match agent::serve(s, BASE_ENV) {
                     Ok(o) => (o.status, o.keep_running),

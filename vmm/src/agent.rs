@@ -4,11 +4,11 @@
 //! maps to the Unix socket `{vsock path}_1024` this module listens on.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sommelier_guest::proto::{self, ty, ProtoError};
 pub use sommelier_guest::proto::{Exit, Run, AGENT_PORT};
@@ -49,16 +49,6 @@ impl Drop for AgentHost {
     }
 }
 
-fn wait_readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 }
-}
-
 impl AgentHost {
     /// Listens on `{uds}_1024` (before the VM boots).
     pub fn listen(uds: &Path) -> Result<Self, AgentError> {
@@ -84,7 +74,7 @@ impl AgentHost {
             if vm_done.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if wait_readable(self.listener.as_raw_fd(), 100) {
+            if devices::wait_readable(&self.listener, Some(Duration::from_millis(100))) {
                 if let Ok((s, _)) = self.listener.accept() {
                     break s;
                 }

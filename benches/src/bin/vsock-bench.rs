@@ -8,7 +8,7 @@
 //! `vhost_vsock` for QEMU).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use benches::{run_capture, Guest};
 use clap::Parser;
+use sommelier_guest::vsock_socket;
 
 #[derive(Parser)]
 struct Args {
@@ -56,27 +57,6 @@ fn feed(mut s: impl Write, mib: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn vsock_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); checked before use.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: plain data; all-zero is valid.
-    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    a.svm_cid = cid;
-    a.svm_port = port;
-    a
-}
-
-const VLEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-
 /// The host's ends for one run: a sink the guest sends to, and a source
 /// that connects to the guest once it listens.
 enum HostSide {
@@ -98,24 +78,11 @@ impl HostSide {
                 }))
             }
             HostSide::Vsock => {
-                let s = vsock_socket().context("AF_VSOCK on the host (is vhost_vsock loaded?)")?;
-                let a = vsock_addr(libc::VMADDR_CID_ANY, TX_PORT);
-                // SAFETY: valid sockaddr_vm of VLEN bytes; then listen.
-                let ok = unsafe {
-                    libc::bind(s.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), VLEN) == 0
-                        && libc::listen(s.as_raw_fd(), 1) == 0
-                };
-                if !ok {
-                    bail!("vsock listen: {}", std::io::Error::last_os_error());
-                }
+                let l = vsock_socket::listen(TX_PORT)
+                    .context("AF_VSOCK listen on the host (is vhost_vsock loaded?)")?;
                 Ok(std::thread::spawn(move || {
-                    // SAFETY: accept on our listening socket.
-                    let fd = unsafe {
-                        libc::accept(s.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut())
-                    };
-                    if fd >= 0 {
-                        // SAFETY: a fresh descriptor we own.
-                        drain(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+                    if let Ok(s) = vsock_socket::accept(&l) {
+                        drain(s);
                     }
                 }))
             }
@@ -143,14 +110,8 @@ impl HostSide {
                     }
                 }
                 HostSide::Vsock => {
-                    let s = vsock_socket()?;
-                    let a = vsock_addr(GUEST_CID, RX_PORT);
-                    // SAFETY: valid sockaddr_vm of VLEN bytes.
-                    let r = unsafe {
-                        libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), VLEN)
-                    };
-                    if r == 0 {
-                        return Ok(std::fs::File::from(s));
+                    if let Ok(s) = vsock_socket::connect(GUEST_CID, RX_PORT) {
+                        return Ok(s);
                     }
                 }
             }

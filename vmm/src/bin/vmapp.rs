@@ -2,7 +2,6 @@
 //! distribution's own kernel.
 
 use std::io::IsTerminal;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,28 +87,13 @@ struct Launch {
     command: Vec<String>,
 }
 
-/// A private directory for the agent's sockets, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let p = base.join(format!("vmapp-{}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A private (0700) directory for the agent's sockets, removed on drop.
+fn socket_dir() -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new().prefix("vmapp-").tempdir_in(base)
 }
 
 fn hex(argv: &[String]) -> String {
@@ -120,6 +104,12 @@ fn hex(argv: &[String]) -> String {
 }
 
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
+    // Bad descriptions fail before the (possibly slow) guest preparation.
+    let disks = a
+        .disks
+        .iter()
+        .map(|d| DiskConfig::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let (kernel, initramfs, default_guest) = match a.kernel {
         Some(k) => (k, a.initramfs, false),
         None => {
@@ -148,15 +138,15 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .console(console)
         .start_time(start)
         .min_mmio_slots(4);
-    for d in &a.disks {
-        b = b.disk(DiskConfig::parse(d)?);
+    for d in disks {
+        b = b.disk(d);
     }
     let mut tmp = None;
     let vsock = match (a.vsock, agent) {
         (Some(p), _) => Some(p),
         (None, true) => {
-            let d = TempDir::new()?;
-            let p = d.0.join("v.sock");
+            let d = socket_dir()?;
+            let p = d.path().join("v.sock");
             tmp = Some(d);
             Some(p)
         }
@@ -191,25 +181,32 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     }
     let vm = b.append_cmdline(&a.cmdline).build()?;
     let done = Arc::new(AtomicBool::new(false));
-    let agent_thread = host.map(|h| {
-        let run = Run {
-            argv: a.command.clone(),
-            env: a.envs.clone(),
-            cwd: a.workdir.clone().unwrap_or_default(),
-            keep_running: a.keep_running,
-        };
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
-            h.serve(
-                &run,
-                &done,
-                Some(stdin),
-                std::io::stdout(),
-                std::io::stderr(),
+    let agent_thread = match host {
+        Some(h) => {
+            let run = Run {
+                argv: a.command.clone(),
+                env: a.envs.clone(),
+                cwd: a.workdir.clone().unwrap_or_default(),
+                keep_running: a.keep_running,
+            };
+            let done = done.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("agent".into())
+                    .spawn(move || {
+                        let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+                        h.serve(
+                            &run,
+                            &done,
+                            Some(stdin),
+                            std::io::stdout(),
+                            std::io::stderr(),
+                        )
+                    })?,
             )
-        })
-    });
+        }
+        None => None,
+    };
     let exit = vm.run();
     done.store(true, Ordering::SeqCst);
     let agent_result = agent_thread.map(|t| t.join());

@@ -26,12 +26,13 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::VIRTIO_F_RING_EVENT_IDX;
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
-use super::{VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
 use crate::{warn_limited, GuestMemory};
 
 pub use request::{
-    RequestType, Status, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    RequestType, Scratch, Status, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX,
+    VIRTIO_BLK_ID_BYTES,
 };
 
 /// Virtio device id of a block device.
@@ -240,14 +241,14 @@ pub fn process_queue(
     disk: &Disk,
     mem: &GuestMemory,
     queue: &mut Queue,
+    scratch: &mut Scratch,
 ) -> Result<bool, virtio_queue::Error> {
-    let mut scratch = request::Scratch::default();
     let mut used = false;
     loop {
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
-            let len = request::handle(disk, mem, chain, &mut scratch);
+            let len = request::handle(disk, mem, chain, scratch);
             queue.add_used(mem, head, len)?;
             used = true;
         }
@@ -281,11 +282,9 @@ impl Block {
     /// A device over an already open disk.
     pub fn with_disk(disk: Disk) -> Self {
         use features::*;
-        let mut f = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_F_RING_EVENT_IDX)
-            | (1 << SEG_MAX)
-            | (1 << BLK_SIZE)
-            | (1 << FLUSH);
+        // VIRTIO_F_VERSION_1 is added by the transport.
+        let mut f =
+            (1u64 << VIRTIO_F_RING_EVENT_IDX) | (1 << SEG_MAX) | (1 << BLK_SIZE) | (1 << FLUSH);
         if disk.read_only {
             f |= 1 << RO;
         } else {
@@ -335,10 +334,10 @@ fn run_worker(
     interrupt: Arc<Interrupt>,
     mut queue: Queue,
     notify: EventFd,
-    kill: EventFd,
     epoll: Epoll,
 ) {
     let mut events = [EpollEvent::default(); 2];
+    let mut scratch = Scratch::default();
     let mut broken = false;
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -358,7 +357,7 @@ fn run_worker(
                     if broken {
                         continue;
                     }
-                    match process_queue(&disk, &mem, &mut queue) {
+                    match process_queue(&disk, &mem, &mut queue, &mut scratch) {
                         Ok(true) => {
                             let _ = interrupt.signal_used_queue();
                         }
@@ -372,7 +371,6 @@ fn run_worker(
                 }
             }
         }
-        let _ = &kill;
     }
 }
 
@@ -424,10 +422,10 @@ impl VirtioDevice for Block {
             EpollEvent::new(EventSet::IN, TOKEN_KILL),
         )?;
         let disk = self.disk.clone();
-        let k = kill.try_clone()?;
+        // The worker wakes on `kill` through its epoll; `Worker` keeps the fd open.
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || run_worker(disk, mem, interrupt, queue, aq.notify, k, epoll))?;
+            .spawn(move || run_worker(disk, mem, interrupt, queue, aq.notify, epoll))?;
         self.worker = Some(Worker { kill, thread });
         Ok(())
     }

@@ -74,9 +74,9 @@ pub enum Status {
     Unsupp = 2,
 }
 
-/// Buffers reused from request to request.
+/// Buffers reused from request to request (one per I/O thread).
 #[derive(Default)]
-pub(super) struct Scratch {
+pub struct Scratch {
     descs: Vec<Descriptor>,
     iovs: Vec<libc::iovec>,
 }
@@ -210,7 +210,7 @@ fn gather(mem: &GuestMemory, spans: &[Span], buf: &mut [u8]) -> Result<(), Reque
 }
 
 /// Drops the first `skip` bytes of `spans`.
-fn skip(spans: &[Span], mut skip: u64) -> Vec<Span> {
+fn skip(spans: &[Span], mut skip: u64) -> Result<Vec<Span>, RequestError> {
     let mut out = Vec::new();
     for s in spans {
         if skip >= s.len {
@@ -218,12 +218,12 @@ fn skip(spans: &[Span], mut skip: u64) -> Vec<Span> {
             continue;
         }
         out.push(Span {
-            addr: GuestAddress(s.addr.0 + skip),
+            addr: s.addr.checked_add(skip).ok_or(RequestError::BadAddress)?,
             len: s.len - skip,
         });
         skip = 0;
     }
-    out
+    Ok(out)
 }
 
 fn check_range(disk: &Disk, sector: u64, bytes: u64) -> Result<u64, RequestError> {
@@ -379,7 +379,7 @@ fn execute(
     s.copy_from_slice(&hdr[8..16]);
     let sector = u64::from_le_bytes(s);
     let ty = RequestType::from_u32(ty).ok_or(RequestError::UnknownType(ty))?;
-    let data_in = skip(&p.readable, HEADER as u64);
+    let data_in = skip(&p.readable, HEADER as u64)?;
     let in_len = total(&data_in);
     let out_len = total(&p.writable);
     match ty {

@@ -66,7 +66,7 @@ fn submit(d: &Disk, m: &GuestMemory, descs: &[D]) -> (u32, u8) {
     q.build_desc_chain(&raw(descs)).unwrap();
     let mut queue: Queue = q.create_queue().unwrap();
     assert!(
-        process_queue(d, m, &mut queue).unwrap(),
+        process_queue(d, m, &mut queue, &mut Scratch::default()).unwrap(),
         "an interrupt is due"
     );
     let used = q.used().ring().ref_at(0).unwrap().load();
@@ -442,7 +442,7 @@ fn an_impossible_avail_index_breaks_the_queue() {
     let q = MockSplitQueue::new(&m, 16);
     let mut queue: Queue = q.create_queue().unwrap();
     q.avail().idx().store(u16::to_le(40));
-    assert!(process_queue(&d, &m, &mut queue).is_err());
+    assert!(process_queue(&d, &m, &mut queue, &mut Scratch::default()).is_err());
 }
 
 #[test]
@@ -515,16 +515,6 @@ fn config_space_describes_the_disk() {
     }
 }
 
-fn wait_readable(e: &EventFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(e),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) == 1 }
-}
-
 #[test]
 fn worker_thread_serves_notifications_and_stops_on_reset() {
     let f = image(SECTORS);
@@ -547,7 +537,10 @@ fn worker_thread_serves_notifications_and_stops_on_reset() {
     )
     .unwrap();
     kick.write(1).unwrap();
-    assert!(wait_readable(&irq, Duration::from_secs(10)), "no interrupt");
+    assert!(
+        crate::wait_readable(&irq, Some(Duration::from_secs(10))),
+        "no interrupt"
+    );
     assert_eq!(q.used().idx().load(), 1);
     assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
     let mut back = vec![0u8; 512];

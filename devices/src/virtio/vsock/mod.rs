@@ -109,16 +109,6 @@ struct Queues {
     ev_notify: EventFd,
 }
 
-fn wait_readable(e: &EventFd) {
-    let mut p = libc::pollfd {
-        fd: e.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    while unsafe { libc::poll(&mut p, 1, -1) } != 1 {}
-}
-
 fn run_worker(
     mut mux: Muxer,
     mem: GuestMemory,
@@ -177,7 +167,7 @@ fn run_worker(
             let _ = interrupt.set_needs_reset();
             // Close every stream and wait for the guest's reset.
             drop(mux);
-            wait_readable(&kill);
+            while !crate::wait_readable(&kill, None) {}
             return;
         }
         if used {
