@@ -11,7 +11,7 @@
 
 pub mod bus;
 pub mod legacy;
-pub mod ratelimit;
+pub use ratelimit::warn_limited;
 pub mod virtio;
 
 /// Waits until `fd` is readable: `None` waits forever. Returns false on

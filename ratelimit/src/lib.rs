@@ -1,6 +1,9 @@
 //! Rate-limited logging for anything a guest can trigger: each call site logs
 //! at most once per interval and reports how many messages it swallowed.
 
+#[doc(hidden)]
+pub use tracing;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -61,9 +64,9 @@ impl Default for RateLimit {
 #[macro_export]
 macro_rules! warn_limited {
     ($($arg:tt)*) => {{
-        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
+        static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
         if let Some(suppressed) = LIMIT.check() {
-            tracing::warn!(suppressed, $($arg)*);
+            $crate::tracing::warn!(suppressed, $($arg)*);
         }
     }};
 }
