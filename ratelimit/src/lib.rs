@@ -1,4 +1,4 @@
-//! Rate-limited logging for anything a guest can trigger: each call site logs
+//! Rate-limited logging for anything a guest or a Wayland client can trigger: each call site logs
 //! at most once per interval and reports how many messages it swallowed.
 
 #[doc(hidden)]
@@ -67,6 +67,17 @@ macro_rules! warn_limited {
         static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
         if let Some(suppressed) = LIMIT.check() {
             $crate::tracing::warn!(suppressed, $($arg)*);
+        }
+    }};
+}
+
+/// `tracing::info!`, limited to one message per second per call site.
+#[macro_export]
+macro_rules! info_limited {
+    ($($arg:tt)*) => {{
+        static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
+        if let Some(suppressed) = LIMIT.check() {
+            $crate::tracing::info!(suppressed, $($arg)*);
         }
     }};
 }

@@ -8,8 +8,13 @@
 //! nothing it sends reaches the compositor after that.
 #![deny(missing_docs)]
 
+pub mod conn;
 pub mod objects;
 pub mod policy;
 pub mod protocol;
+pub mod proxy;
 pub mod session;
 pub mod wire;
+
+pub use policy::Policy;
+pub use proxy::{Config, Handle, Proxy, ProxyError};

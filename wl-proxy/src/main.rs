@@ -1,0 +1,148 @@
+//! `wl-proxy`: sandbox Wayland clients behind a validating proxy.
+//!
+//! ```text
+//! wl-proxy [--policy FILE] [--tag NAME] [--upstream SOCKET] --listen SOCKET
+//! wl-proxy [--policy FILE] [--tag NAME] [--upstream SOCKET] -- COMMAND ARGS…
+//! ```
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use wl_proxy::{Config, Policy, Proxy};
+
+/// A validating Wayland proxy: clients only get what the policy allows.
+#[derive(Parser, Debug)]
+#[command(name = "wl-proxy", version)]
+struct Args {
+    /// Policy file (TOML); keys it leaves out keep the built-in values.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Label for windows: titles get "[NAME] ", app ids "NAME:".
+    #[arg(long)]
+    tag: Option<String>,
+    /// The compositor's socket [default: $WAYLAND_DISPLAY in $XDG_RUNTIME_DIR].
+    #[arg(long)]
+    upstream: Option<PathBuf>,
+    /// Serve clients on this socket path (removed again on exit).
+    #[arg(long, conflicts_with = "command")]
+    listen: Option<PathBuf>,
+    /// Print the built-in policy and exit.
+    #[arg(long)]
+    print_default_policy: bool,
+    /// Run COMMAND with WAYLAND_DISPLAY pointing at a private proxy socket; exit with its status.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WL_PROXY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("wl-proxy: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run() -> Result<i32> {
+    let args = Args::parse();
+    if args.print_default_policy {
+        print!("{}", wl_proxy::policy::DEFAULT_POLICY);
+        return Ok(0);
+    }
+    let policy = match &args.policy {
+        Some(p) => Policy::from_file(p)?,
+        None => Policy::default(),
+    };
+    let upstream = match args.upstream.clone() {
+        Some(u) => u,
+        None => Config::upstream_from_env()
+            .context("no --upstream and no XDG_RUNTIME_DIR to find the compositor")?,
+    };
+    if let Some(tag) = &args.tag {
+        if tag.is_empty() || tag.len() > 32 || tag.chars().any(char::is_control) {
+            bail!("--tag must be 1-32 printable characters");
+        }
+    }
+    let cfg = Config {
+        policy: Arc::new(policy),
+        tag: args.tag.clone(),
+        upstream,
+    };
+    let mut proxy = Proxy::new(cfg)?;
+    if let Some(path) = &args.listen {
+        let l =
+            UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+        proxy.listen(l)?;
+        let handle = proxy.handle();
+        // SIGINT/SIGTERM end the proxy (and remove the socket).
+        let sigs = signals()?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig = 0;
+                // SAFETY: `sigs` is a valid, initialised signal set; `sig` is a valid out-pointer.
+                unsafe { libc::sigwait(&sigs, &mut sig) };
+                handle.stop();
+            })?;
+        let r = proxy.run();
+        let _ = std::fs::remove_file(path);
+        r?;
+        return Ok(0);
+    }
+    if args.command.is_empty() {
+        bail!("give --listen SOCKET or -- COMMAND");
+    }
+    let dir = tempfile::Builder::new().prefix("wl-proxy-").tempdir()?;
+    let sock = dir.path().join("wayland-proxy");
+    proxy.listen(UnixListener::bind(&sock)?)?;
+    let mut child = Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .env("WAYLAND_DISPLAY", &sock)
+        .env_remove("WAYLAND_SOCKET")
+        .spawn()
+        .with_context(|| format!("cannot run {}", args.command[0]))?;
+    let handle = proxy.handle();
+    let waiter = std::thread::Builder::new()
+        .name("wait-command".into())
+        .spawn(move || {
+            let status = child.wait();
+            handle.stop();
+            status
+        })?;
+    proxy.run()?;
+    let status = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("waiter thread panicked"))??;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Blocks SIGINT and SIGTERM in every thread and returns the set, for sigwait.
+fn signals() -> Result<libc::sigset_t> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset and pthread_sigmask get valid pointers.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        let set = set.assume_init();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("pthread_sigmask failed");
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,565 @@
+//! The event loop: one thread (`wl-proxy`) serves every client over epoll.
+//! Each client has its own upstream connection to the compositor, its own
+//! [`Session`], and bounded buffers in both directions (a side whose peer is
+//! not draining is not read until it does).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratelimit::{info_limited, warn_limited};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::conn::{recv, ConnError, OutBuf};
+use crate::policy::{Limits, Policy};
+use crate::session::{Session, Verdict, Violation};
+use crate::wire::{self, WireError};
+
+/// Errors of the proxy itself (not of one client).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// epoll, eventfd or accept failed.
+    #[error("proxy I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The proxy has stopped.
+    #[error("the proxy has stopped")]
+    Stopped,
+}
+
+/// What a proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The policy every client is held to.
+    pub policy: Arc<Policy>,
+    /// Window label: titles get `[TAG] `, app ids `TAG:`.
+    pub tag: Option<String>,
+    /// The compositor's socket.
+    pub upstream: PathBuf,
+}
+
+impl Config {
+    /// The compositor socket named by `WAYLAND_DISPLAY` (absolute, or
+    /// relative to `XDG_RUNTIME_DIR`; default `wayland-0`).
+    pub fn upstream_from_env() -> Option<PathBuf> {
+        let d = std::env::var_os("WAYLAND_DISPLAY").unwrap_or_else(|| "wayland-0".into());
+        let p = PathBuf::from(d);
+        if p.is_absolute() {
+            return Some(p);
+        }
+        Some(PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join(p))
+    }
+}
+
+enum Cmd {
+    Add(UnixStream),
+    Stop,
+}
+
+/// Controls a running [`Proxy`] from other threads.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: Sender<Cmd>,
+    wake: Arc<EventFd>,
+}
+
+impl Handle {
+    /// Hands the proxy a connected client (e.g. one end of a socketpair).
+    pub fn add_client(&self, stream: UnixStream) -> Result<(), ProxyError> {
+        self.tx
+            .send(Cmd::Add(stream))
+            .map_err(|_| ProxyError::Stopped)?;
+        self.wake.write(1)?;
+        Ok(())
+    }
+
+    /// Makes [`Proxy::run`] return; every client is disconnected.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Cmd::Stop);
+        let _ = self.wake.write(1);
+    }
+}
+
+const T_LISTEN: u64 = u64::MAX;
+const T_WAKE: u64 = u64::MAX - 1;
+
+/// Why a client's entry ends.
+enum End {
+    /// Normal end or I/O error; the reason is logged.
+    Closed(&'static str),
+    /// The client broke a rule: it gets a `wl_display.error`.
+    Violation(Violation),
+}
+
+impl From<Violation> for End {
+    fn from(v: Violation) -> Self {
+        End::Violation(v)
+    }
+}
+
+#[derive(Default)]
+struct InBuf {
+    data: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+struct Client {
+    serial: u64,
+    down: UnixStream,
+    up: UnixStream,
+    session: Session,
+    from_client: InBuf,
+    from_server: InBuf,
+    to_server: OutBuf,
+    to_client: OutBuf,
+    partial_since: Option<Instant>,
+    down_eof: bool,
+    up_eof: bool,
+    /// Registered epoll events for (down, up); 0 = not registered.
+    interest: [u32; 2],
+}
+
+/// A validating proxy serving any number of clients on one thread.
+pub struct Proxy {
+    cfg: Config,
+    tag: Option<Arc<str>>,
+    epoll: Epoll,
+    listener: Option<UnixListener>,
+    clients: Vec<Option<Client>>,
+    free: Vec<usize>,
+    live: usize,
+    serial: u64,
+    rx: Receiver<Cmd>,
+    handle: Handle,
+}
+
+impl Proxy {
+    /// A proxy with no clients yet.
+    pub fn new(cfg: Config) -> Result<Self, ProxyError> {
+        let epoll = Epoll::new()?;
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, T_WAKE),
+        )?;
+        let (tx, rx) = channel();
+        Ok(Proxy {
+            tag: cfg.tag.as_deref().map(Arc::from),
+            cfg,
+            epoll,
+            listener: None,
+            clients: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            serial: 0,
+            rx,
+            handle: Handle { tx, wake },
+        })
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Accepts clients from `listener` while running.
+    pub fn listen(&mut self, listener: UnixListener) -> Result<(), ProxyError> {
+        listener.set_nonblocking(true)?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, T_LISTEN),
+        )?;
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    /// Number of connected clients.
+    pub fn clients(&self) -> usize {
+        self.live
+    }
+
+    fn limits(&self) -> Limits {
+        self.cfg.policy.limits
+    }
+
+    /// Starts serving a connected client: opens its upstream connection.
+    pub fn add_client(&mut self, down: UnixStream) -> Result<(), ProxyError> {
+        if self.live >= self.limits().max_clients {
+            warn_limited!("wl-proxy: client refused: {} clients already", self.live);
+            return Ok(());
+        }
+        let up = match UnixStream::connect(&self.cfg.upstream) {
+            Ok(s) => s,
+            Err(e) => {
+                warn_limited!(
+                    "wl-proxy: cannot reach the compositor at {}: {e}",
+                    self.cfg.upstream.display()
+                );
+                return Ok(());
+            }
+        };
+        down.set_nonblocking(true)?;
+        up.set_nonblocking(true)?;
+        self.serial += 1;
+        let c = Client {
+            serial: self.serial,
+            down,
+            up,
+            session: Session::new(self.cfg.policy.clone(), self.tag.clone()),
+            from_client: InBuf::default(),
+            from_server: InBuf::default(),
+            to_server: OutBuf::default(),
+            to_client: OutBuf::default(),
+            partial_since: None,
+            down_eof: false,
+            up_eof: false,
+            interest: [0, 0],
+        };
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.clients.push(None);
+                self.clients.len() - 1
+            }
+        };
+        self.clients[slot] = Some(c);
+        self.live += 1;
+        tracing::debug!(client = self.serial, "wl-proxy: client connected");
+        self.update_interest(slot)?;
+        Ok(())
+    }
+
+    /// Serves until [`Handle::stop`].
+    pub fn run(&mut self) -> Result<(), ProxyError> {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout = self.next_timeout();
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    T_WAKE => {
+                        let _ = self.handle.wake.read();
+                        while let Ok(cmd) = self.rx.try_recv() {
+                            match cmd {
+                                Cmd::Add(s) => self.add_client(s)?,
+                                Cmd::Stop => {
+                                    self.shutdown();
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    }
+                    T_LISTEN => self.accept()?,
+                    t => {
+                        let slot = (t >> 1) as usize;
+                        let upstream = t & 1 == 1;
+                        self.on_event(slot, upstream, ev.events())?;
+                    }
+                }
+            }
+            self.check_timeouts()?;
+        }
+    }
+
+    fn accept(&mut self) -> Result<(), ProxyError> {
+        loop {
+            let Some(l) = &self.listener else {
+                return Ok(());
+            };
+            match l.accept() {
+                Ok((s, _)) => self.add_client(s)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => {
+                    warn_limited!("wl-proxy: accept: {e}");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, slot: usize, upstream: bool, events: u32) -> Result<(), ProxyError> {
+        let limits = self.limits();
+        let Some(Some(c)) = self.clients.get_mut(slot) else {
+            return Ok(());
+        };
+        let res = c.service(upstream, events, &limits);
+        match res {
+            Ok(true) => self.update_interest(slot)?,
+            Ok(false) => self.remove(slot, None),
+            Err(end) => self.remove(slot, Some(end)),
+        }
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> i32 {
+        let t = Duration::from_millis(self.limits().partial_message_timeout_ms);
+        self.clients
+            .iter()
+            .flatten()
+            .filter_map(|c| c.partial_since)
+            .map(|s| t.saturating_sub(s.elapsed()).as_millis() as i32 + 1)
+            .min()
+            .unwrap_or(-1)
+    }
+
+    fn check_timeouts(&mut self) -> Result<(), ProxyError> {
+        let t = Duration::from_millis(self.limits().partial_message_timeout_ms);
+        for slot in 0..self.clients.len() {
+            let Some(Some(c)) = self.clients.get_mut(slot) else {
+                continue;
+            };
+            match c.partial_since {
+                // Not reading it (back-pressure): the client is not the one stalling.
+                Some(_) if c.interest[0] & EventSet::IN.bits() == 0 => {
+                    c.partial_since = Some(Instant::now())
+                }
+                Some(s) if s.elapsed() >= t => {
+                    self.remove(
+                        slot,
+                        Some(End::Violation(Violation::Malformed {
+                            object: 1,
+                            reason: "incomplete message held open",
+                        })),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn update_interest(&mut self, slot: usize) -> Result<(), ProxyError> {
+        let limits = self.limits();
+        let Some(Some(c)) = self.clients.get_mut(slot) else {
+            return Ok(());
+        };
+        let want = c.wanted(&limits);
+        for (side, &want) in want.iter().enumerate() {
+            if want == c.interest[side] {
+                continue;
+            }
+            let fd = if side == 0 {
+                c.down.as_raw_fd()
+            } else {
+                c.up.as_raw_fd()
+            };
+            let ev = EpollEvent::new(
+                EventSet::from_bits_truncate(want),
+                ((slot as u64) << 1) | side as u64,
+            );
+            let op = match (c.interest[side], want) {
+                (0, _) => ControlOperation::Add,
+                (_, 0) => ControlOperation::Delete,
+                _ => ControlOperation::Modify,
+            };
+            self.epoll.ctl(op, fd, ev)?;
+            c.interest[side] = want;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, slot: usize, end: Option<End>) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        self.live -= 1;
+        for (side, fd) in [(0, c.down.as_raw_fd()), (1, c.up.as_raw_fd())] {
+            if c.interest[side] != 0 {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+        }
+        match end {
+            None => info_limited!("wl-proxy: client {} disconnected", c.serial),
+            Some(End::Closed(why)) => {
+                info_limited!("wl-proxy: client {} disconnected: {why}", c.serial)
+            }
+            Some(End::Violation(v)) => {
+                warn_limited!("wl-proxy: client {} disconnected: {v}", c.serial);
+                // The compositor connection goes first, so nothing more reaches it.
+                let _ = c.up.shutdown(std::net::Shutdown::Both);
+                drop(c.up);
+                let msg = c.session.error_event(&v);
+                let _ = crate::conn::send(&c.down, &msg, &[]);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for slot in 0..self.clients.len() {
+            self.remove(slot, Some(End::Closed("proxy stopped")));
+        }
+    }
+}
+
+impl Client {
+    /// Epoll interest for (client socket, upstream socket).
+    fn wanted(&self, l: &Limits) -> [u32; 2] {
+        let room = |o: &OutBuf| o.len() < l.max_buffered_bytes && o.fd_count() < l.max_buffered_fds;
+        let mut w = [0u32; 2];
+        if !self.down_eof && room(&self.to_server) {
+            w[0] |= EventSet::IN.bits();
+        }
+        if !self.to_client.is_empty() {
+            w[0] |= EventSet::OUT.bits();
+        }
+        if !self.up_eof && room(&self.to_client) {
+            w[1] |= EventSet::IN.bits();
+        }
+        if !self.to_server.is_empty() {
+            w[1] |= EventSet::OUT.bits();
+        }
+        w
+    }
+
+    /// Handles readiness on one side. `Ok(false)` when the client is done.
+    fn service(&mut self, upstream: bool, events: u32, l: &Limits) -> Result<bool, End> {
+        let readable = events
+            & (EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP).bits()
+            != 0;
+        if readable {
+            self.read_side(!upstream, l)?;
+        }
+        if !self.to_server.is_empty() {
+            match self.to_server.flush(&self.up) {
+                Ok(_) => {}
+                Err(_) => return Err(End::Closed("compositor connection lost")),
+            }
+        }
+        if !self.to_client.is_empty() {
+            match self.to_client.flush(&self.down) {
+                Ok(_) => {}
+                Err(_) => return Err(End::Closed("client connection lost")),
+            }
+        }
+        // A side that has gone away ends the client once what it sent is delivered.
+        if self.down_eof && self.to_server.is_empty() {
+            return Ok(false);
+        }
+        if self.up_eof && self.to_client.is_empty() {
+            return Err(End::Closed("compositor closed the connection"));
+        }
+        Ok(true)
+    }
+
+    fn read_side(&mut self, from_client: bool, l: &Limits) -> Result<(), End> {
+        let mut tmp = [0u8; 16384];
+        loop {
+            let (sock, inb, out) = if from_client {
+                (&self.down, &mut self.from_client, &self.to_server)
+            } else {
+                (&self.up, &mut self.from_server, &self.to_client)
+            };
+            if out.len() >= l.max_buffered_bytes || out.fd_count() >= l.max_buffered_fds {
+                return Ok(());
+            }
+            match recv(sock, &mut tmp, &mut inb.fds) {
+                Ok(0) => {
+                    if from_client {
+                        self.down_eof = true;
+                        self.partial_since = None;
+                    } else {
+                        self.up_eof = true;
+                    }
+                    return Ok(());
+                }
+                Ok(n) => {
+                    inb.data.extend_from_slice(&tmp[..n]);
+                    if inb.fds.len() > l.max_buffered_fds {
+                        return Err(Violation::Fds("too many fds queued").into());
+                    }
+                    self.process(from_client)?;
+                }
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(ConnError::FdsTruncated) if from_client => {
+                    return Err(Violation::Fds("too many fds in one send").into())
+                }
+                Err(_) if from_client => return Err(End::Closed("client connection lost")),
+                Err(_) => return Err(End::Closed("compositor connection lost")),
+            }
+        }
+    }
+
+    /// Validates and forwards every complete message buffered from one side.
+    fn process(&mut self, from_client: bool) -> Result<(), End> {
+        let Client {
+            session,
+            from_client: fc,
+            from_server: fs,
+            to_server,
+            to_client,
+            ..
+        } = self;
+        let (inb, out) = if from_client {
+            (fc, to_server)
+        } else {
+            (fs, to_client)
+        };
+        let mut off = 0;
+        let res = loop {
+            let rest = &inb.data[off..];
+            let h = match wire::header(rest) {
+                Ok(h) if rest.len() >= h.size => h,
+                Ok(_) | Err(WireError::NeedBytes) => break Ok(()),
+                Err(_) => {
+                    let object = rest
+                        .get(..4)
+                        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    break Err(Violation::Malformed {
+                        object,
+                        reason: "bad message size",
+                    });
+                }
+            };
+            let msg = &rest[..h.size];
+            let fds = inb.fds.make_contiguous();
+            let r = if from_client {
+                session.request(msg, fds)
+            } else {
+                session.event(msg, fds)
+            };
+            let (verdict, nfds) = match r {
+                Ok(v) => v,
+                Err(e) => break Err(e),
+            };
+            let taken = inb.fds.drain(..nfds);
+            match verdict {
+                Verdict::Forward => out.push(msg, taken),
+                Verdict::Replace(b) => out.push(&b, taken),
+                Verdict::Drop => drop(taken),
+            }
+            off += h.size;
+        };
+        inb.data.drain(..off);
+        res?;
+        if inb.data.is_empty() {
+            if !inb.fds.is_empty() {
+                return Err(if from_client {
+                    Violation::Fds("fds without a message").into()
+                } else {
+                    Violation::Upstream("fds without a message".into()).into()
+                });
+            }
+            if from_client {
+                self.partial_since = None;
+            }
+        } else if from_client && self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
