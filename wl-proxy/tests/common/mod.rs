@@ -383,7 +383,7 @@ impl RawClient {
                 (
                     e.word(0),
                     e.string(1),
-                    e.word(2 + (e.word(1) as usize + 3) / 4),
+                    e.word(2 + (e.word(1) as usize).div_ceil(4)),
                 )
             })
             .collect();
