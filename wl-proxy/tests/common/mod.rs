@@ -347,6 +347,12 @@ impl RawClient {
                     let r = unsafe { libc::poll(&mut p, 1, 10_000) };
                     assert!(r > 0, "no event within 10 s");
                 }
+                // The proxy hangs up with this client's bytes unread: a reset, read as EOF.
+                Err(wl_proxy::conn::ConnError::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return None
+                }
                 Err(e) => panic!("recv: {e}"),
             }
         }
