@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod conn;
+pub mod fuzzing;
 pub mod objects;
 pub mod policy;
 pub mod protocol;
