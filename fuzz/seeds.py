@@ -71,7 +71,7 @@ seeds["malformed"] = b"".join([
     rec(REQ, struct.pack("<II", 1, (6 << 16))),
 ])
 
-os.makedirs("corpus/wl_session", exist_ok=True)
+os.makedirs("seeds/wl_session", exist_ok=True)
 for k, v in seeds.items():
-    open(f"corpus/wl_session/seed-{k}", "wb").write(v)
+    open(f"seeds/wl_session/{k}", "wb").write(v)
 print(len(seeds), "seeds")

@@ -482,6 +482,11 @@ impl Client {
                         return Err(Violation::Fds("too many fds queued").into());
                     }
                     self.process(from_client)?;
+                    // A short read drained the socket: skip the EAGAIN round
+                    // (epoll is level-triggered and reports anything newer).
+                    if n < tmp.len() {
+                        return Ok(());
+                    }
                 }
                 Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,

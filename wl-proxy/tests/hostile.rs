@@ -5,58 +5,12 @@
 mod common;
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use wl_proxy::session::code;
 use wl_proxy::wire::Writer;
-
-struct ProxyProc {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl ProxyProc {
-    fn start(comp: &Compositor, policy: &str) -> ProxyProc {
-        let pol = comp.dir.path().join("policy.toml");
-        std::fs::write(&pol, policy).unwrap();
-        let socket = comp.dir.path().join("proxy.sock");
-        let child = Command::new(PROXY)
-            .arg("--upstream")
-            .arg(&comp.socket)
-            .arg("--policy")
-            .arg(&pol)
-            .arg("--listen")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "wl-proxy did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        ProxyProc { child, socket }
-    }
-
-    fn client(&self) -> RawClient {
-        RawClient::connect(&self.socket)
-    }
-}
-
-impl Drop for ProxyProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn find(globals: &[(u32, String, u32)], iface: &str) -> (u32, u32) {
     globals

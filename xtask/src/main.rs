@@ -5,8 +5,10 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
-//! - `cargo xtask bench [boot|io|vsock] [ARGS…]`: the boot or block-I/O benchmark
-//!   (vmapp vs QEMU microvm), run where KVM can boot stock kernels.
+//! - `cargo xtask bench [boot|io|vsock] [ARGS…]`: the boot, block-I/O or vsock
+//!   benchmark (vmapp vs QEMU microvm), run where KVM can boot stock kernels.
+//! - `cargo xtask bench wl [ARGS…]`: wl-proxy vs a direct connection to a
+//!   headless sway, and the parse + validate rate (criterion); no VM.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
 
@@ -59,6 +61,18 @@ fn main() -> ExitCode {
                 let mut a = vec!["test", "--workspace"];
                 a.extend(args[1..].iter().map(String::as_str));
                 cargo(&a)?;
+                Ok(0)
+            }
+            Some("bench") if args.get(1).map(String::as_str) == Some("wl") => {
+                // The Wayland proxy needs no VM: sway and the proxy run here.
+                cargo(&["build", "--release", "-p", "wl-proxy", "-p", "benches", "--bins"])?;
+                let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/x86_64-unknown-linux-gnu/release");
+                let st = Command::new(rel.join("wl-bench")).args(&args[2..]).status()?;
+                if !st.success() {
+                    bail!("wl-bench failed");
+                }
+                cargo(&["bench", "-p", "benches", "--bench", "wl_parse"])?;
                 Ok(0)
             }
             Some("bench") => {
@@ -114,7 +128,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

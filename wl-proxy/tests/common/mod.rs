@@ -1,5 +1,6 @@
 //! Real compositors (sway and weston, headless) and a raw Wayland client for
-//! the integration tests. A missing tool fails the test loudly.
+//! the integration tests and the `wl-bench` benchmark (which includes this
+//! file). A missing tool fails loudly.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -11,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use wl_proxy::wire::{self, Writer};
 
-pub const PROXY: &str = env!("CARGO_BIN_EXE_wl-proxy");
+/// The wl-proxy binary: `WL_PROXY_BIN`, else the one cargo built for these tests.
+pub fn proxy_bin() -> PathBuf {
+    std::env::var_os("WL_PROXY_BIN")
+        .map(PathBuf::from)
+        .or(option_env!("CARGO_BIN_EXE_wl-proxy").map(PathBuf::from))
+        .expect("set WL_PROXY_BIN to the wl-proxy binary")
+}
 
 /// Fails unless every tool is installed.
 pub fn require(tools: &[&str]) {
@@ -139,6 +146,10 @@ impl Compositor {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn runtime_dir(&self) -> PathBuf {
         self.dir.path().join("rt")
     }
@@ -160,7 +171,7 @@ impl Compositor {
 
     /// `wl-proxy [ARGS] -- COMMAND…` in front of this compositor.
     pub fn proxied(&self, args: &[&str], command: &[&str]) -> Command {
-        let mut c = self.client(PROXY);
+        let mut c = self.client(proxy_bin().to_str().unwrap());
         c.arg("--upstream")
             .arg(&self.socket)
             .args(args)
@@ -197,6 +208,52 @@ impl Compositor {
 }
 
 impl Drop for Compositor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `wl-proxy --listen` in front of a compositor; killed on drop.
+pub struct ProxyProc {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl ProxyProc {
+    pub fn start(comp: &Compositor, policy: &str) -> ProxyProc {
+        let pol = comp.dir.path().join("policy.toml");
+        std::fs::write(&pol, policy).unwrap();
+        let socket = comp.dir.path().join("proxy.sock");
+        let child = Command::new(proxy_bin())
+            .arg("--upstream")
+            .arg(&comp.socket)
+            .arg("--policy")
+            .arg(&pol)
+            .arg("--listen")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "wl-proxy did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ProxyProc { child, socket }
+    }
+
+    pub fn client(&self) -> RawClient {
+        RawClient::connect(&self.socket)
+    }
+}
+
+impl Drop for ProxyProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
