@@ -1,0 +1,245 @@
+//! Per-thread seccomp filters for vmapp and wl-proxy.
+//!
+//! `policies/x86_64.json` (seccompiler's JSON format) has one filter per thread
+//! kind; `build.rs` compiles each twice — default action *trap* (kill mode)
+//! and *log* (log mode) — and embeds the BPF. A thread calls [`install`] with
+//! its kind before it touches guest or client input. In kill mode a
+//! forbidden syscall raises SIGSYS; the handler prints the thread's name and
+//! the syscall and ends the process with status [`EXIT_SECCOMP`].
+#![deny(missing_docs)]
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Once;
+
+include!(concat!(env!("OUT_DIR"), "/filters.rs"));
+
+/// Exit status after a seccomp violation in kill mode (128 + SIGSYS).
+pub const EXIT_SECCOMP: i32 = 159;
+
+/// Errors installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The kernel refused the filter.
+    #[error("cannot install the {kind} seccomp filter: {source}")]
+    Install {
+        /// Thread kind.
+        kind: &'static str,
+        /// The cause.
+        source: seccompiler::Error,
+    },
+    /// The SIGSYS handler could not be installed.
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+    /// Unknown `--seccomp` value.
+    #[error("unknown seccomp mode {0:?} (kill, log or off)")]
+    BadMode(String),
+}
+
+/// What a forbidden syscall does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SIGSYS: the process ends with a message naming the thread and syscall.
+    Kill,
+    /// The syscall runs and the kernel logs it (audit / kernel log).
+    Log,
+    /// No filter.
+    Off,
+}
+
+impl FromStr for Mode {
+    type Err = SeccompError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kill" => Ok(Mode::Kill),
+            "log" => Ok(Mode::Log),
+            "off" => Ok(Mode::Off),
+            other => Err(SeccompError::BadMode(other.to_string())),
+        }
+    }
+}
+
+/// The kinds of threads that have a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The VMM's main thread once the VM runs.
+    Vmm,
+    /// A vCPU thread (runs device register accesses too).
+    Vcpu,
+    /// The serial console's stdin forwarder.
+    ConsoleIn,
+    /// A virtio-blk I/O thread.
+    VirtioBlk,
+    /// The virtio-vsock worker.
+    VirtioVsock,
+    /// vmapp's guest-agent threads.
+    Agent,
+    /// The Wayland proxy's event loop.
+    WlProxy,
+    /// wl-proxy's helper threads (signals, waiting for the command).
+    WlProxyHelper,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 8] = [
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::ConsoleIn,
+        ThreadKind::VirtioBlk,
+        ThreadKind::VirtioVsock,
+        ThreadKind::Agent,
+        ThreadKind::WlProxy,
+        ThreadKind::WlProxyHelper,
+    ];
+
+    /// Its key in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::ConsoleIn => "console_in",
+            ThreadKind::VirtioBlk => "virtio_blk",
+            ThreadKind::VirtioVsock => "virtio_vsock",
+            ThreadKind::Agent => "agent",
+            ThreadKind::WlProxy => "wl_proxy",
+            ThreadKind::WlProxyHelper => "wl_proxy_helper",
+        }
+    }
+
+    fn entry(self) -> &'static (&'static str, &'static [u8], &'static [u8], &'static [&'static str]) {
+        FILTERS
+            .iter()
+            .find(|f| f.0 == self.name())
+            .unwrap_or_else(|| unreachable!("build.rs compiles every kind"))
+    }
+
+    /// The syscalls this kind may make (some only with certain arguments).
+    pub fn syscalls(self) -> &'static [&'static str] {
+        self.entry().3
+    }
+}
+
+static DEFAULT_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the mode [`install_default`] uses (the process's `--seccomp`).
+pub fn set_default_mode(mode: Mode) {
+    DEFAULT_MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+/// The mode set by [`set_default_mode`]; kill unless changed.
+pub fn default_mode() -> Mode {
+    match DEFAULT_MODE.load(Ordering::Relaxed) {
+        0 => Mode::Kill,
+        1 => Mode::Log,
+        _ => Mode::Off,
+    }
+}
+
+/// Installs `kind`'s filter in the calling thread with the default mode.
+pub fn install_default(kind: ThreadKind) -> Result<(), SeccompError> {
+    install(kind, default_mode())
+}
+
+/// Installs `kind`'s filter in the calling thread. Threads it creates later
+/// inherit it (filters stack: a syscall must pass all of them).
+pub fn install(kind: ThreadKind, mode: Mode) -> Result<(), SeccompError> {
+    let e = kind.entry();
+    let bytes = match mode {
+        Mode::Off => return Ok(()),
+        Mode::Kill => {
+            install_sigsys_handler()?;
+            e.1
+        }
+        Mode::Log => e.2,
+    };
+    let prog: Vec<seccompiler::sock_filter> = bytes
+        .chunks_exact(8)
+        .map(|c| seccompiler::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    seccompiler::apply_filter(&prog).map_err(|source| SeccompError::Install {
+        kind: kind.name(),
+        source,
+    })
+}
+
+fn install_sigsys_handler() -> Result<(), SeccompError> {
+    static ONCE: Once = Once::new();
+    let mut res = Ok(());
+    ONCE.call_once(|| {
+        // SAFETY: an all-zero sigaction is valid; we set the handler and flags.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: `sa` is initialised and the handler only makes async-signal-safe calls.
+        if unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) } != 0 {
+            res = Err(SeccompError::Handler(std::io::Error::last_os_error()));
+        }
+    });
+    res
+}
+
+/// Appends `s` to `buf` at `*n`, as far as it fits.
+fn put(buf: &mut [u8], n: &mut usize, s: &[u8]) {
+    for &b in s {
+        if *n < buf.len() {
+            buf[*n] = b;
+            *n += 1;
+        }
+    }
+}
+
+/// The violation message (no allocation: it runs in a signal handler).
+fn message(buf: &mut [u8; 256], thread: &[u8], nr: i32) -> usize {
+    let mut n = 0;
+    put(buf, &mut n, b"seccomp: thread '");
+    put(buf, &mut n, thread);
+    put(buf, &mut n, b"' made a forbidden syscall ");
+    let mut digits = [0u8; 12];
+    let mut d = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(buf, &mut n, &digits[d..]);
+    if let Some(name) = usize::try_from(nr).ok().and_then(|i| SYSCALL_NAMES.get(i)) {
+        if !name.is_empty() {
+            put(buf, &mut n, b" (");
+            put(buf, &mut n, name.as_bytes());
+            put(buf, &mut n, b")");
+        }
+    }
+    put(buf, &mut n, b"; stopping\n");
+    n
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // x86_64 siginfo for SIGSYS: signo, errno, code, padding (16 bytes), then
+    // `_sigsys { void *_call_addr; int _syscall; unsigned _arch; }`.
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+    let mut name = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+    let mut buf = [0u8; 256];
+    let n = message(&mut buf, &name[..len], nr);
+    // SAFETY: write and _exit are async-signal-safe and allowed in every filter.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::_exit(EXIT_SECCOMP);
+    }
+}
+
+#[cfg(test)]
+mod tests;
