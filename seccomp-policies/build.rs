@@ -12,8 +12,16 @@ fn main() {
     let mut policy: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     let kinds: Vec<String> = policy.as_object().unwrap().keys().cloned().collect();
     let mut rs = String::new();
-    writeln!(rs, "/// (thread kind, BPF for kill mode, BPF for log mode, syscalls with rules)").unwrap();
-    writeln!(rs, "pub static FILTERS: &[(&str, &[u8], &[u8], &[&str])] = &[").unwrap();
+    writeln!(
+        rs,
+        "/// (thread kind, BPF for kill mode, BPF for log mode, syscalls with rules)"
+    )
+    .unwrap();
+    writeln!(
+        rs,
+        "pub static FILTERS: &[(&str, &[u8], &[u8], &[&str])] = &["
+    )
+    .unwrap();
     let mut compiled = std::collections::BTreeMap::new();
     for action in ["trap", "log"] {
         for k in &kinds {
@@ -67,7 +75,9 @@ fn main() {
         }
     }
     let max = names.keys().max().copied().unwrap_or(0);
-    let table: Vec<String> = (0..=max).map(|i| names.get(&i).cloned().unwrap_or_default()).collect();
+    let table: Vec<String> = (0..=max)
+        .map(|i| names.get(&i).cloned().unwrap_or_default())
+        .collect();
     writeln!(rs, "/// Syscall names by number (x86_64).").unwrap();
     writeln!(rs, "pub static SYSCALL_NAMES: &[&str] = &{table:?};").unwrap();
     std::fs::write(out.join("filters.rs"), rs).unwrap();

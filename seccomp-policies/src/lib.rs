@@ -107,7 +107,14 @@ impl ThreadKind {
         }
     }
 
-    fn entry(self) -> &'static (&'static str, &'static [u8], &'static [u8], &'static [&'static str]) {
+    fn entry(
+        self,
+    ) -> &'static (
+        &'static str,
+        &'static [u8],
+        &'static [u8],
+        &'static [&'static str],
+    ) {
         FILTERS
             .iter()
             .find(|f| f.0 == self.name())

@@ -9,15 +9,23 @@ fn run_child(kind: &str, mode: &str, what: &str, thread: &str) -> (Option<i32>, 
         .env("SECCOMP_CHILD", format!("{kind}:{mode}:{what}:{thread}"))
         .output()
         .unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// The child half: does nothing unless SECCOMP_CHILD is set.
 #[test]
 fn child() {
-    let Ok(spec) = std::env::var("SECCOMP_CHILD") else { return };
+    let Ok(spec) = std::env::var("SECCOMP_CHILD") else {
+        return;
+    };
     let parts: Vec<String> = spec.split(':').map(str::to_string).collect();
-    let kind = *ThreadKind::ALL.iter().find(|k| k.name() == parts[0]).unwrap();
+    let kind = *ThreadKind::ALL
+        .iter()
+        .find(|k| k.name() == parts[0])
+        .unwrap();
     let mode: Mode = parts[1].parse().unwrap();
     let what = parts[2].clone();
     let t = std::thread::Builder::new()
@@ -43,7 +51,11 @@ fn child() {
                             -1,
                             0,
                         );
-                        if p == libc::MAP_FAILED { -1 } else { 0 }
+                        if p == libc::MAP_FAILED {
+                            -1
+                        } else {
+                            0
+                        }
                     }
                     "mmap" => {
                         let p = libc::mmap(
@@ -54,7 +66,11 @@ fn child() {
                             -1,
                             0,
                         );
-                        if p == libc::MAP_FAILED { -1 } else { 0 }
+                        if p == libc::MAP_FAILED {
+                            -1
+                        } else {
+                            0
+                        }
                     }
                     other => panic!("unknown action {other}"),
                 }
@@ -107,7 +123,10 @@ fn log_and_off_modes_let_the_syscall_run() {
     for mode in ["log", "off"] {
         let (code, err) = run_child("vcpu", mode, "socket_inet", "vcpu0");
         assert_eq!(code, Some(0), "{mode}: {err}");
-        assert!(err.contains("SURVIVED") && !err.contains("SURVIVED -1"), "{mode}: {err}");
+        assert!(
+            err.contains("SURVIVED") && !err.contains("SURVIVED -1"),
+            "{mode}: {err}"
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use seccomp_policies::ThreadKind;
 use wl_proxy::{Config, Policy, Proxy};
 
 /// A validating Wayland proxy: clients only get what the policy allows.
@@ -30,6 +31,9 @@ struct Args {
     /// Serve clients on this socket path (removed again on exit).
     #[arg(long, conflicts_with = "command")]
     listen: Option<PathBuf>,
+    /// What a syscall outside the thread's seccomp filter does: kill, log or off.
+    #[arg(long, default_value = "kill")]
+    seccomp: seccomp_policies::Mode,
     /// Print the built-in policy and exit.
     #[arg(long)]
     print_default_policy: bool,
@@ -86,19 +90,26 @@ fn run() -> Result<i32> {
             UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
         proxy.listen(l)?;
         let handle = proxy.handle();
-        // SIGINT/SIGTERM end the proxy (and remove the socket).
+        // SIGINT/SIGTERM remove the socket and end the proxy (the proxy's own
+        // filter has no unlink).
         let sigs = signals()?;
+        let path = path.clone();
+        let mode = args.seccomp;
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                if let Err(e) = seccomp_policies::install(ThreadKind::WlProxyHelper, mode) {
+                    eprintln!("wl-proxy: {e}");
+                    std::process::exit(1);
+                }
                 let mut sig = 0;
                 // SAFETY: `sigs` is a valid, initialised signal set; `sig` is a valid out-pointer.
                 unsafe { libc::sigwait(&sigs, &mut sig) };
+                let _ = std::fs::remove_file(&path);
                 handle.stop();
             })?;
-        let r = proxy.run();
-        let _ = std::fs::remove_file(path);
-        r?;
+        seccomp_policies::install(ThreadKind::WlProxy, args.seccomp)?;
+        proxy.run()?;
         return Ok(0);
     }
     if args.command.is_empty() {
@@ -114,13 +125,18 @@ fn run() -> Result<i32> {
         .spawn()
         .with_context(|| format!("cannot run {}", args.command[0]))?;
     let handle = proxy.handle();
+    let mode = args.seccomp;
     let waiter = std::thread::Builder::new()
         .name("wait-command".into())
         .spawn(move || {
+            seccomp_policies::install(ThreadKind::WlProxyHelper, mode)?;
             let status = child.wait();
+            // The socket's directory goes here: the proxy's filter has no unlink.
+            drop(dir);
             handle.stop();
-            status
+            Ok::<_, anyhow::Error>(status?)
         })?;
+    seccomp_policies::install(ThreadKind::WlProxy, args.seccomp)?;
     proxy.run()?;
     let status = waiter
         .join()
