@@ -17,11 +17,7 @@ fn main() {
         "/// (thread kind, BPF for kill mode, BPF for log mode, syscalls with rules)"
     )
     .unwrap();
-    writeln!(
-        rs,
-        "pub static FILTERS: &[(&str, &[u8], &[u8], &[&str])] = &["
-    )
-    .unwrap();
+    writeln!(rs, "pub static FILTERS: &[Filter] = &[").unwrap();
     let mut compiled = std::collections::BTreeMap::new();
     for action in ["trap", "log"] {
         for k in &kinds {
@@ -57,6 +53,21 @@ fn main() {
             "    ({k:?}, include_bytes!({:?}), include_bytes!({:?}), &{names:?}),",
             compiled[&(k.clone(), "trap")],
             compiled[&(k.clone(), "log")]
+        )
+        .unwrap();
+    }
+    writeln!(rs, "];").unwrap();
+    writeln!(
+        rs,
+        "/// Rules (a syscall, or a syscall with argument conditions) per kind."
+    )
+    .unwrap();
+    writeln!(rs, "pub static RULE_COUNTS: &[(&str, usize)] = &[").unwrap();
+    for k in &kinds {
+        writeln!(
+            rs,
+            "    ({k:?}, {}),",
+            policy[k]["filter"].as_array().unwrap().len()
         )
         .unwrap();
     }

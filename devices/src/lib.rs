@@ -13,6 +13,7 @@ pub mod bus;
 pub mod legacy;
 pub use ratelimit::warn_limited;
 pub mod virtio;
+pub mod worker;
 
 /// Waits until `fd` is readable: `None` waits forever. Returns false on
 /// timeout (or a poll error, e.g. EINTR — callers loop or give up).

@@ -12,6 +12,15 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Once;
 
+/// One compiled policy: (thread kind, BPF for kill mode, BPF for log mode,
+/// the syscalls it has rules for).
+pub type Filter = (
+    &'static str,
+    &'static [u8],
+    &'static [u8],
+    &'static [&'static str],
+);
+
 include!(concat!(env!("OUT_DIR"), "/filters.rs"));
 
 /// Exit status after a seccomp violation in kill mode (128 + SIGSYS).
@@ -125,6 +134,14 @@ impl ThreadKind {
     pub fn syscalls(self) -> &'static [&'static str] {
         self.entry().3
     }
+
+    /// Its number of rules (a syscall, or a syscall with argument conditions).
+    pub fn rules(self) -> usize {
+        RULE_COUNTS
+            .iter()
+            .find(|r| r.0 == self.name())
+            .map_or(0, |r| r.1)
+    }
 }
 
 static DEFAULT_MODE: AtomicU8 = AtomicU8::new(0);
@@ -154,12 +171,10 @@ pub fn install(kind: ThreadKind, mode: Mode) -> Result<(), SeccompError> {
     let e = kind.entry();
     let bytes = match mode {
         Mode::Off => return Ok(()),
-        Mode::Kill => {
-            install_sigsys_handler()?;
-            e.1
-        }
+        Mode::Kill => e.1,
         Mode::Log => e.2,
     };
+    install_sigsys_handler()?;
     let prog: Vec<seccompiler::sock_filter> = bytes
         .chunks_exact(8)
         .map(|c| seccompiler::sock_filter {
@@ -201,8 +216,20 @@ fn put(buf: &mut [u8], n: &mut usize, s: &[u8]) {
     }
 }
 
+fn put_hex(buf: &mut [u8], n: &mut usize, v: u64) {
+    put(buf, n, b"0x");
+    let mut started = false;
+    for i in (0..16).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        if d != 0 || started || i == 0 {
+            started = true;
+            put(buf, n, &[if d < 10 { b'0' + d } else { b'a' + d - 10 }]);
+        }
+    }
+}
+
 /// The violation message (no allocation: it runs in a signal handler).
-fn message(buf: &mut [u8; 256], thread: &[u8], nr: i32) -> usize {
+fn message(buf: &mut [u8; 256], thread: &[u8], nr: i32, args: [u64; 3]) -> usize {
     let mut n = 0;
     put(buf, &mut n, b"seccomp: thread '");
     put(buf, &mut n, thread);
@@ -226,11 +253,18 @@ fn message(buf: &mut [u8; 256], thread: &[u8], nr: i32) -> usize {
             put(buf, &mut n, b")");
         }
     }
-    put(buf, &mut n, b"; stopping\n");
+    put(buf, &mut n, b" with arguments ");
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 {
+            put(buf, &mut n, b", ");
+        }
+        put_hex(buf, &mut n, *a);
+    }
+    put(buf, &mut n, b", ...; stopping\n");
     n
 }
 
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // x86_64 siginfo for SIGSYS: signo, errno, code, padding (16 bytes), then
     // `_sigsys { void *_call_addr; int _syscall; unsigned _arch; }`.
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
@@ -239,8 +273,15 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
     let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+    // SAFETY: for SA_SIGINFO handlers `ctx` is the interrupted thread's ucontext.
+    let g = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    let args = [
+        g[libc::REG_RDI as usize] as u64,
+        g[libc::REG_RSI as usize] as u64,
+        g[libc::REG_RDX as usize] as u64,
+    ];
     let mut buf = [0u8; 256];
-    let n = message(&mut buf, &name[..len], nr);
+    let n = message(&mut buf, &name[..len], nr, args);
     // SAFETY: write and _exit are async-signal-safe and allowed in every filter.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);

@@ -146,9 +146,24 @@ fn every_kind_has_a_filter_and_modes_parse() {
 #[test]
 fn message_without_allocation() {
     let mut buf = [0u8; 256];
-    let n = message(&mut buf, b"vcpu0", 59);
+    let n = message(&mut buf, b"vcpu0", 16, [3, 0xae80, 0]);
     assert_eq!(
         std::str::from_utf8(&buf[..n]).unwrap(),
-        "seccomp: thread 'vcpu0' made a forbidden syscall 59 (execve); stopping\n"
+        "seccomp: thread 'vcpu0' made a forbidden syscall 16 (ioctl) with arguments 0x3, 0xae80, 0x0, ...; stopping\n"
     );
+}
+
+/// The table in README.md matches the compiled policies.
+#[test]
+fn readme_table_is_current() {
+    let readme = include_str!("../README.md");
+    for k in ThreadKind::ALL {
+        let row = readme
+            .lines()
+            .find(|l| l.contains(&format!("| `{}` |", k.name())))
+            .unwrap_or_else(|| panic!("README has no row for {}", k.name()));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], k.syscalls().len().to_string(), "{row}");
+        assert_eq!(cells[4], k.rules().to_string(), "{row}");
+    }
 }

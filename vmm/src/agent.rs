@@ -25,6 +25,9 @@ pub enum AgentError {
     /// The agent could not start the command.
     #[error("in the guest: {0}")]
     Start(String),
+    /// The agent thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp_policies::SeccompError),
     /// The agent spoke another protocol version.
     #[error("the guest agent speaks protocol version {0}, vmapp speaks {v}", v = proto::VERSION)]
     Version(u32),

@@ -106,10 +106,17 @@ impl Drop for RawTerminal {
 pub(crate) fn spawn_stdin_forwarder(
     serial: Arc<Mutex<Serial>>,
     stop: Arc<AtomicBool>,
+    seccomp: seccomp_policies::Mode,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if let Err(e) =
+                seccomp_policies::install(seccomp_policies::ThreadKind::ConsoleIn, seccomp)
+            {
+                tracing::error!("console input disabled: {e}");
+                return;
+            }
             let fd = std::io::stdin().as_raw_fd();
             let mut buf = [0u8; 64];
             while !stop.load(Ordering::Acquire) {

@@ -18,6 +18,9 @@ use crate::layout::*;
 /// Errors setting up or running a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
+    /// The vCPU thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp_policies::SeccompError),
     /// A KVM vCPU ioctl failed.
     #[error("vCPU {id}: {what}")]
     Kvm {

@@ -27,6 +27,8 @@ use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{EmptySlot, VirtioDevice};
 
+use seccomp_policies::{Mode, SeccompError, ThreadKind};
+
 use crate::acpi::{self, AcpiError, MmioSlot};
 use crate::boot::{self, BootError};
 use crate::console::{self, Console, ConsoleError, RawTerminal};
@@ -79,6 +81,9 @@ pub enum VmError {
     /// A disk image.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
@@ -138,6 +143,7 @@ pub struct VmBuilder {
     vsock: Option<VsockConfig>,
     empty_slots: usize,
     start: Instant,
+    seccomp: Mode,
 }
 
 impl VmBuilder {
@@ -156,7 +162,18 @@ impl VmBuilder {
             vsock: None,
             empty_slots: 0,
             start: Instant::now(),
+            seccomp: seccomp_policies::default_mode(),
         }
+    }
+
+    /// What a syscall outside a thread's seccomp filter does (default: kill).
+    /// Every VMM thread installs its filter before it touches guest input; the
+    /// mode also becomes the process default, which device threads started
+    /// later (by `build`, or by devices created after this call) use.
+    pub fn seccomp(mut self, mode: Mode) -> Self {
+        seccomp_policies::set_default_mode(mode);
+        self.seccomp = mode;
+        self
     }
 
     /// The initramfs (cpio, optionally compressed).
@@ -279,6 +296,7 @@ pub struct Vm {
     guest_stop: Arc<GuestStop>,
     wake: EventFd,
     boot_status: Arc<Mutex<BootStatusState>>,
+    seccomp: Mode,
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -440,6 +458,7 @@ impl Vm {
             guest_stop,
             wake,
             boot_status,
+            seccomp: cfg.seccomp,
         })
     }
 
@@ -456,6 +475,7 @@ impl Vm {
             guest_stop,
             wake,
             boot_status,
+            seccomp,
         } = self;
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         let kick_sig = SIGRTMIN();
@@ -472,7 +492,10 @@ impl Vm {
                 std::thread::Builder::new()
                     .name(format!("vcpu{id}"))
                     .spawn(move || {
-                        let r = cpu::run_loop(id as u8, &mut vcpu, &pio, &mmio, &stop);
+                        // The filter goes on before the first guest instruction runs.
+                        let r = seccomp_policies::install(ThreadKind::Vcpu, seccomp)
+                            .map_err(CpuError::from)
+                            .and_then(|()| cpu::run_loop(id as u8, &mut vcpu, &pio, &mmio, &stop));
                         let _ = tx.send(r);
                         let _ = wake.write(1);
                     })?,
@@ -486,10 +509,17 @@ impl Vm {
             None
         };
         let input = if stdin_input {
-            Some(console::spawn_stdin_forwarder(serial, stop.clone())?)
+            Some(console::spawn_stdin_forwarder(
+                serial,
+                stop.clone(),
+                seccomp,
+            )?)
         } else {
             None
         };
+        // Every thread this one needs exists: from here on it only waits,
+        // stops vCPUs and tears the VM down.
+        seccomp_policies::install(ThreadKind::Vmm, seccomp)?;
 
         let result = loop {
             // Block until something happens (the fd is non-blocking: poll).

@@ -67,6 +67,10 @@ struct Launch {
     /// Keep the VM running after the command exits (default guest).
     #[arg(long)]
     keep_running: bool,
+    /// What a syscall outside a thread's seccomp filter does: kill (the
+    /// process stops, naming the thread and syscall), log, or off.
+    #[arg(long, default_value = "kill", value_name = "kill|log|off")]
+    seccomp: seccomp_policies::Mode,
     /// A virtio-blk disk, PATH[,ro][,serial=ID]; repeat for more (vda, vdb, …).
     /// Writable images are locked exclusively, read-only ones shared.
     #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
@@ -133,6 +137,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         Some(p) => Console::File(PathBuf::from(p)),
     };
     let mut b = VmBuilder::new(kernel)
+        .seccomp(a.seccomp)
         .memory_mib(a.memory)
         .vcpus(a.cpus)
         .console(console)
@@ -194,6 +199,8 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
                 std::thread::Builder::new()
                     .name("agent".into())
                     .spawn(move || {
+                        // Before anything from the guest arrives.
+                        seccomp_policies::install_default(seccomp_policies::ThreadKind::Agent)?;
                         let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
                         h.serve(
                             &run,

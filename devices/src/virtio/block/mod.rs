@@ -20,7 +20,6 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -28,7 +27,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_RING_EVENT_IDX;
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
+use seccomp_policies::ThreadKind;
 
 pub use request::{
     RequestType, Scratch, Status, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX,
@@ -90,6 +91,9 @@ pub enum BlockError {
     /// The queue or the worker thread could not be set up.
     #[error("disk I/O thread setup failed: {0}")]
     Worker(#[from] std::io::Error),
+    /// The I/O thread could not start (or install its seccomp filter).
+    #[error(transparent)]
+    Thread(#[from] crate::worker::WorkerError),
 }
 
 /// One disk of a VM: `PATH[,ro][,serial=ID]` on the command line.
@@ -261,7 +265,6 @@ pub fn process_queue(
 
 struct Worker {
     kill: EventFd,
-    thread: JoinHandle<()>,
 }
 
 /// The virtio-blk device.
@@ -271,16 +274,17 @@ pub struct Block {
     features: u64,
     queue_sizes: [u16; 1],
     worker: Option<Worker>,
+    thread: Parked,
 }
 
 impl Block {
     /// Opens (and locks) the disk described by `cfg`.
     pub fn new(cfg: &DiskConfig) -> Result<Self, BlockError> {
-        Ok(Self::with_disk(Disk::open(cfg)?))
+        Self::with_disk(Disk::open(cfg)?)
     }
 
-    /// A device over an already open disk.
-    pub fn with_disk(disk: Disk) -> Self {
+    /// A device over an already open disk. Starts its (parked) I/O thread.
+    pub fn with_disk(disk: Disk) -> Result<Self, BlockError> {
         use features::*;
         // VIRTIO_F_VERSION_1 is added by the transport.
         let mut f =
@@ -302,19 +306,20 @@ impl Block {
         c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
         c[52..56].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
         c[56] = 1;
-        Self {
+        Ok(Self {
             disk: Arc::new(disk),
             config: c,
             features: f,
             queue_sizes: [QUEUE_SIZE],
             worker: None,
-        }
+            thread: Parked::spawn("virtio-blk", ThreadKind::VirtioBlk)?,
+        })
     }
 
     fn stop(&mut self) {
         if let Some(w) = self.worker.take() {
             let _ = w.kill.write(1);
-            let _ = w.thread.join();
+            self.thread.wait();
         }
     }
 }
@@ -423,10 +428,10 @@ impl VirtioDevice for Block {
         )?;
         let disk = self.disk.clone();
         // The worker wakes on `kill` through its epoll; `Worker` keeps the fd open.
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || run_worker(disk, mem, interrupt, queue, aq.notify, epoll))?;
-        self.worker = Some(Worker { kill, thread });
+        self.thread
+            .start(move || run_worker(disk, mem, interrupt, queue, aq.notify, epoll))
+            .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
+        self.worker = Some(Worker { kill });
         Ok(())
     }
 

@@ -335,7 +335,7 @@ fn get_id_returns_the_serial() {
 fn read_only_disk_refuses_every_write() {
     let f = image(SECTORS);
     let d = disk(&f, true);
-    let dev = Block::with_disk(disk(&f, true));
+    let dev = Block::with_disk(disk(&f, true)).unwrap();
     assert_ne!(dev.features() & (1 << features::RO), 0);
     assert_eq!(dev.features() & (1 << features::DISCARD), 0);
     let m = mem();
@@ -495,7 +495,7 @@ fn disk_specs() {
 #[test]
 fn config_space_describes_the_disk() {
     let f = image(SECTORS);
-    let dev = Block::with_disk(disk(&f, false));
+    let dev = Block::with_disk(disk(&f, false)).unwrap();
     let mut cap = [0u8; 8];
     dev.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), SECTORS);
@@ -518,7 +518,7 @@ fn config_space_describes_the_disk() {
 #[test]
 fn worker_thread_serves_notifications_and_stops_on_reset() {
     let f = image(SECTORS);
-    let mut dev = Block::with_disk(disk(&f, false));
+    let mut dev = Block::with_disk(disk(&f, false)).unwrap();
     let m = mem();
     let q = MockSplitQueue::new(&m, 16);
     header(&m, 0, 2);

@@ -13,15 +13,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 pub use muxer::{Muxer, MuxerError};
+use seccomp_policies::ThreadKind;
 
 /// Virtio device id of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -49,11 +50,13 @@ pub enum VsockError {
     /// The host socket.
     #[error(transparent)]
     Muxer(#[from] MuxerError),
+    /// The worker thread could not start (or install its seccomp filter).
+    #[error(transparent)]
+    Thread(#[from] crate::worker::WorkerError),
 }
 
 struct Worker {
     kill: EventFd,
-    thread: JoinHandle<()>,
 }
 
 /// The virtio-vsock device.
@@ -63,6 +66,7 @@ pub struct Vsock {
     config: [u8; 8],
     queue_sizes: [u16; 3],
     worker: Option<Worker>,
+    thread: Parked,
 }
 
 impl Vsock {
@@ -78,13 +82,14 @@ impl Vsock {
             listener,
             queue_sizes: [QUEUE_SIZE; 3],
             worker: None,
+            thread: Parked::spawn("virtio-vsock", ThreadKind::VirtioVsock)?,
         })
     }
 
     fn stop(&mut self) {
         if let Some(w) = self.worker.take() {
             let _ = w.kill.write(1);
-            let _ = w.thread.join();
+            self.thread.wait();
         }
     }
 }
@@ -236,10 +241,10 @@ impl VirtioDevice for Vsock {
             tx_notify: tx.notify,
             ev_notify: ev.notify,
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-vsock".into())
-            .spawn(move || run_worker(mux, mem, interrupt, q, k))?;
-        self.worker = Some(Worker { kill, thread });
+        self.thread
+            .start(move || run_worker(mux, mem, interrupt, q, k))
+            .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
+        self.worker = Some(Worker { kill });
         Ok(())
     }
 
