@@ -74,4 +74,69 @@ seeds["malformed"] = b"".join([
 os.makedirs("seeds/wl_session", exist_ok=True)
 for k, v in seeds.items():
     open(f"seeds/wl_session/{k}", "wb").write(v)
-print(len(seeds), "seeds")
+print(len(seeds), "wl_session seeds")
+
+
+# virtio_mmio: [flags] then records (op: bit0 write, bits1-2 log2 size; offset u16; value u32).
+def reg(write, off, val=0, size=4):
+    op = (1 if write else 0) | ({1: 0, 2: 1, 4: 2, 8: 3}[size] << 1)
+    return bytes([op]) + struct.pack("<HI", off, val & 0xFFFFFFFF)
+
+
+drv = b"\x00" + b"".join([
+    reg(0, 0x000), reg(0, 0x004), reg(0, 0x008), reg(1, 0x070, 0), reg(1, 0x070, 1), reg(1, 0x070, 3),
+    reg(1, 0x014, 0), reg(0, 0x010), reg(1, 0x014, 1), reg(0, 0x010),
+    reg(1, 0x024, 0), reg(1, 0x020, 0xff), reg(1, 0x024, 1), reg(1, 0x020, 1), reg(1, 0x070, 11), reg(0, 0x070),
+    reg(1, 0x030, 0), reg(0, 0x034), reg(1, 0x038, 16), reg(1, 0x080, 0x1000), reg(1, 0x084, 0),
+    reg(1, 0x090, 0x2000), reg(1, 0x094, 0), reg(1, 0x0a0, 0x3000), reg(1, 0x0a4, 0), reg(1, 0x044, 1),
+    reg(1, 0x030, 1), reg(1, 0x038, 256), reg(1, 0x044, 1), reg(1, 0x070, 15), reg(1, 0x050, 0),
+    reg(0, 0x060), reg(1, 0x064, 1), reg(0, 0x100, 0, 1), reg(1, 0x104, 7, 2), reg(0, 0x0fc),
+    reg(1, 0x0ac, 0), reg(0, 0x0b0), reg(1, 0x070, 0),
+])
+os.makedirs("seeds/virtio_mmio", exist_ok=True)
+open("seeds/virtio_mmio/driver", "wb").write(drv)
+open("seeds/virtio_mmio/refused", "wb").write(b"\x80" + drv[1:])
+
+# virtio_blk: guest memory image; descriptor table at 0, avail ring at 0x1000.
+def blk(chains):
+    g = bytearray(0x4000)
+    descs = []
+    for c in chains:
+        descs.extend(c)
+    for i, (addr, ln, flags) in enumerate(descs):
+        nxt = i + 1 if flags & 1 else 0
+        struct.pack_into("<QIHH", g, i * 16, addr, ln, flags, nxt)
+    heads, i = [], 0
+    for c in chains:
+        heads.append(i)
+        i += len(c)
+    struct.pack_into("<HH", g, 0x1000, 0, len(heads))
+    for j, h in enumerate(heads):
+        struct.pack_into("<H", g, 0x1004 + 2 * j, h)
+    return g
+
+
+def hdr(g, at, ty, sector):
+    struct.pack_into("<IIQ", g, at, ty, 0, sector)
+    return g
+
+
+N, W = 1, 2
+g = blk([[(0x3000, 16, N), (0x3100, 512, N | W), (0x3f00, 1, W)],
+         [(0x3010, 16, N), (0x3300, 1024, N), (0x3f01, 1, W)],
+         [(0x3020, 16, N), (0x3f02, 1, W)],
+         [(0x3030, 16, N), (0x3400, 20, N | W), (0x3f03, 1, W)]])
+hdr(g, 0x3000, 0, 0); hdr(g, 0x3010, 1, 8); hdr(g, 0x3020, 4, 0); hdr(g, 0x3030, 8, 0)
+os.makedirs("seeds/virtio_blk", exist_ok=True)
+open("seeds/virtio_blk/in_out_flush_getid", "wb").write(bytes(g))
+g = blk([[(0x3000, 16, N), (0x3100, 16, N), (0x3f00, 1, W)], [(0x3010, 16, N), (0x3200, 16, N), (0x3f01, 1, W)]])
+hdr(g, 0x3000, 11, 0); hdr(g, 0x3010, 13, 0)
+struct.pack_into("<QII", g, 0x3100, 0, 8, 0); struct.pack_into("<QII", g, 0x3200, 8, 8, 1)
+open("seeds/virtio_blk/discard_write_zeroes", "wb").write(bytes(g))
+
+# acpi: cpus, MiB, slots.
+os.makedirs("seeds/acpi", exist_ok=True)
+cfg = bytes([2]) + struct.pack("<I", 512) + b"".join(struct.pack("<QQI", 0xd0000000 + i * 0x1000, 0x1000, 5 + i) for i in range(4))
+open("seeds/acpi/two_cpus_four_slots", "wb").write(cfg)
+open("seeds/acpi/big", "wb").write(bytes([254]) + struct.pack("<I", 8192) + b"".join(struct.pack("<QQI", 0xd0000000 + i * 0x1000, 0x1000, 5 + i) for i in range(32)))
+print("device and acpi seeds")

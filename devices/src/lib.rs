@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod legacy;
 pub use ratelimit::warn_limited;
+pub mod fuzzing;
 pub mod virtio;
 pub mod worker;
 

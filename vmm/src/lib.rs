@@ -12,6 +12,7 @@ pub mod agent;
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod fuzzing;
 pub mod image;
 pub mod kvm_check;
 pub mod layout;

@@ -66,12 +66,15 @@ pub fn memory_map(mem_bytes: u64) -> Vec<MapEntry> {
             size: HIMEM_START - EBDA_START,
             kind: E820_RESERVED,
         },
-        MapEntry {
+    ];
+    // Below 1 MiB of RAM there is no high memory (found by the acpi fuzz target).
+    if low_end > HIMEM_START {
+        v.push(MapEntry {
             addr: HIMEM_START,
             size: low_end - HIMEM_START,
             kind: E820_RAM,
-        },
-    ];
+        });
+    }
     if mem_bytes > MMIO_GAP_START {
         v.push(MapEntry {
             addr: MMIO_GAP_END,
@@ -143,6 +146,17 @@ mod tests {
         for e in m.iter().filter(|e| e.kind == E820_RAM) {
             assert!(e.addr + e.size <= VIRTIO_MMIO_BASE || e.addr >= MMIO_GAP_END);
         }
+    }
+
+    #[test]
+    fn maps_of_less_than_a_mib_do_not_underflow() {
+        // Regression: the acpi fuzz target found `low_end - HIMEM_START` underflowing.
+        for bytes in [0, 4096, HIMEM_START - 1, HIMEM_START] {
+            let m = memory_map(bytes);
+            assert!(m.iter().all(|e| e.size > 0), "{bytes}: {m:?}");
+            assert_eq!(m.len(), 2, "{bytes}");
+        }
+        assert_eq!(memory_map(HIMEM_START + 4096).len(), 3);
     }
 
     #[test]
