@@ -134,6 +134,32 @@ hdr(g, 0x3000, 11, 0); hdr(g, 0x3010, 13, 0)
 struct.pack_into("<QII", g, 0x3100, 0, 8, 0); struct.pack_into("<QII", g, 0x3200, 8, 8, 1)
 open("seeds/virtio_blk/discard_write_zeroes", "wb").write(bytes(g))
 
+# virtio_vsock: tx queue as for blk, rx queue at 0x4000 (avail 0x5000).
+def vsock(pkts, rx_bufs=4):
+    g = bytearray(0x8000)
+    for i, (hdr, payload) in enumerate(pkts):
+        at = 0x3000 + i * 0x100
+        g[at:at + 44] = hdr
+        g[at + 44:at + 44 + len(payload)] = payload
+        struct.pack_into("<QIHH", g, i * 16, at, 44 + len(payload), 0, 0)
+        struct.pack_into("<H", g, 0x1004 + 2 * i, i)
+    struct.pack_into("<HH", g, 0x1000, 0, len(pkts))
+    for i in range(rx_bufs):
+        struct.pack_into("<QIHH", g, 0x4000 + i * 16, 0x6000 + i * 0x400, 0x400, 2, 0)
+        struct.pack_into("<H", g, 0x5004 + 2 * i, i)
+    struct.pack_into("<HH", g, 0x5000, 0, rx_bufs)
+    return bytes(g)
+
+
+def vhdr(op, sport, dport, ln=0, flags=0, fwd=0):
+    return struct.pack("<QQIIIHHIII", 3, 2, sport, dport, ln, 1, op, flags, 65536, fwd)
+
+
+os.makedirs("seeds/virtio_vsock", exist_ok=True)
+open("seeds/virtio_vsock/request_rw_shutdown", "wb").write(vsock([
+    (vhdr(1, 1000, 7), b""), (vhdr(5, 1000, 7, 5), b"hello"), (vhdr(6, 1000, 7), b""),
+    (vhdr(7, 1000, 7), b""), (vhdr(4, 1000, 7, 0, 3), b""), (vhdr(3, 1000, 7), b"")]))
+
 # acpi: cpus, MiB, slots.
 os.makedirs("seeds/acpi", exist_ok=True)
 cfg = bytes([2]) + struct.pack("<I", 512) + b"".join(struct.pack("<QQI", 0xd0000000 + i * 0x1000, 0x1000, 5 + i) for i in range(4))

@@ -146,6 +146,46 @@ pub fn blk_queue(data: &[u8]) -> u16 {
     m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0)
 }
 
+/// Where [`vsock_queues`] puts the rx queue (the tx queue uses the
+/// [`blk_queue`] layout).
+pub const VSOCK_RX_DESC: u64 = 0x4000;
+
+fn queue_at(desc: u64, size: u16) -> Option<Queue> {
+    let mut q = Queue::new(size).ok()?;
+    q.set_desc_table_address(Some(desc as u32), Some(0));
+    q.set_avail_ring_address(Some((desc + 0x1000) as u32), Some(0));
+    q.set_used_ring_address(Some((desc + 0x2000) as u32), Some(0));
+    q.set_ready(true);
+    Some(q)
+}
+
+/// virtio-vsock packets: the input is guest memory with a tx queue (layout
+/// of [`blk_queue`]) and an rx queue at [`VSOCK_RX_DESC`]. The muxer takes
+/// the guest's packets (requests to host ports that have no listener, data,
+/// credit updates, shutdowns, resets), then answers into rx, twice over.
+/// Returns the used indexes (tx, rx).
+pub fn vsock_queues(data: &[u8]) -> (u16, u16) {
+    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| tempfile::tempdir().ok()).as_ref() else {
+        return (0, 0);
+    };
+    let Some(m) = mem() else { return (0, 0) };
+    let _ = m.write_slice(&data[..data.len().min(MEM)], GuestAddress(0));
+    let Ok(mut mux) = crate::virtio::vsock::Muxer::new(3, dir.path().join("v.sock"), None) else {
+        return (0, 0);
+    };
+    let (Some(mut tx), Some(mut rx)) = (queue_at(BLK_DESC, 16), queue_at(VSOCK_RX_DESC, 16)) else {
+        return (0, 0);
+    };
+    for _ in 0..2 {
+        if mux.process_tx(&m, &mut tx).is_err() || mux.fill_rx(&m, &mut rx).is_err() {
+            break;
+        }
+    }
+    let used = |at: u64| m.read_obj::<u16>(GuestAddress(at + 0x2002)).unwrap_or(0);
+    (used(BLK_DESC), used(VSOCK_RX_DESC))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +196,34 @@ mod tests {
         mmio(&[0xff; 100]);
         blk_queue(&[]);
         blk_queue(&[0xff; 0x3000]);
+        vsock_queues(&[]);
+        vsock_queues(&[0xff; 0x8000]);
+    }
+
+    #[test]
+    fn vsock_harness_answers_a_request_with_a_reset() {
+        // tx: one 44-byte REQUEST header from guest port 1000 to host port 7 (no listener).
+        let mut g = vec![0u8; 0x8000];
+        let mut hdr = [0u8; 44];
+        hdr[0..8].copy_from_slice(&3u64.to_le_bytes()); // src_cid
+        hdr[8..16].copy_from_slice(&2u64.to_le_bytes()); // dst_cid
+        hdr[16..20].copy_from_slice(&1000u32.to_le_bytes()); // src_port
+        hdr[20..24].copy_from_slice(&7u32.to_le_bytes()); // dst_port
+        hdr[28..30].copy_from_slice(&1u16.to_le_bytes()); // type STREAM
+        hdr[30..32].copy_from_slice(&1u16.to_le_bytes()); // op REQUEST
+        hdr[36..40].copy_from_slice(&65536u32.to_le_bytes()); // buf_alloc
+        g[0x3000..0x3000 + 44].copy_from_slice(&hdr);
+        let desc = |g: &mut Vec<u8>, at: usize, addr: u64, len: u32, flags: u16| {
+            g[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+            g[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+            g[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+        };
+        desc(&mut g, 0, 0x3000, 44, 0);
+        g[0x1002..0x1004].copy_from_slice(&1u16.to_le_bytes());
+        // rx: one writable 4 KiB buffer.
+        desc(&mut g, VSOCK_RX_DESC as usize, 0x7000, 0x1000, 2);
+        g[0x5002..0x5004].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(vsock_queues(&g), (1, 1));
     }
 
     #[test]

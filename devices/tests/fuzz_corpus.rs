@@ -46,3 +46,17 @@ fn virtio_blk_corpus_replays() {
         }
     }
 }
+
+#[test]
+fn virtio_vsock_corpus_replays() {
+    let all = inputs("virtio_vsock");
+    assert!(!all.is_empty());
+    for (p, d) in &all {
+        let (tx, rx) = devices::fuzzing::vsock_queues(d);
+        if p.ends_with("seeds/virtio_vsock/request_rw_shutdown") {
+            // Six packets taken; the refused REQUEST is answered in rx.
+            assert_eq!(tx, 6);
+            assert!(rx >= 1);
+        }
+    }
+}
