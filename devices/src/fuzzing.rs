@@ -130,12 +130,10 @@ pub fn blk_queue(data: &[u8]) -> u16 {
         return 0;
     };
     let _ = m.write_slice(&data[..data.len().min(MEM)], GuestAddress(0));
-    let Ok(mut q) = Queue::new(16) else { return 0 };
-    q.set_desc_table_address(Some(BLK_DESC as u32), Some(0));
-    q.set_avail_ring_address(Some(BLK_AVAIL as u32), Some(0));
-    q.set_used_ring_address(Some(BLK_USED as u32), Some(0));
+    let Some(mut q) = queue_at(BLK_DESC, 16) else {
+        return 0;
+    };
     q.set_event_idx(data.first().is_some_and(|b| b & 1 == 1));
-    q.set_ready(true);
     let mut scratch = Scratch::default();
     // At most a few passes: a broken queue returns an error, an empty one false.
     for _ in 0..4 {
@@ -245,11 +243,7 @@ mod tests {
         g[0x3f00] = 0xff;
         let m = mem().unwrap();
         m.write_slice(&g, GuestAddress(0)).unwrap();
-        let mut q = Queue::new(16).unwrap();
-        q.set_desc_table_address(Some(BLK_DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(BLK_AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(BLK_USED as u32), Some(0));
-        q.set_ready(true);
+        let mut q = queue_at(BLK_DESC, 16).unwrap();
         assert!(process_queue(disk().unwrap(), &m, &mut q, &mut Scratch::default()).unwrap());
         assert_eq!(
             m.read_obj::<u8>(GuestAddress(0x3f00)).unwrap(),

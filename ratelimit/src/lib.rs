@@ -60,26 +60,27 @@ impl Default for RateLimit {
     }
 }
 
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __limited {
+    ($level:ident, $($arg:tt)*) => {{
+        static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
+        if let Some(suppressed) = LIMIT.check() {
+            $crate::tracing::$level!(suppressed, $($arg)*);
+        }
+    }};
+}
+
 /// `tracing::warn!`, limited to one message per second per call site.
 #[macro_export]
 macro_rules! warn_limited {
-    ($($arg:tt)*) => {{
-        static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
-        if let Some(suppressed) = LIMIT.check() {
-            $crate::tracing::warn!(suppressed, $($arg)*);
-        }
-    }};
+    ($($arg:tt)*) => { $crate::__limited!(warn, $($arg)*) };
 }
 
 /// `tracing::info!`, limited to one message per second per call site.
 #[macro_export]
 macro_rules! info_limited {
-    ($($arg:tt)*) => {{
-        static LIMIT: $crate::RateLimit = $crate::RateLimit::new();
-        if let Some(suppressed) = LIMIT.check() {
-            $crate::tracing::info!(suppressed, $($arg)*);
-        }
-    }};
+    ($($arg:tt)*) => { $crate::__limited!(info, $($arg)*) };
 }
 
 #[cfg(test)]

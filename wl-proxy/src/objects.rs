@@ -70,6 +70,14 @@ impl Objects {
         }
     }
 
+    fn slot_mut(&mut self, id: u32) -> Option<&mut Option<Object>> {
+        if id >= SERVER_ID_START {
+            self.server.get_mut((id - SERVER_ID_START) as usize)
+        } else {
+            self.client.get_mut((id as usize).checked_sub(1)?)
+        }
+    }
+
     /// The object with `id`, live or zombie.
     pub fn get(&self, id: u32) -> Option<Object> {
         *self.slot(id)?
@@ -168,28 +176,14 @@ impl Objects {
     /// Marks `id` destroyed: it takes no more requests, but events for it are
     /// still parsed until [`Objects::remove`].
     pub fn kill(&mut self, id: u32) {
-        let slot = if id >= SERVER_ID_START {
-            self.server.get_mut((id - SERVER_ID_START) as usize)
-        } else {
-            (id as usize)
-                .checked_sub(1)
-                .and_then(|i| self.client.get_mut(i))
-        };
-        if let Some(Some(o)) = slot {
+        if let Some(Some(o)) = self.slot_mut(id) {
             o.state = State::Zombie;
         }
     }
 
     /// Forgets `id` (`wl_display.delete_id`). Returns whether it existed.
     pub fn remove(&mut self, id: u32) -> bool {
-        let slot = if id >= SERVER_ID_START {
-            self.server.get_mut((id - SERVER_ID_START) as usize)
-        } else {
-            (id as usize)
-                .checked_sub(1)
-                .and_then(|i| self.client.get_mut(i))
-        };
-        match slot {
+        match self.slot_mut(id) {
             Some(s @ Some(_)) => {
                 *s = None;
                 self.count -= 1;
