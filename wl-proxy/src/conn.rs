@@ -63,7 +63,8 @@ pub fn recv(
         let hdr = unsafe { &*c };
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN(0) is a pure size computation.
-            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len =
+                (hdr.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: the data of an SCM_RIGHTS cmsg is `data_len / 4` fds.
             let data = unsafe { libc::CMSG_DATA(c) } as *const RawFd;
             for i in 0..data_len / 4 {
