@@ -81,6 +81,8 @@ pub enum ThreadKind {
     VirtioBlk,
     /// The virtio-vsock worker.
     VirtioVsock,
+    /// A virtio-fs worker (one per share).
+    VirtioFs,
     /// vmapp's guest-agent threads.
     Agent,
     /// The Wayland proxy's event loop.
@@ -91,12 +93,13 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
         ThreadKind::VirtioBlk,
         ThreadKind::VirtioVsock,
+        ThreadKind::VirtioFs,
         ThreadKind::Agent,
         ThreadKind::WlProxy,
         ThreadKind::WlProxyHelper,
@@ -110,6 +113,7 @@ impl ThreadKind {
             ThreadKind::ConsoleIn => "console_in",
             ThreadKind::VirtioBlk => "virtio_blk",
             ThreadKind::VirtioVsock => "virtio_vsock",
+            ThreadKind::VirtioFs => "virtio_fs",
             ThreadKind::Agent => "agent",
             ThreadKind::WlProxy => "wl_proxy",
             ThreadKind::WlProxyHelper => "wl_proxy_helper",

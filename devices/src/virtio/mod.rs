@@ -3,6 +3,7 @@
 //! transport that puts a device on the MMIO bus.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

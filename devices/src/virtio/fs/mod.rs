@@ -1,0 +1,536 @@
+//! virtio-fs (virtio 1.2 §5.11): a host directory shared with the guest,
+//! served in-process by fuse-backend-rs straight from the descriptor chains.
+//!
+//! Two queues: `hiprio` (FORGET, BATCH_FORGET, INTERRUPT) and one request
+//! queue; one worker thread serves both. No DAX window. Every request first
+//! meets [`screen`]: in a read-only share any opcode that could modify the
+//! host directory is answered with `EROFS` before fuse-backend-rs decodes
+//! it; then [`Share`] (see `share.rs`) checks names, file types, identity and
+//! hidden paths before PassthroughFs makes any host system call. A request
+//! that cannot be parsed gets an error reply (or none, for requests without
+//! replies) and the device keeps serving; only a broken queue (an impossible
+//! available index) marks the device as needing a reset.
+
+pub mod share;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::ByteValued;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::VIRTIO_F_RING_EVENT_IDX;
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use crate::worker::Parked;
+use crate::{warn_limited, GuestMemory};
+use seccomp_policies::ThreadKind;
+
+pub use share::{Share, ShareError};
+
+/// Virtio device id of a file-system device.
+pub const VIRTIO_ID_FS: u32 = 26;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 1024;
+/// Longest tag (virtio 1.2 §5.11.4: `u8 tag[36]`, NUL-padded).
+pub const TAG_MAX: usize = 36;
+
+/// FUSE opcodes this module looks at (the FUSE protocol, `fuse_opcode`).
+pub mod opcode {
+    #![allow(missing_docs)]
+    pub const SETATTR: u32 = 4;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
+    pub const OPEN: u32 = 14;
+    pub const WRITE: u32 = 16;
+    pub const SETXATTR: u32 = 21;
+    pub const REMOVEXATTR: u32 = 24;
+    pub const CREATE: u32 = 35;
+    pub const FALLOCATE: u32 = 43;
+    pub const RENAME2: u32 = 45;
+    pub const COPY_FILE_RANGE: u32 = 47;
+    pub const SETUPMAPPING: u32 = 48;
+    pub const TMPFILE: u32 = 51;
+    pub const FORGET: u32 = 2;
+    pub const BATCH_FORGET: u32 = 42;
+    pub const INTERRUPT: u32 = 36;
+}
+
+/// Opcodes that modify the file system whatever their arguments.
+const MODIFYING: &[u32] = &[
+    opcode::SETATTR,
+    opcode::SYMLINK,
+    opcode::MKNOD,
+    opcode::MKDIR,
+    opcode::UNLINK,
+    opcode::RMDIR,
+    opcode::RENAME,
+    opcode::LINK,
+    opcode::WRITE,
+    opcode::SETXATTR,
+    opcode::REMOVEXATTR,
+    opcode::CREATE,
+    opcode::FALLOCATE,
+    opcode::RENAME2,
+    opcode::COPY_FILE_RANGE,
+    opcode::SETUPMAPPING,
+    opcode::TMPFILE,
+];
+
+/// The FUSE request header (`fuse_in_header`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InHeader {
+    /// Total length of the request.
+    pub len: u32,
+    /// The operation.
+    pub opcode: u32,
+    /// Request id, echoed in the reply.
+    pub unique: u64,
+    /// The inode the request is about.
+    pub nodeid: u64,
+    /// Caller's uid.
+    pub uid: u32,
+    /// Caller's gid.
+    pub gid: u32,
+    /// Caller's pid.
+    pub pid: u32,
+    /// Total extension length (in 8-byte units), or padding.
+    pub padding: u32,
+}
+// SAFETY: plain integers, no padding (40 bytes, 8-byte aligned fields).
+unsafe impl ByteValued for InHeader {}
+
+/// The FUSE reply header (`fuse_out_header`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutHeader {
+    /// Total length of the reply.
+    pub len: u32,
+    /// 0 or a negated errno.
+    pub error: i32,
+    /// The request's id.
+    pub unique: u64,
+}
+// SAFETY: plain integers, no padding (16 bytes).
+unsafe impl ByteValued for OutHeader {}
+
+/// Errors describing a share.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The `--share` value is malformed.
+    #[error("bad share description {spec:?}: {why}")]
+    BadSpec {
+        /// What the user wrote.
+        spec: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The directory cannot be served.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// The worker thread could not start (or install its seccomp filter).
+    #[error(transparent)]
+    Thread(#[from] crate::worker::WorkerError),
+}
+
+/// One shared directory: `HOSTDIR:TAG[,ro][,path=GUESTDIR]` on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub host_dir: PathBuf,
+    /// The tag the guest mounts it by (`mount -t virtiofs TAG DIR`).
+    pub tag: String,
+    /// The guest may only read (enforced by the device).
+    pub read_only: bool,
+    /// Where vmapp's default guest mounts it (default `/mnt/TAG`).
+    pub guest_path: Option<String>,
+    /// Host directories below `host_dir` the guest may not enter.
+    pub hidden: Vec<PathBuf>,
+}
+
+impl ShareConfig {
+    /// A writable share of `host_dir` under `tag`.
+    pub fn new(host_dir: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        Self {
+            host_dir: host_dir.into(),
+            tag: tag.into(),
+            read_only: false,
+            guest_path: None,
+            hidden: Vec::new(),
+        }
+    }
+
+    /// Parses `HOSTDIR:TAG[,ro][,rw][,path=GUESTDIR]`.
+    pub fn parse(spec: &str) -> Result<Self, FsError> {
+        let bad = |why| FsError::BadSpec {
+            spec: spec.to_string(),
+            why,
+        };
+        let mut parts = spec.split(',');
+        let first = parts.next().unwrap_or_default();
+        let (dir, tag) = first
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOSTDIR:TAG"))?;
+        if dir.is_empty() {
+            return Err(bad("no host directory"));
+        }
+        let mut cfg = Self::new(dir, tag);
+        cfg.check_tag().map_err(bad)?;
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => cfg.read_only = true,
+                None if opt == "rw" => cfg.read_only = false,
+                Some(("path", p)) if p.starts_with('/') && !p.contains(char::is_whitespace) => {
+                    cfg.guest_path = Some(p.to_string())
+                }
+                Some(("path", _)) => return Err(bad("path= must be absolute, without spaces")),
+                _ => return Err(bad("options are ro, rw and path=GUESTDIR")),
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Tags are 1–36 bytes of `[A-Za-z0-9_.-]` (they travel on the kernel
+    /// command line and become mount sources).
+    pub fn check_tag(&self) -> Result<(), &'static str> {
+        let t = self.tag.as_bytes();
+        if t.is_empty() || t.len() > TAG_MAX {
+            return Err("the tag must be 1 to 36 bytes");
+        }
+        if !t
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        {
+            return Err("the tag may only hold letters, digits, '_', '.' and '-'");
+        }
+        Ok(())
+    }
+
+    /// Where the default guest mounts the share.
+    pub fn mount_point(&self) -> String {
+        self.guest_path
+            .clone()
+            .unwrap_or_else(|| format!("/mnt/{}", self.tag))
+    }
+}
+
+/// What [`screen`] decided about a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Screened {
+    /// Hand it to the file server.
+    Serve,
+    /// Answer it with this errno without decoding it further.
+    Refuse(InHeader, i32),
+    /// Not even a header: answer nothing useful (a zero-length reply).
+    Malformed,
+}
+
+/// The first look at a request: its header, and in a read-only share
+/// whether it would modify anything.
+pub fn screen(
+    mem: &GuestMemory,
+    chain: &DescriptorChain<&GuestMemory>,
+    read_only: bool,
+) -> Screened {
+    let Ok(mut r) = Reader::from_descriptor_chain(mem, chain.clone()) else {
+        return Screened::Malformed;
+    };
+    let Ok(h) = r.read_obj::<InHeader>() else {
+        return Screened::Malformed;
+    };
+    if read_only {
+        if MODIFYING.contains(&h.opcode) {
+            return Screened::Refuse(h, libc::EROFS);
+        }
+        if h.opcode == opcode::OPEN {
+            // fuse_open_in: flags, open_flags.
+            let Ok(flags) = r.read_obj::<u32>() else {
+                return Screened::Refuse(h, libc::EINVAL);
+            };
+            if share::open_writes(flags) || flags & libc::O_TRUNC as u32 != 0 {
+                return Screened::Refuse(h, libc::EROFS);
+            }
+        }
+    }
+    Screened::Serve
+}
+
+/// Writes an error reply for `h`; returns the used length.
+fn reply_error(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    h: &InHeader,
+    errno: i32,
+) -> u32 {
+    if matches!(
+        h.opcode,
+        opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT
+    ) {
+        return 0;
+    }
+    let out = OutHeader {
+        len: std::mem::size_of::<OutHeader>() as u32,
+        error: -errno,
+        unique: h.unique,
+    };
+    let Ok(w) = VirtioFsWriter::new(mem, chain) else {
+        return 0;
+    };
+    let mut w: Writer<'_, ()> = w.into();
+    if std::io::Write::write_all(&mut w, out.as_slice()).is_err() || w.commit(None).is_err() {
+        return 0;
+    }
+    u32::try_from(w.bytes_written()).unwrap_or(0)
+}
+
+/// Serves one request chain; returns the used length.
+pub fn handle_chain(
+    server: &Server<Share>,
+    read_only: bool,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+) -> u32 {
+    match screen(mem, &chain, read_only) {
+        Screened::Serve => {}
+        Screened::Refuse(h, errno) => return reply_error(mem, chain, &h, errno),
+        Screened::Malformed => {
+            warn_limited!("virtio-fs: request without a FUSE header");
+            return 0;
+        }
+    }
+    let (Ok(r), Ok(w)) = (
+        Reader::from_descriptor_chain(mem, chain.clone()),
+        VirtioFsWriter::new(mem, chain.clone()),
+    ) else {
+        return 0;
+    };
+    match server.handle_message(r, w.into(), None, None) {
+        Ok(n) => u32::try_from(n).unwrap_or(0),
+        Err(e) => {
+            warn_limited!("virtio-fs: malformed request: {e}");
+            // The server may not have answered: the guest gets an error for
+            // this request rather than a reply it cannot parse.
+            let Ok(mut r) = Reader::from_descriptor_chain(mem, chain.clone()) else {
+                return 0;
+            };
+            match r.read_obj::<InHeader>() {
+                Ok(h) => reply_error(mem, chain, &h, libc::EINVAL),
+                Err(_) => 0,
+            }
+        }
+    }
+}
+
+/// Serves every available request of `queue`; returns whether the guest
+/// needs an interrupt. An error means the queue itself is broken.
+pub fn process_queue(
+    server: &Server<Share>,
+    read_only: bool,
+    mem: &GuestMemory,
+    queue: &mut Queue,
+) -> Result<bool, virtio_queue::Error> {
+    let mut used = false;
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let len = handle_chain(server, read_only, mem, chain);
+            queue.add_used(mem, head, len)?;
+            used = true;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    Ok(used && queue.needs_notification(mem)?)
+}
+
+struct Worker {
+    kill: EventFd,
+}
+
+/// The virtio-fs device.
+pub struct Fs {
+    server: Arc<Server<Share>>,
+    read_only: bool,
+    config: Vec<u8>,
+    queue_sizes: [u16; 2],
+    worker: Option<Worker>,
+    thread: Parked,
+}
+
+impl Fs {
+    /// A device serving `cfg.host_dir` under `cfg.tag`. Starts its (parked)
+    /// worker thread.
+    pub fn new(cfg: &ShareConfig) -> Result<Self, FsError> {
+        cfg.check_tag().map_err(|why| FsError::BadSpec {
+            spec: cfg.tag.clone(),
+            why,
+        })?;
+        let hidden: Vec<&Path> = cfg.hidden.iter().map(PathBuf::as_path).collect();
+        let share = Share::new(&cfg.host_dir, cfg.read_only, &hidden)?;
+        // struct virtio_fs_config: tag[36], num_request_queues.
+        let mut c = vec![0u8; TAG_MAX + 4];
+        c[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
+        c[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
+        Ok(Self {
+            server: Arc::new(Server::new(share)),
+            read_only: cfg.read_only,
+            config: c,
+            queue_sizes: [QUEUE_SIZE; 2],
+            worker: None,
+            thread: Parked::spawn("virtio-fs", ThreadKind::VirtioFs)?,
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.kill.write(1);
+            self.thread.wait();
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const TOKEN_KILL: u64 = 2;
+
+struct Served {
+    queue: Queue,
+    notify: EventFd,
+}
+
+fn run_worker(
+    server: Arc<Server<Share>>,
+    read_only: bool,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    mut queues: Vec<Served>,
+    epoll: Epoll,
+) {
+    let mut events = [EpollEvent::default(); 3];
+    let mut broken = false;
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio-fs: epoll failed: {e}");
+                let _ = interrupt.set_needs_reset();
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == TOKEN_KILL {
+                return;
+            }
+            let Some(q) = usize::try_from(token).ok().and_then(|i| queues.get_mut(i)) else {
+                continue;
+            };
+            let _ = q.notify.read();
+            if broken {
+                continue;
+            }
+            match process_queue(&server, read_only, &mem, &mut q.queue) {
+                Ok(true) => {
+                    let _ = interrupt.signal_used_queue();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn_limited!("virtio-fs: broken queue: {e}; device needs reset");
+                    broken = true;
+                    let _ = interrupt.set_needs_reset();
+                }
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        // VIRTIO_F_VERSION_1 is added by the transport.
+        1u64 << VIRTIO_F_RING_EVENT_IDX
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn_limited!("virtio-fs: guest wrote read-only config at {offset:#x}");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        acked_features: u64,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        self.stop();
+        if queues.len() != 2 {
+            return Err(ActivateError::BadQueues(format!(
+                "{} queues, want 2 (hiprio and one request queue)",
+                queues.len()
+            )));
+        }
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        let mut served = Vec::with_capacity(2);
+        for (i, aq) in queues.into_iter().enumerate() {
+            let mut queue = aq.queue;
+            queue.set_event_idx(acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0);
+            epoll.ctl(
+                ControlOperation::Add,
+                aq.notify.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+            served.push(Served {
+                queue,
+                notify: aq.notify,
+            });
+        }
+        epoll.ctl(
+            ControlOperation::Add,
+            kill.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_KILL),
+        )?;
+        let server = self.server.clone();
+        let ro = self.read_only;
+        self.thread
+            .start(move || run_worker(server, ro, mem, interrupt, served, epoll))
+            .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
+        self.worker = Some(Worker { kill });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.stop();
+        true
+    }
+}

@@ -1,0 +1,571 @@
+//! The file system a guest sees through virtio-fs: fuse-backend-rs's
+//! `PassthroughFs` over the host directory, behind [`Share`], which decides
+//! what the guest may do before any host system call is made.
+//!
+//! `Share` implements the `FileSystem` trait itself and forwards only the
+//! operations it allows; every operation it does not forward gets the trait's
+//! default answer (`ENOSYS`/`ENOTTY`), so nothing new in fuse-backend-rs can
+//! reach the host unseen. What it enforces:
+//!
+//! - **Read-only** shares: every operation that could change the host
+//!   directory fails with `EROFS` (the transport refuses the same opcodes
+//!   before they are even decoded, see `mod.rs`; this is the second line).
+//! - **Names** are single path components: no `/`, not empty, not `.`/`..`
+//!   (lookups may name `..`, which at the share's root stays at the root).
+//! - **Only regular files are opened**: an inode that is a symlink, device,
+//!   FIFO or socket is never opened on the host (a symlink is never followed,
+//!   a device never reaches the guest, a FIFO cannot block the worker);
+//!   truncation and mode changes never go through a symlink.
+//! - **Identity**: every request runs as the user running vmapp (the guest's
+//!   uid/gid are not used to switch credentials), ownership can only be given
+//!   to that user, device nodes and set-user-ID bits cannot be created.
+//! - **Hidden paths** (host-root mode): directories whose (device, inode) is
+//!   in the hidden set cannot be looked up, so nothing below them is reachable.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
+};
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+/// Errors setting up a share.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// The host directory is missing or not a directory.
+    #[error("shared directory {0}: {1}")]
+    Dir(String, io::Error),
+    /// fuse-backend-rs could not be set up.
+    #[error("shared directory {0}: cannot set up the file server: {1}")]
+    Backend(String, io::Error),
+}
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+
+/// A host directory as the guest may use it.
+pub struct Share {
+    inner: PassthroughFs<()>,
+    read_only: bool,
+    hidden: HashSet<(u64, u64)>,
+    uid: u32,
+    gid: u32,
+}
+
+impl Share {
+    /// Serves `dir` (`hidden`: host directories the guest must not enter;
+    /// those that do not exist are ignored).
+    pub fn new(dir: &Path, read_only: bool, hidden: &[&Path]) -> Result<Self, ShareError> {
+        let name = dir.display().to_string();
+        let md = std::fs::metadata(dir).map_err(|e| ShareError::Dir(name.clone(), e))?;
+        if !md.is_dir() {
+            return Err(ShareError::Dir(name, err(libc::ENOTDIR)));
+        }
+        let root = dir
+            .canonicalize()
+            .map_err(|e| ShareError::Dir(name.clone(), e))?;
+        let cfg = Config {
+            root_dir: root.display().to_string(),
+            // Attributes and names may be cached by the guest for a second;
+            // host-side changes show up after that (virtiofsd's `auto`).
+            cache_policy: CachePolicy::Auto,
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            xattr: false,
+            do_import: true,
+            writeback: false,
+            no_open: false,
+            no_opendir: false,
+            killpriv_v2: false,
+            inode_file_handles: false,
+            ..Config::default()
+        };
+        let inner = PassthroughFs::new(cfg).map_err(|e| ShareError::Backend(name.clone(), e))?;
+        let hidden = hidden
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Ok(Self {
+            inner,
+            read_only,
+            hidden,
+            uid,
+            gid,
+        })
+    }
+
+    /// Whether the guest may only read.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn kind(&self, ctx: &Context, inode: u64) -> io::Result<u32> {
+        Ok(self.inner.getattr(ctx, inode, None)?.0.st_mode & libc::S_IFMT)
+    }
+
+    /// Refuses an entry the guest must not see, dropping the lookup it cost.
+    fn visible(&self, ctx: &Context, e: Entry) -> io::Result<Entry> {
+        if !self.hidden.is_empty() && self.hidden.contains(&(e.attr.st_dev, e.attr.st_ino)) {
+            self.inner.forget(ctx, e.inode, 1);
+            return Err(err(libc::ENOENT));
+        }
+        Ok(e)
+    }
+
+    /// Opens only regular files; in a read-only share only for reading.
+    fn openable(&self, ctx: &Context, inode: u64, flags: u32) -> io::Result<()> {
+        if self.read_only && (open_writes(flags) || flags & libc::O_TRUNC as u32 != 0) {
+            return Err(err(libc::EROFS));
+        }
+        match self.kind(ctx, inode)? {
+            libc::S_IFREG => Ok(()),
+            libc::S_IFDIR => Err(err(libc::EISDIR)),
+            libc::S_IFLNK => Err(err(libc::ELOOP)),
+            _ => Err(err(libc::EACCES)),
+        }
+    }
+}
+
+/// Whether open flags ask for write access.
+pub fn open_writes(flags: u32) -> bool {
+    let acc = flags & libc::O_ACCMODE as u32;
+    acc == libc::O_WRONLY as u32 || acc == libc::O_RDWR as u32
+}
+
+/// A name the guest gives for a new or existing directory entry.
+fn component(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(err(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// Strips set-user-ID (and, but on directories, set-group-ID) from a mode.
+fn safe_mode(mode: u32, dir: bool) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if !dir {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
+impl FileSystem for Share {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut o = self.inner.init(capable)?;
+        if !self.hidden.is_empty() {
+            // READDIRPLUS hands out entries without a lookup: not with hidden paths.
+            o.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
+        }
+        Ok(o)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let b = name.to_bytes();
+        if b.is_empty() || b.contains(&b'/') {
+            return Err(err(libc::EINVAL));
+        }
+        // `..` of the root is the root (PassthroughFs does the same; this
+        // does not depend on it).
+        let name = if parent == ROOT_ID && b == b".." {
+            c"."
+        } else {
+            name
+        };
+        let e = self.inner.lookup(ctx, parent, name)?;
+        self.visible(ctx, e)
+    }
+
+    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        mut attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        if (valid.contains(SetattrValid::UID) && attr.st_uid != self.uid)
+            || (valid.contains(SetattrValid::GID) && attr.st_gid != self.gid)
+        {
+            return Err(err(libc::EPERM));
+        }
+        if valid.intersects(SetattrValid::MODE | SetattrValid::SIZE) {
+            let kind = self.kind(ctx, inode)?;
+            if valid.contains(SetattrValid::SIZE) && kind != libc::S_IFREG {
+                return Err(err(if kind == libc::S_IFDIR {
+                    libc::EISDIR
+                } else {
+                    libc::EINVAL
+                }));
+            }
+            if valid.contains(SetattrValid::MODE) {
+                if kind == libc::S_IFLNK {
+                    return Err(err(libc::EOPNOTSUPP));
+                }
+                attr.st_mode = safe_mode(attr.st_mode, kind == libc::S_IFDIR);
+            }
+        }
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        component(name)?;
+        self.inner.symlink(ctx, linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        mode: u32,
+        _rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        component(name)?;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            _ => return Err(err(libc::EPERM)),
+        }
+        self.inner
+            .mknod(ctx, inode, name, safe_mode(mode, false), 0, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        component(name)?;
+        self.inner
+            .mkdir(ctx, parent, name, safe_mode(mode, true), umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        component(name)?;
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        component(name)?;
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        component(oldname)?;
+        component(newname)?;
+        // RENAME_WHITEOUT would create a device node.
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        self.writable()?;
+        component(newname)?;
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        self.openable(ctx, inode, flags)?;
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mut args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        component(name)?;
+        args.mode = safe_mode(args.mode, false);
+        let exclusive = args.flags & libc::O_EXCL as u32 != 0;
+        let excl = CreateIn {
+            flags: args.flags | libc::O_EXCL as u32,
+            ..args
+        };
+        match self.inner.create(ctx, parent, name, excl) {
+            Err(e) if !exclusive && e.raw_os_error() == Some(libc::EEXIST) => {
+                // An existing entry is opened like OPEN opens it: only a
+                // regular file, never through a symlink, never a FIFO.
+                let entry = self.lookup(ctx, parent, name)?;
+                let opened = self.openable(ctx, entry.inode, args.flags).and_then(|()| {
+                    self.inner
+                        .open(ctx, entry.inode, args.flags, args.fuse_flags)
+                });
+                match opened {
+                    Ok((h, o, p)) => Ok((entry, h, o, p)),
+                    Err(e) => {
+                        self.inner.forget(ctx, entry.inode, 1);
+                        Err(e)
+                    }
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        handle: u64,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let mut st = self.inner.statfs(ctx, inode)?;
+        if self.read_only {
+            st.f_flag |= libc::ST_RDONLY;
+        }
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _name: &CStr,
+        _value: &[u8],
+        _flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        Err(err(libc::EOPNOTSUPP))
+    }
+
+    fn removexattr(&self, _ctx: &Context, _inode: u64, _name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        Err(err(libc::EOPNOTSUPP))
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        if self.kind(ctx, inode)? != libc::S_IFDIR {
+            return Err(err(libc::ENOTDIR));
+        }
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if !self.hidden.is_empty() {
+            return Err(err(libc::ENOSYS));
+        }
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        if self.read_only && mask & libc::W_OK as u32 != 0 {
+            return Err(err(libc::EROFS));
+        }
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        // Every request runs with vmapp's own credentials: PassthroughFs
+        // switches credentials only for a non-zero uid/gid.
+        ctx.uid = 0;
+        ctx.gid = 0;
+        Ok(())
+    }
+}

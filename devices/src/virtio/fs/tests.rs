@@ -1,0 +1,735 @@
+//! Raw FUSE requests through the device's request path (`process_queue`) over
+//! real guest memory and real split queues, against real host directories.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+
+const F_WRITE: u16 = 2;
+const REQ: u64 = 0x10_0000;
+const REP: u64 = 0x30_0000;
+const MEM_SIZE: usize = 0x80_0000;
+
+const LOOKUP: u32 = 1;
+const GETATTR: u32 = 3;
+const READLINK: u32 = 5;
+const READ: u32 = 15;
+const INIT: u32 = 26;
+const OPENDIR: u32 = 27;
+const READDIR: u32 = 28;
+
+const ENTRY_OUT: usize = 128;
+
+struct Dev {
+    server: Server<Share>,
+    screen: bool,
+    ro: bool,
+    mem: GuestMemory,
+    unique: u64,
+}
+
+/// A reply: the errno (positive) or 0, and the payload after the header.
+#[derive(Debug)]
+struct Reply {
+    errno: i32,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn ok(&self) -> &[u8] {
+        assert_eq!(
+            self.errno,
+            0,
+            "request failed: {}",
+            std::io::Error::from_raw_os_error(self.errno)
+        );
+        &self.body
+    }
+    fn nodeid(&self) -> u64 {
+        u64::from_le_bytes(self.ok()[0..8].try_into().unwrap())
+    }
+    /// fuse_entry_out.attr.mode, .uid
+    fn entry_mode_uid(&self) -> (u32, u32) {
+        let a = &self.ok()[40..];
+        (
+            u32::from_le_bytes(a[60..64].try_into().unwrap()),
+            u32::from_le_bytes(a[68..72].try_into().unwrap()),
+        )
+    }
+    fn fh(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.ok()[at..at + 8].try_into().unwrap())
+    }
+}
+
+fn dev(dir: &Path, ro: bool, hidden: &[&Path], screen: bool) -> Dev {
+    let share = Share::new(dir, ro, hidden).unwrap();
+    let mut d = Dev {
+        server: Server::new(share),
+        screen,
+        ro,
+        mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
+        unique: 0,
+    };
+    // fuse_init_in: major 7, minor 31, max_readahead, flags.
+    let r = d.call(INIT, 0, &le(&[7, 31, 0, 0]));
+    assert_eq!(r.errno, 0, "INIT");
+    d
+}
+
+fn le(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn le64(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn name(s: &str) -> Vec<u8> {
+    CString::new(s).unwrap().into_bytes_with_nul()
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+impl Dev {
+    /// Submits raw descriptors; returns the used length.
+    fn submit(&self, descs: &[(u64, u32, bool)]) -> u32 {
+        let q = MockSplitQueue::new(&self.mem, 16);
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .map(|&(a, l, w)| {
+                RawDescriptor::from(SplitDescriptor::new(a, l, if w { F_WRITE } else { 0 }, 0))
+            })
+            .collect();
+        q.build_desc_chain(&raw).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        let ro = self.screen && self.ro;
+        process_queue(&self.server, ro, &self.mem, &mut queue).unwrap();
+        assert_eq!(q.used().idx().load(), 1, "the request was consumed");
+        q.used().ring().ref_at(0).unwrap().load().len()
+    }
+
+    fn raw(&mut self, opcode: u32, nodeid: u64, body: &[u8], hdr_len: Option<u32>) -> (u32, Reply) {
+        self.unique += 1;
+        let len = hdr_len.unwrap_or((40 + body.len()) as u32);
+        let h = InHeader {
+            len,
+            opcode,
+            unique: self.unique,
+            nodeid,
+            uid: 1234,
+            gid: 1234,
+            pid: 77,
+            padding: 0,
+        };
+        self.mem.write_obj(h, GuestAddress(REQ)).unwrap();
+        self.mem.write_slice(body, GuestAddress(REQ + 40)).unwrap();
+        self.mem
+            .write_slice(&[0xaa; 64], GuestAddress(REP))
+            .unwrap();
+        let used = self.submit(&[(REQ, 40 + body.len() as u32, false), (REP, 1 << 20, true)]);
+        let out: OutHeader = self.mem.read_obj(GuestAddress(REP)).unwrap();
+        let mut body = vec![0u8; (used as usize).saturating_sub(16)];
+        self.mem
+            .read_slice(&mut body, GuestAddress(REP + 16))
+            .unwrap();
+        if used > 0 {
+            assert_eq!(out.len, used, "reply length");
+            assert_eq!(out.unique, self.unique, "reply id");
+        }
+        (
+            used,
+            Reply {
+                errno: -out.error,
+                body,
+            },
+        )
+    }
+
+    fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+        let (used, r) = self.raw(opcode, nodeid, body, None);
+        assert!(used >= 16, "opcode {opcode} got no reply");
+        r
+    }
+
+    fn lookup(&mut self, parent: u64, n: &str) -> Reply {
+        self.call(LOOKUP, parent, &name(n))
+    }
+
+    fn open(&mut self, node: u64, flags: i32) -> Reply {
+        self.call(opcode::OPEN, node, &le(&[flags as u32, 0]))
+    }
+
+    fn create(&mut self, parent: u64, n: &str, flags: i32, mode: u32) -> Reply {
+        self.call(
+            opcode::CREATE,
+            parent,
+            &cat(&[&le(&[flags as u32, mode, 0o022, 0]), &name(n)]),
+        )
+    }
+
+    fn write(&mut self, node: u64, fh: u64, off: u64, data: &[u8]) -> Reply {
+        let mut b = le64(&[fh, off]);
+        b.extend(le(&[data.len() as u32, 0]));
+        b.extend(le64(&[0]));
+        b.extend(le(&[0, 0]));
+        b.extend(data);
+        self.call(opcode::WRITE, node, &b)
+    }
+
+    fn read(&mut self, node: u64, fh: u64, off: u64, size: u32) -> Reply {
+        let mut b = le64(&[fh, off]);
+        b.extend(le(&[size, 0]));
+        b.extend(le64(&[0]));
+        b.extend(le(&[0, 0]));
+        self.call(READ, node, &b)
+    }
+
+    fn setattr(&mut self, node: u64, valid: u32, size: u64, mode: u32, uid: u32) -> Reply {
+        // fuse_setattr_in: valid, padding, fh, size, lock_owner, atime, mtime,
+        // ctime, atimensec, mtimensec, ctimensec, mode, unused4, uid, gid, unused5.
+        let mut b = le(&[valid, 0]);
+        b.extend(le64(&[0, size, 0, 0, 0, 0]));
+        b.extend(le(&[0, 0, 0, mode, 0, uid, uid, 0]));
+        self.call(opcode::SETATTR, node, &b)
+    }
+}
+
+/// Every file under `dir` with its bytes, mode and link target, for
+/// "unchanged" checks.
+fn snapshot(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let mut ents: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        ents.sort();
+        for p in ents {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let content = if md.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else if md.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                todo.push(p.clone());
+                Vec::new()
+            };
+            out.push((p.display().to_string(), md.mode(), content));
+        }
+    }
+    out
+}
+
+fn tree() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("file"), b"hello, share").unwrap();
+    std::fs::create_dir(t.path().join("dir")).unwrap();
+    std::fs::write(t.path().join("dir/inner"), b"inner").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", t.path().join("to-passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", t.path().join("to-etc")).unwrap();
+    t
+}
+
+#[test]
+fn create_write_read_rename_unlink_round_trip() {
+    let t = tree();
+    let mut d = dev(t.path(), false, &[], true);
+    let c = d.create(1, "new", libc::O_RDWR, 0o644);
+    let node = c.nodeid();
+    let fh = c.fh(ENTRY_OUT);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let w = d.write(node, fh, 0, &data);
+    assert_eq!(
+        u32::from_le_bytes(w.ok()[0..4].try_into().unwrap()),
+        100_000
+    );
+    assert_eq!(std::fs::read(t.path().join("new")).unwrap(), data);
+    assert_eq!(d.read(node, fh, 10, 20).ok(), &data[10..30]);
+    // Owned by the user running the test, whatever uid the guest claimed.
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(std::fs::metadata(t.path().join("new")).unwrap().uid(), me);
+    assert_eq!(d.lookup(1, "new").entry_mode_uid().1, me);
+    // rename, mkdir, rmdir, unlink, symlink, link, setattr size and mode.
+    let r = d.call(
+        opcode::RENAME,
+        1,
+        &cat(&[&le64(&[1]), &name("new"), &name("renamed")]),
+    );
+    r.ok();
+    assert!(t.path().join("renamed").exists() && !t.path().join("new").exists());
+    d.call(opcode::MKDIR, 1, &cat(&[&le(&[0o755, 0]), &name("sub")]))
+        .ok();
+    assert!(t.path().join("sub").is_dir());
+    d.call(opcode::RMDIR, 1, &name("sub")).ok();
+    assert!(!t.path().join("sub").exists());
+    d.call(opcode::SYMLINK, 1, &cat(&[&name("ln"), &name("renamed")]))
+        .ok();
+    assert_eq!(
+        std::fs::read_link(t.path().join("ln")).unwrap(),
+        Path::new("renamed")
+    );
+    d.call(opcode::LINK, 1, &cat(&[&le64(&[node]), &name("hard")]))
+        .ok();
+    assert_eq!(std::fs::read(t.path().join("hard")).unwrap(), data);
+    d.setattr(node, 8, 5, 0, 0).ok();
+    assert_eq!(std::fs::read(t.path().join("renamed")).unwrap(), &data[..5]);
+    d.setattr(node, 1, 0, 0o4755, 0).ok();
+    let mode = std::fs::metadata(t.path().join("renamed"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "set-user-ID is stripped");
+    d.call(opcode::UNLINK, 1, &name("hard")).ok();
+    assert!(!t.path().join("hard").exists());
+}
+
+/// Every modifying request a guest can send, against a read-only share.
+fn modifying_requests(d: &mut Dev, file: u64, dir: u64, fh: u64) -> Vec<(&'static str, Reply)> {
+    vec![
+        ("setattr mode", d.setattr(file, 1, 0, 0o600, 0)),
+        ("setattr size", d.setattr(file, 8, 0, 0, 0)),
+        ("setattr times", d.setattr(file, 16 | 32, 0, 0, 0)),
+        (
+            "symlink",
+            d.call(opcode::SYMLINK, 1, &cat(&[&name("s"), &name("file")])),
+        ),
+        (
+            "mknod",
+            d.call(
+                opcode::MKNOD,
+                1,
+                &cat(&[&le(&[libc::S_IFREG | 0o644, 0, 0, 0]), &name("n")]),
+            ),
+        ),
+        (
+            "mkdir",
+            d.call(opcode::MKDIR, 1, &cat(&[&le(&[0o755, 0]), &name("m")])),
+        ),
+        ("unlink", d.call(opcode::UNLINK, 1, &name("file"))),
+        ("rmdir", d.call(opcode::RMDIR, dir, &name("x"))),
+        ("rmdir dir", d.call(opcode::RMDIR, 1, &name("dir"))),
+        (
+            "rename",
+            d.call(
+                opcode::RENAME,
+                1,
+                &cat(&[&le64(&[1]), &name("file"), &name("f2")]),
+            ),
+        ),
+        (
+            "rename2",
+            d.call(
+                opcode::RENAME2,
+                1,
+                &cat(&[&le64(&[1]), &le(&[0, 0]), &name("file"), &name("f3")]),
+            ),
+        ),
+        (
+            "link",
+            d.call(opcode::LINK, 1, &cat(&[&le64(&[file]), &name("l")])),
+        ),
+        ("write", d.write(file, fh, 0, b"overwritten")),
+        (
+            "setxattr",
+            d.call(
+                opcode::SETXATTR,
+                file,
+                &cat(&[&le(&[1, 0]), &name("user.x"), b"v"]),
+            ),
+        ),
+        (
+            "removexattr",
+            d.call(opcode::REMOVEXATTR, file, &name("user.x")),
+        ),
+        ("create", d.create(1, "c", libc::O_WRONLY, 0o644)),
+        (
+            "create existing",
+            d.create(1, "file", libc::O_RDWR | libc::O_TRUNC, 0o644),
+        ),
+        (
+            "fallocate",
+            d.call(
+                opcode::FALLOCATE,
+                file,
+                &cat(&[&le64(&[fh, 0, 4096]), &le(&[0, 0])]),
+            ),
+        ),
+        (
+            "copy_file_range",
+            d.call(
+                opcode::COPY_FILE_RANGE,
+                file,
+                &le64(&[fh, 0, file, fh, 100, 5, 0]),
+            ),
+        ),
+        (
+            "tmpfile",
+            d.call(
+                opcode::TMPFILE,
+                1,
+                &cat(&[&le(&[libc::O_RDWR as u32, 0o600, 0, 0]), &name("t")]),
+            ),
+        ),
+        ("open wronly", d.open(file, libc::O_WRONLY)),
+        ("open rdwr", d.open(file, libc::O_RDWR)),
+        ("open trunc", d.open(file, libc::O_RDONLY | libc::O_TRUNC)),
+    ]
+}
+
+fn read_only_refuses_everything(screen: bool) {
+    let t = tree();
+    let before = snapshot(t.path());
+    let mut d = dev(t.path(), true, &[], screen);
+    let file = d.lookup(1, "file").nodeid();
+    let dir = d.lookup(1, "dir").nodeid();
+    let fh = d.open(file, libc::O_RDONLY).fh(0);
+    assert_eq!(d.read(file, fh, 0, 5).ok(), b"hello");
+    for (what, r) in modifying_requests(&mut d, file, dir, fh) {
+        // Without the screen, the two opcodes fuse-backend-rs does not
+        // implement at all answer ENOSYS: nothing is modified either way.
+        let want = if !screen && matches!(what, "copy_file_range" | "tmpfile") {
+            libc::ENOSYS
+        } else {
+            libc::EROFS
+        };
+        assert_eq!(r.errno, want, "{what} (screen {screen}): {r:?}");
+    }
+    assert_eq!(
+        snapshot(t.path()),
+        before,
+        "the host directory is unchanged"
+    );
+    // Still serving.
+    assert_eq!(d.read(file, fh, 7, 5).ok(), b"share");
+}
+
+#[test]
+fn read_only_share_refuses_every_modification_at_the_transport() {
+    read_only_refuses_everything(true);
+}
+
+#[test]
+fn read_only_share_refuses_every_modification_in_the_file_system_too() {
+    // The transport's opcode screen switched off: `Share` alone refuses.
+    read_only_refuses_everything(false);
+}
+
+#[test]
+fn names_cannot_leave_the_share() {
+    let t = tree();
+    let mut d = dev(&t.path().join("dir"), false, &[], true);
+    // `..` of the root is the root.
+    assert_eq!(d.lookup(1, "..").nodeid(), 1);
+    assert_eq!(
+        d.lookup(1, "..").entry_mode_uid().0 & libc::S_IFMT,
+        libc::S_IFDIR
+    );
+    assert_eq!(d.lookup(1, "../file").errno, libc::EINVAL);
+    assert_eq!(d.lookup(1, "/etc").errno, libc::EINVAL);
+    assert_eq!(d.lookup(1, "").errno, libc::EINVAL);
+    assert_eq!(
+        d.lookup(1, "file").errno,
+        libc::ENOENT,
+        "file is outside dir/"
+    );
+    assert_eq!(
+        d.create(1, "../escaped", libc::O_RDWR, 0o644).errno,
+        libc::EINVAL
+    );
+    assert_eq!(d.create(1, "..", libc::O_RDWR, 0o644).errno, libc::EINVAL);
+    assert_eq!(
+        d.call(opcode::MKDIR, 1, &cat(&[&le(&[0o755, 0]), &name("a/b")]))
+            .errno,
+        libc::EINVAL
+    );
+    let r = d.call(
+        opcode::RENAME,
+        1,
+        &cat(&[&le64(&[1]), &name("inner"), &name("../moved")]),
+    );
+    assert_eq!(r.errno, libc::EINVAL);
+    let r = d.call(opcode::SYMLINK, 1, &cat(&[&name("../x"), &name("/etc")]));
+    assert_eq!(r.errno, libc::EINVAL);
+    assert!(!t.path().join("escaped").exists() && !t.path().join("moved").exists());
+    assert!(!t.path().join("x").exists());
+    assert!(d.lookup(1, "inner").nodeid() > 1);
+}
+
+#[test]
+fn symlinks_are_never_followed_on_the_host() {
+    let t = tree();
+    let mut d = dev(t.path(), false, &[], true);
+    let l = d.lookup(1, "to-passwd");
+    assert_eq!(l.entry_mode_uid().0 & libc::S_IFMT, libc::S_IFLNK);
+    let node = l.nodeid();
+    // The guest may read the link text; the host never opens its target.
+    assert_eq!(d.call(READLINK, node, &[]).ok(), b"/etc/passwd");
+    assert_eq!(d.open(node, libc::O_RDONLY).errno, libc::ELOOP);
+    assert_eq!(
+        d.create(1, "to-passwd", libc::O_RDWR, 0o644).errno,
+        libc::ELOOP
+    );
+    assert_eq!(d.setattr(node, 8, 0, 0, 0).errno, libc::EINVAL, "truncate");
+    assert_eq!(
+        d.setattr(node, 1, 0, 0o777, 0).errno,
+        libc::EOPNOTSUPP,
+        "chmod"
+    );
+    let etc = d.lookup(1, "to-etc").nodeid();
+    assert_eq!(d.lookup(etc, "passwd").errno, libc::ENOTDIR);
+    assert_eq!(d.call(OPENDIR, etc, &le(&[0, 0])).errno, libc::ENOTDIR);
+    // /etc/passwd is untouched (the test may run as root: mode and size).
+    let md = std::fs::metadata("/etc/passwd").unwrap();
+    assert_ne!(md.len(), 0);
+    assert_ne!(md.permissions().mode() & 0o777, 0o777);
+}
+
+#[test]
+fn forged_nodeids_and_handles_reach_nothing() {
+    let t = tree();
+    let mut d = dev(t.path(), false, &[], true);
+    let file = d.lookup(1, "file").nodeid();
+    let fh = d.open(file, libc::O_RDONLY).fh(0);
+    for forged in [0u64, 2 + file, 0x7fff_ffff, u64::MAX] {
+        assert_eq!(
+            d.call(GETATTR, forged, &le(&[0, 0, 0, 0])).errno,
+            libc::EBADF,
+            "{forged}"
+        );
+        assert_eq!(
+            d.open(forged, libc::O_RDONLY).errno,
+            libc::EBADF,
+            "{forged}"
+        );
+        assert_eq!(d.lookup(forged, "passwd").errno, libc::EBADF, "{forged}");
+        let r = d.call(opcode::LINK, 1, &cat(&[&le64(&[forged]), &name("hard")]));
+        assert_eq!(r.errno, libc::EBADF, "link {forged}");
+        assert_ne!(
+            d.read(file, fh + 1 + forged % 1000, 0, 10).errno,
+            0,
+            "fh {forged}"
+        );
+    }
+    assert!(!t.path().join("hard").exists());
+    assert_eq!(d.read(file, fh, 0, 5).ok(), b"hello");
+}
+
+#[test]
+fn special_files_are_neither_created_nor_opened() {
+    let t = tree();
+    let fifo = CString::new(t.path().join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid path string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let mut d = dev(t.path(), false, &[], true);
+    let node = d.lookup(1, "fifo").nodeid();
+    // Opening a FIFO would block the worker: refused, at once.
+    assert_eq!(d.open(node, libc::O_RDONLY).errno, libc::EACCES);
+    assert_eq!(d.create(1, "fifo", libc::O_RDWR, 0o644).errno, libc::EACCES);
+    assert_eq!(d.setattr(node, 8, 0, 0, 0).errno, libc::EINVAL);
+    for kind in [libc::S_IFCHR, libc::S_IFBLK] {
+        let r = d.call(
+            opcode::MKNOD,
+            1,
+            &cat(&[&le(&[kind | 0o666, 0x0801, 0, 0]), &name("dev")]),
+        );
+        assert_eq!(r.errno, libc::EPERM);
+    }
+    assert!(!t.path().join("dev").exists());
+    // RENAME_WHITEOUT makes a device node.
+    let r = d.call(
+        opcode::RENAME2,
+        1,
+        &cat(&[&le64(&[1]), &le(&[4, 0]), &name("file"), &name("w")]),
+    );
+    assert_eq!(r.errno, libc::EINVAL);
+    let r = d.call(
+        opcode::MKNOD,
+        1,
+        &cat(&[&le(&[libc::S_IFIFO | 0o644, 0, 0, 0]), &name("f2")]),
+    );
+    r.ok();
+    assert!(t.path().join("f2").exists());
+}
+
+#[test]
+fn ownership_stays_with_the_user_running_the_vmm() {
+    let t = tree();
+    let mut d = dev(t.path(), false, &[], true);
+    let file = d.lookup(1, "file").nodeid();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let other = if me == 4321 { 4322 } else { 4321 };
+    assert_eq!(d.setattr(file, 2, 0, 0, other).errno, libc::EPERM);
+    assert_eq!(std::fs::metadata(t.path().join("file")).unwrap().uid(), me);
+    d.setattr(file, 2, 0, 0, me).ok();
+}
+
+#[test]
+fn hidden_directories_cannot_be_entered() {
+    let t = tree();
+    let mut d = dev(t.path(), true, &[&t.path().join("dir")], true);
+    assert_eq!(d.lookup(1, "dir").errno, libc::ENOENT);
+    assert_eq!(d.lookup(1, "file").errno, 0);
+    // Nothing hands out entries without a lookup.
+    assert_eq!(
+        d.call(44, 1, &le(&[0; 10])).errno,
+        libc::ENOSYS,
+        "READDIRPLUS"
+    );
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_device_keeps_serving() {
+    let t = tree();
+    let mut d = dev(t.path(), false, &[], true);
+    // Unknown opcodes.
+    for op in [0u32, 99, 4096, u32::MAX] {
+        assert_eq!(d.call(op, 1, &[]).errno, libc::ENOSYS, "opcode {op}");
+    }
+    // A header whose length lies, both ways.
+    let (used, r) = d.raw(LOOKUP, 1, &name("file"), Some(u32::MAX));
+    assert!(used == 0 || r.errno != 0, "{r:?}");
+    let (used, r) = d.raw(LOOKUP, 1, &name("file"), Some(8));
+    assert!(used == 0 || r.errno != 0, "{r:?}");
+    // Bodies that are too short, names without a NUL.
+    assert_ne!(d.call(opcode::OPEN, 1, &[1, 2]).errno, 0);
+    assert_ne!(d.call(LOOKUP, 1, b"file").errno, 0);
+    assert_ne!(d.call(opcode::MKDIR, 1, &le(&[0o755])).errno, 0);
+    assert_eq!(
+        d.call(LOOKUP, 1, b"file\0/etc\0").errno,
+        0,
+        "a name ends at its NUL"
+    );
+    // A huge read is bounded by the reply buffer.
+    let file = d.lookup(1, "file").nodeid();
+    let fh = d.open(file, libc::O_RDONLY).fh(0);
+    let r = d.read(file, fh, 0, u32::MAX);
+    assert!(r.errno != 0 || r.body == b"hello, share", "{r:?}");
+    let dh = d.call(OPENDIR, 1, &le(&[0, 0])).fh(0);
+    let mut b = le64(&[dh, 0]);
+    b.extend(le(&[u32::MAX, 0]));
+    b.extend(le64(&[0]));
+    b.extend(le(&[0, 0]));
+    let r = d.call(READDIR, 1, &b);
+    assert!(r.errno != 0 || !r.body.is_empty());
+    // No header at all: a chain of one short readable descriptor, or only a
+    // writable one.
+    assert_eq!(d.submit(&[(REQ, 10, false), (REP, 4096, true)]), 0);
+    assert_eq!(d.submit(&[(REP, 4096, true)]), 0);
+    // A reply buffer too small for any reply.
+    d.mem
+        .write_obj(
+            InHeader {
+                len: 46,
+                opcode: LOOKUP,
+                unique: 9,
+                nodeid: 1,
+                ..Default::default()
+            },
+            GuestAddress(REQ),
+        )
+        .unwrap();
+    d.mem
+        .write_slice(&name("file"), GuestAddress(REQ + 40))
+        .unwrap();
+    assert!(d.submit(&[(REQ, 45, false), (REP, 8, true)]) <= 8);
+    // Descriptors outside guest memory.
+    assert_eq!(
+        d.submit(&[(MEM_SIZE as u64 - 8, 64, false), (REP, 4096, true)]),
+        0
+    );
+    // Still serving.
+    assert_eq!(d.read(file, fh, 0, 5).ok(), b"hello");
+}
+
+#[test]
+fn a_flood_of_requests_is_served_in_one_pass() {
+    let t = tree();
+    let d = dev(t.path(), false, &[], true);
+    let q = MockSplitQueue::new(&d.mem, 256);
+    let mut descs = Vec::new();
+    for i in 0..128u64 {
+        let req = REQ + i * 0x100;
+        let rep = REP + i * 0x1000;
+        let h = InHeader {
+            len: 45,
+            opcode: LOOKUP,
+            unique: 1000 + i,
+            nodeid: 1,
+            ..Default::default()
+        };
+        d.mem.write_obj(h, GuestAddress(req)).unwrap();
+        d.mem
+            .write_slice(&name("file"), GuestAddress(req + 40))
+            .unwrap();
+        let next = (2 * i + 1) as u16;
+        descs.push(RawDescriptor::from(SplitDescriptor::new(req, 45, 1, next)));
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            rep, 0x1000, F_WRITE, 0,
+        )));
+    }
+    q.add_desc_chains(&descs, 0).unwrap();
+    let mut queue: Queue = q.create_queue().unwrap();
+    process_queue(&d.server, false, &d.mem, &mut queue).unwrap();
+    assert_eq!(q.used().idx().load(), 128);
+    for i in 0..128u64 {
+        let out: OutHeader = d.mem.read_obj(GuestAddress(REP + i * 0x1000)).unwrap();
+        assert_eq!((out.error, out.unique), (0, 1000 + i));
+    }
+}
+
+#[test]
+fn share_specs_parse() {
+    let c = ShareConfig::parse("/srv/data:data,ro,path=/data").unwrap();
+    assert_eq!(c.host_dir, Path::new("/srv/data"));
+    assert_eq!((c.tag.as_str(), c.read_only), ("data", true));
+    assert_eq!(c.mount_point(), "/data");
+    let c = ShareConfig::parse("/a:b:tag").unwrap();
+    assert_eq!(
+        (c.host_dir.to_str().unwrap(), c.tag.as_str(), c.read_only),
+        ("/a:b", "tag", false)
+    );
+    assert_eq!(c.mount_point(), "/mnt/tag");
+    for bad in [
+        "/srv",
+        ":tag",
+        "/srv:",
+        "/srv:t g",
+        "/srv:tag,bogus",
+        "/srv:tag,path=rel",
+        &format!("/srv:{}", "x".repeat(37)),
+    ] {
+        assert!(ShareConfig::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn device_config_space_has_the_tag() {
+    let t = tree();
+    let mut cfg = ShareConfig::new(t.path(), "mytag");
+    cfg.read_only = true;
+    let fs = Fs::new(&cfg).unwrap();
+    let mut b = [0u8; 40];
+    fs.read_config(0, &mut b);
+    assert_eq!(&b[..5], b"mytag");
+    assert!(b[5..36].iter().all(|&c| c == 0));
+    assert_eq!(u32::from_le_bytes(b[36..40].try_into().unwrap()), 1);
+    assert_eq!(fs.device_type(), VIRTIO_ID_FS);
+    assert_eq!(fs.queue_max_sizes().len(), 2);
+    assert!(Fs::new(&ShareConfig::new("/nonexistent-share-dir", "t")).is_err());
+}
