@@ -161,6 +161,32 @@ open("seeds/virtio_vsock/request_rw_shutdown", "wb").write(vsock([
     (vhdr(7, 1000, 7), b""), (vhdr(4, 1000, 7, 0, 3), b""), (vhdr(3, 1000, 7), b"")]))
 
 # acpi: cpus, MiB, slots.
+# virtio_fs: a selector byte (odd: read-only share), then guest memory as for blk.
+def fuse(g, at, op, nodeid, body, unique):
+    struct.pack_into("<IIQQIIII", g, at, 40 + len(body), op, unique, nodeid, 0, 0, 0, 0)
+    g[at + 40:at + 40 + len(body)] = body
+    return 40 + len(body)
+
+def fs_seed(reqs):
+    chains, bodies = [], []
+    for i, (op, node, body) in enumerate(reqs):
+        at, rep = 0x3000 + i * 0x100, 0x3800 + i * 0x100
+        chains.append([(at, 40 + len(body), N), (rep, 0x100, W)])
+        bodies.append((at, op, node, body, i + 10))
+    g = blk(chains)
+    for at, op, node, body, u in bodies:
+        fuse(g, at, op, node, body, u)
+    return g
+
+z = lambda s: s.encode() + b"\0"
+reqs = [(1, 1, z("file")), (3, 1, bytes(16)), (27, 1, bytes(8)),
+        (35, 1, struct.pack("<IIII", 0o102, 0o644, 0o22, 0) + z("new")),
+        (9, 1, struct.pack("<II", 0o755, 0) + z("d2")), (1, 1, z("..")),
+        (6, 1, z("ln") + z("/etc/passwd")), (4, 2, struct.pack("<II", 8, 0) + bytes(80))]
+os.makedirs("seeds/virtio_fs", exist_ok=True)
+open("seeds/virtio_fs/rw_ops", "wb").write(b"\0" + bytes(fs_seed(reqs)))
+open("seeds/virtio_fs/ro_ops", "wb").write(b"\1" + bytes(fs_seed(reqs)))
+
 os.makedirs("seeds/acpi", exist_ok=True)
 cfg = bytes([2]) + struct.pack("<I", 512) + b"".join(struct.pack("<QQI", 0xd0000000 + i * 0x1000, 0x1000, 5 + i) for i in range(4))
 open("seeds/acpi/two_cpus_four_slots", "wb").write(cfg)

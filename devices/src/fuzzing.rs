@@ -184,6 +184,41 @@ pub fn vsock_queues(data: &[u8]) -> (u16, u16) {
     (used(BLK_DESC), used(VSOCK_RX_DESC))
 }
 
+/// A share for [`fs_queue`]: a temporary directory with a file, a
+/// subdirectory and a symlink out, served read-write (`ro == false`) or
+/// read-only, initialised (FUSE_INIT) once.
+fn fs_share(ro: bool) -> Option<&'static crate::virtio::fs::FsFuzz> {
+    static RW: OnceLock<Option<crate::virtio::fs::FsFuzz>> = OnceLock::new();
+    static RO: OnceLock<Option<crate::virtio::fs::FsFuzz>> = OnceLock::new();
+    (if ro { &RO } else { &RW })
+        .get_or_init(|| crate::virtio::fs::FsFuzz::new(ro))
+        .as_ref()
+}
+
+/// virtio-fs requests: the input's first byte picks a read-only (odd) or
+/// writable share, the rest is guest memory with the queue layout of
+/// [`blk_queue`]: FUSE requests (any opcode, any lengths) served by the
+/// device's request path, the transport's screen included. Returns the used
+/// index.
+pub fn fs_queue(data: &[u8]) -> u16 {
+    let Some((&sel, rest)) = data.split_first() else {
+        return 0;
+    };
+    let (Some(m), Some(share)) = (mem(), fs_share(sel & 1 == 1)) else {
+        return 0;
+    };
+    let _ = m.write_slice(&rest[..rest.len().min(MEM)], GuestAddress(0));
+    let Some(mut q) = queue_at(BLK_DESC, 16) else {
+        return 0;
+    };
+    for _ in 0..4 {
+        if !matches!(share.process(&m, &mut q), Ok(true)) {
+            break;
+        }
+    }
+    m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

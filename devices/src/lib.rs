@@ -1,6 +1,6 @@
 //! Devices for the `vmm` crate: the MMIO/PIO bus, the virtio-mmio (version 2)
-//! transport with its [`virtio::VirtioDevice`] trait, the virtio-blk and
-//! virtio-vsock devices, and the legacy platform
+//! transport with its [`virtio::VirtioDevice`] trait, the virtio-blk,
+//! virtio-vsock and virtio-fs devices, and the legacy platform
 //! bits a stock x86_64 Linux kernel needs (8250 serial console, ACPI power
 //! management registers, pvpanic, i8042 reset, boot-status port).
 //!

@@ -60,3 +60,15 @@ fn virtio_vsock_corpus_replays() {
         }
     }
 }
+
+#[test]
+fn virtio_fs_corpus_replays() {
+    let all = inputs("virtio_fs");
+    assert!(all.len() >= 2);
+    for (p, d) in &all {
+        let used = devices::fuzzing::fs_queue(d);
+        if p.ends_with("seeds/virtio_fs/rw_ops") || p.ends_with("seeds/virtio_fs/ro_ops") {
+            assert_eq!(used, 8, "every request answered");
+        }
+    }
+}

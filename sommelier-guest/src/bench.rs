@@ -7,6 +7,11 @@
 //! - `bench vsock CID TXPORT RXPORT MIB`: sends MIB MiB to CID:TXPORT and
 //!   waits for the peer to close (`@@vsock_tx_mbps=`), then listens on RXPORT
 //!   and reads one stream to its end (`@@vsock_rx_mbps=`).
+//! - `bench fs TAG MIB NFILES`: mounts the virtio-fs share TAG, writes a MIB
+//!   MiB file in 1 MiB blocks and fsyncs it (`@@fs_seqwrite_mbps=`), drops
+//!   the guest's caches and reads it back (`@@fs_seqread_mbps=`), then
+//!   creates, stats and unlinks NFILES small files (`@@fs_files_per_s=`:
+//!   files through all three steps per second).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -117,11 +122,86 @@ fn vsock(cid: u32, txport: u32, rxport: u32, mib: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+fn drop_caches() -> std::io::Result<()> {
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+}
+
+fn fs(tag: &str, mib: u64, nfiles: u64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let dir = "/mnt/bench";
+    std::fs::create_dir_all(dir)?;
+    let (src, target, fstype) = (
+        std::ffi::CString::new(tag)?,
+        std::ffi::CString::new(dir)?,
+        c"virtiofs",
+    );
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let big = format!("{dir}/big");
+    let buf: Vec<u8> = (0..1 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&big)?;
+    for _ in 0..mib {
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    println!("@@fs_seqwrite_mbps={:.1}", mbps(mib << 20, t.elapsed()));
+    drop_caches()?;
+    let mut rbuf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::open(&big)?;
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut rbuf)?;
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    println!("@@fs_seqread_mbps={:.1}", mbps(n, t.elapsed()));
+    std::fs::remove_file(&big)?;
+    let t = Instant::now();
+    for i in 0..nfiles {
+        std::fs::write(format!("{dir}/f{i}"), b"x")?;
+    }
+    for i in 0..nfiles {
+        std::fs::symlink_metadata(format!("{dir}/f{i}"))?;
+    }
+    for i in 0..nfiles {
+        std::fs::remove_file(format!("{dir}/f{i}"))?;
+    }
+    println!(
+        "@@fs_files_per_s={:.0}",
+        nfiles as f64 / t.elapsed().as_secs_f64()
+    );
+    // SAFETY: a valid path string.
+    unsafe { libc::umount(target.as_ptr()) };
+    Ok(())
+}
+
 /// Runs `bench ARGS`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let r = match args {
         [k, dev, mib, secs] if k == "blk" => match (mib.parse(), secs.parse()) {
             (Ok(m), Ok(s)) => blk(dev, m, s),
+            _ => Err(std::io::ErrorKind::InvalidInput.into()),
+        },
+        [k, tag, mib, n] if k == "fs" => match (mib.parse(), n.parse()) {
+            (Ok(m), Ok(n)) => fs(tag, m, n),
             _ => Err(std::io::ErrorKind::InvalidInput.into()),
         },
         [k, cid, tx, rx, mib] if k == "vsock" => {
@@ -131,7 +211,7 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
         _ => {
-            eprintln!("usage: bench blk DEV MIB SECS | bench vsock CID TXPORT RXPORT MIB");
+            eprintln!("usage: bench blk DEV MIB SECS | bench vsock CID TXPORT RXPORT MIB | bench fs TAG MIB NFILES");
             return 2;
         }
     };

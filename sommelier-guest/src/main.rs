@@ -8,6 +8,7 @@
 
 mod agent;
 mod bench;
+mod shares;
 mod vsock;
 
 use std::ffi::CString;
@@ -22,7 +23,7 @@ fn log(msg: &str) {
     eprintln!("sommelier-guest: {msg}");
 }
 
-fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> bool {
     let _ = std::fs::create_dir_all(target);
     let (s, t, f, d) = (
         CString::new(src).unwrap_or_default(),
@@ -38,6 +39,7 @@ fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str
             std::io::Error::last_os_error()
         ));
     }
+    r == 0
 }
 
 /// Writes `val` to an I/O port of the boot-status device.
@@ -141,22 +143,16 @@ fn agent_port(cmdline: &str) -> Option<u32> {
         .and_then(|p| p.parse().ok())
 }
 
-const BASE_ENV: &[(&str, &str)] = &[
-    (
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ),
-    ("HOME", "/root"),
-    ("TERM", "linux"),
-];
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs the command vmapp sends over vsock; returns (status, keep running).
-fn run_agent(port: u32) -> (u8, bool) {
+fn run_agent(port: u32, home: &str) -> (u8, bool) {
+    let base_env = [("PATH", PATH), ("HOME", home), ("TERM", "linux")];
     let mut last = None;
     for _ in 0..50 {
         match sommelier_guest::vsock_socket::connect(2, port) {
             Ok(s) => {
-                return match agent::serve(s, BASE_ENV) {
+                return match agent::serve(s, &base_env) {
                     Ok(o) => (o.status, o.keep_running),
                     Err(e) => {
                         log(&format!("agent: {e}"));
@@ -200,7 +196,7 @@ fn status_code(st: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn run(argv: Option<Vec<String>>) -> u8 {
+fn run(argv: Option<Vec<String>>, home: &str) -> u8 {
     let mut cmd = match &argv {
         Some(a) if !a.is_empty() => {
             let mut c = Command::new(&a[0]);
@@ -223,13 +219,10 @@ fn run(argv: Option<Vec<String>>) -> u8 {
         }
     };
     cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
+        .env("PATH", PATH)
+        .env("HOME", home)
         .env("TERM", "linux")
-        .current_dir("/root");
+        .current_dir(home);
     match cmd.status() {
         Ok(st) => status_code(st),
         Err(e) => {
@@ -267,9 +260,15 @@ fn main() {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (argv, tty) = command_from_cmdline(&cmdline);
     setup_console(tty);
-    let (code, keep_running) = match agent_port(&cmdline) {
-        Some(port) => run_agent(port),
-        None => (run(argv), false),
+    let plan = shares::plan(&cmdline);
+    let home = plan.home.clone().unwrap_or_else(|| "/root".into());
+    let (code, keep_running) = if !shares::apply(&plan) {
+        (125, false)
+    } else {
+        match agent_port(&cmdline) {
+            Some(port) => run_agent(port, &home),
+            None => (run(argv, &home), false),
+        }
     };
     if keep_running {
         outb(BOOT_STATUS_PORT + 1, code);

@@ -21,5 +21,6 @@ pub mod vm;
 
 pub use console::Console;
 pub use devices::virtio::block::DiskConfig;
+pub use devices::virtio::fs::ShareConfig;
 pub use devices::virtio::vsock::VsockConfig;
 pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};

@@ -23,6 +23,7 @@ use devices::legacy::{
     ACPI_PM_LEN, BOOT_STATUS_LEN,
 };
 use devices::virtio::block::{Block, BlockError, DiskConfig};
+use devices::virtio::fs::{Fs, FsError, ShareConfig};
 use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{EmptySlot, VirtioDevice};
@@ -87,6 +88,9 @@ pub enum VmError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A shared directory (virtio-fs).
+    #[error(transparent)]
+    Share(#[from] FsError),
     /// A host resource (eventfd, thread, signal handler).
     #[error("host resource")]
     Io(#[from] std::io::Error),
@@ -141,6 +145,7 @@ pub struct VmBuilder {
     devices: Vec<Box<dyn VirtioDevice>>,
     disks: Vec<DiskConfig>,
     vsock: Option<VsockConfig>,
+    shares: Vec<ShareConfig>,
     empty_slots: usize,
     start: Instant,
     seccomp: Mode,
@@ -160,6 +165,7 @@ impl VmBuilder {
             devices: Vec::new(),
             disks: Vec::new(),
             vsock: None,
+            shares: Vec::new(),
             empty_slots: 0,
             start: Instant::now(),
             seccomp: seccomp_policies::default_mode(),
@@ -233,6 +239,15 @@ impl VmBuilder {
         self
     }
 
+    /// Shares a host directory with the guest (virtio-fs, after the disks and
+    /// the vsock device). The guest mounts it by its tag
+    /// (`mount -t virtiofs TAG DIR`); a read-only share is enforced by the
+    /// device. The directory is opened by [`build`](Self::build).
+    pub fn share(mut self, cfg: ShareConfig) -> Self {
+        self.shares.push(cfg);
+        self
+    }
+
     /// Adds a virtio device in the next virtio-mmio slot.
     pub fn device(mut self, dev: Box<dyn VirtioDevice>) -> Self {
         self.devices.push(dev);
@@ -260,6 +275,15 @@ impl VmBuilder {
         }
         if let Some(v) = self.vsock.take() {
             devs.push(Box::new(Vsock::new(v)?));
+        }
+        for (i, s) in self.shares.iter().enumerate() {
+            if self.shares[..i].iter().any(|o| o.tag == s.tag) {
+                return Err(VmError::Config(format!(
+                    "two shares have the tag {:?}",
+                    s.tag
+                )));
+            }
+            devs.push(Box::new(Fs::new(s)?));
         }
         devs.append(&mut self.devices);
         self.devices = devs;

@@ -5,8 +5,9 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
-//! - `cargo xtask bench [boot|io|vsock] [ARGS…]`: the boot, block-I/O or vsock
-//!   benchmark (vmapp vs QEMU microvm), run where KVM can boot stock kernels.
+//! - `cargo xtask bench [boot|io|vsock|fs] [ARGS…]`: the boot, block-I/O, vsock
+//!   or virtio-fs benchmark (vmapp vs QEMU microvm; for fs, QEMU + virtiofsd),
+//!   run where KVM can boot stock kernels.
 //! - `cargo xtask bench wl [ARGS…]`: wl-proxy vs a direct connection to a
 //!   headless sway, and the parse + validate rate (criterion); no VM.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
                 let (bin, rest) = match args.get(1).map(String::as_str) {
                     Some("io") => ("io-bench", &args[2..]),
                     Some("vsock") => ("vsock-bench", &args[2..]),
+                    Some("fs") => ("fs-bench", &args[2..]),
                     Some("boot") => ("boot-bench", &args[2..]),
                     _ => ("boot-bench", &args[1..]),
                 };
@@ -128,7 +130,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|fs|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmm::agent::{AgentHost, Run, AGENT_PORT};
-use vmm::{image, Console, DiskConfig, ExitReason, VmBuilder, VsockConfig};
+use vmm::{image, Console, DiskConfig, ExitReason, ShareConfig, VmBuilder, VsockConfig};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +83,21 @@ struct Launch {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = 3)]
     cid: u64,
+    /// Share a host directory (virtio-fs), HOSTDIR:TAG[,ro][,path=GUESTDIR];
+    /// repeatable. The default guest mounts it at GUESTDIR (default
+    /// /mnt/TAG); other guests `mount -t virtiofs TAG DIR`. `ro` is enforced
+    /// by the device.
+    #[arg(long = "share", value_name = "HOSTDIR:TAG[,ro][,path=GUESTDIR]")]
+    shares: Vec<String>,
+    /// Share the host's / read-only and run the command from it (default
+    /// guest): any program installed on the host runs isolated in the VM.
+    /// /tmp, /run and $HOME are private to the guest.
+    #[arg(long)]
+    host_root: bool,
+    /// With --host-root: share DIR (writable) as the guest's $HOME instead of
+    /// an empty private one.
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -107,6 +122,33 @@ fn hex(argv: &[String]) -> String {
         .collect()
 }
 
+/// The tag of the host's root in `--host-root` mode, and of `--home`.
+const ROOT_TAG: &str = "vmapp-root";
+const HOME_TAG: &str = "vmapp-home";
+
+/// `$HOME` in the guest: the host's, so programs find their usual paths.
+fn guest_home() -> String {
+    std::env::var("HOME")
+        .ok()
+        .filter(|h| h.starts_with('/') && h != "/" && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "/root".into())
+}
+
+/// The host's `/`, read-only, without what is the guest's own or private
+/// to the host (the device refuses to enter these).
+fn host_root_share(home: &str) -> ShareConfig {
+    let mut s = ShareConfig::new("/", ROOT_TAG);
+    s.read_only = true;
+    s.hidden = [
+        "/proc", "/sys", "/dev", "/run", "/tmp", "/home", "/root", "/mnt", home,
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .chain(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+    .collect();
+    s
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     // Bad descriptions fail before the (possibly slow) guest preparation.
     let disks = a
@@ -114,6 +156,27 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| DiskConfig::parse(d))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut shares = a
+        .shares
+        .iter()
+        .map(|s| ShareConfig::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(s) = shares
+        .iter()
+        .find(|s| s.tag == ROOT_TAG || s.tag == HOME_TAG)
+    {
+        anyhow::bail!(
+            "the share tag {:?} is reserved for --host-root and --home",
+            s.tag
+        );
+    }
+    if a.home.is_some() && !a.host_root {
+        anyhow::bail!("--home needs --host-root");
+    }
+    if a.host_root && a.kernel.is_some() {
+        anyhow::bail!("--host-root needs the default guest (no --kernel)");
+    }
+    let home = guest_home();
     let (kernel, initramfs, default_guest) = match a.kernel {
         Some(k) => (k, a.initramfs, false),
         None => {
@@ -145,6 +208,30 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .min_mmio_slots(4);
     for d in disks {
         b = b.disk(d);
+    }
+    if default_guest {
+        for s in &shares {
+            b = b.append_cmdline(&format!(
+                "vmapp.mount={}:{}{}",
+                s.tag,
+                hex(&[s.mount_point()]),
+                if s.read_only { ":ro" } else { "" }
+            ));
+        }
+    }
+    if a.host_root {
+        shares.push(host_root_share(&home));
+        b = b.append_cmdline(&format!(
+            "vmapp.root={ROOT_TAG} vmapp.home={}",
+            hex(std::slice::from_ref(&home))
+        ));
+        if let Some(h) = &a.home {
+            shares.push(ShareConfig::new(h, HOME_TAG));
+            b = b.append_cmdline(&format!("vmapp.homeshare={HOME_TAG}"));
+        }
+    }
+    for s in shares {
+        b = b.share(s);
     }
     let mut tmp = None;
     let vsock = match (a.vsock, agent) {
@@ -191,7 +278,11 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
             let run = Run {
                 argv: a.command.clone(),
                 env: a.envs.clone(),
-                cwd: a.workdir.clone().unwrap_or_default(),
+                cwd: a
+                    .workdir
+                    .clone()
+                    .or_else(|| a.host_root.then(|| home.clone()))
+                    .unwrap_or_default(),
                 keep_running: a.keep_running,
             };
             let done = done.clone();

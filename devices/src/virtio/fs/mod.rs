@@ -357,6 +357,76 @@ pub fn process_queue(
     Ok(used && queue.needs_notification(mem)?)
 }
 
+/// A file server over a temporary share, for the fuzz harness
+/// (`crate::fuzzing::fs_queue`).
+pub struct FsFuzz {
+    server: Server<Share>,
+    read_only: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl FsFuzz {
+    /// A share with a file, a directory and a symlink to `/etc`, after
+    /// FUSE_INIT.
+    pub fn new(read_only: bool) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        std::fs::write(dir.path().join("file"), b"fuzz").ok()?;
+        std::fs::create_dir(dir.path().join("dir")).ok()?;
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).ok()?;
+        let share = Share::new(dir.path(), read_only, &[]).ok()?;
+        let server = Server::new(share);
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x4000)])
+            .ok()?;
+        let mut q = Queue::new(4).ok()?;
+        q.set_desc_table_address(Some(0), Some(0));
+        q.set_avail_ring_address(Some(0x1000), Some(0));
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        // One chain: INIT (7.31) at 0x3000, reply buffer at 0x3100.
+        let h = InHeader {
+            len: 56,
+            opcode: 26,
+            unique: 1,
+            ..Default::default()
+        };
+        use vm_memory::Bytes;
+        let at = vm_memory::GuestAddress;
+        mem.write_obj(h, at(0x3000)).ok()?;
+        mem.write_slice(
+            &[7, 0, 0, 0, 31, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            at(0x3028),
+        )
+        .ok()?;
+        for (i, (addr, len, flags, next)) in [(0x3000u64, 56u32, 1u16, 1u16), (0x3100, 256, 2, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let d = i as u64 * 16;
+            mem.write_obj(addr, at(d)).ok()?;
+            mem.write_obj(len, at(d + 8)).ok()?;
+            mem.write_obj(flags, at(d + 12)).ok()?;
+            mem.write_obj(next, at(d + 14)).ok()?;
+        }
+        mem.write_obj(0u16, at(0x1004)).ok()?;
+        mem.write_obj(1u16, at(0x1002)).ok()?;
+        process_queue(&server, read_only, &mem, &mut q).ok()?;
+        Some(Self {
+            server,
+            read_only,
+            _dir: dir,
+        })
+    }
+
+    /// Serves `queue` like the device does.
+    pub fn process(
+        &self,
+        mem: &GuestMemory,
+        queue: &mut Queue,
+    ) -> Result<bool, virtio_queue::Error> {
+        process_queue(&self.server, self.read_only, mem, queue)
+    }
+}
+
 struct Worker {
     kill: EventFd,
 }

@@ -1,0 +1,207 @@
+//! virtio-fs end to end: the stock kernel's virtiofs driver against our
+//! device, checked from both sides (guest and host directory).
+
+mod common;
+
+use common::{in_kvm, value, T, VMAPP};
+
+#[test]
+fn shared_directories_rw_ro_and_escapes() {
+    let v = format!("timeout {T} {VMAPP} launch --memory 256");
+    let script = format!(
+        r#"
+d=$(mktemp -d /tmp/vmapp-fs.XXXXXX)
+wait_for() {{ i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
+mkdir $d/rw $d/ro $d/ro/sub
+echo HOSTSECRET > $d/secret
+echo original > $d/ro/file
+ln -s $d/secret $d/rw/abs-escape
+ln -s ../secret $d/rw/rel-escape
+ln -s /etc $d/rw/to-etc
+head -c 67108864 /dev/urandom > $d/rw/big-from-host
+echo hostbigsha=$(sha256sum < $d/rw/big-from-host | cut -d' ' -f1)
+
+# 1. Every common operation from the guest, and a 64 MiB file each way (the
+#    guest writes in 1 MiB blocks: each write is a FUSE request, and a VM exit
+#    is slow under the emulated host).
+echo t1=$(date +%s)
+{v} --share $d/rw:data -- sh -c '
+cd /mnt/data || exit 9
+echo one > f && echo two >> f && echo append=$(cat f | tr "\n" +)
+truncate -s 2 f && echo trunc=$(cat f)
+mv f g && [ ! -e f ] && echo rename=$(cat g)
+mkdir dir && rmdir dir && [ ! -e dir ] && echo mkdir-rmdir=ok
+ln -s g sym && echo readlink=$(readlink sym) symcat=$(cat sym)
+ln g hard && echo links=$(stat -c %h g)
+chmod 640 g && echo mode=$(stat -c %a g)
+touch -d "2001-02-03 04:05:06" g && echo mtime=$(stat -c %Y g)
+echo guestbigsha=$(sha256sum < big-from-host | cut -d" " -f1)
+dd if=/dev/urandom of=big-from-guest bs=1M count=64 2>/dev/null && sync
+echo guestwrotesha=$(sha256sum < big-from-guest | cut -d" " -f1)
+rm hard && [ ! -e hard ] && echo unlink=ok
+cat abs-escape 2>/dev/null; echo abs-escape-rc=$?
+cat rel-escape 2>/dev/null; echo rel-escape-rc=$?
+echo etc-through-link=$(cat to-etc/hostname 2>/dev/null | head -c 40)
+ln /init hardout 2>/dev/null; echo hardlink-out-rc=$?
+'
+echo rc1=$?
+echo hostwrotesha=$(sha256sum < $d/rw/big-from-guest | cut -d' ' -f1)
+echo host-g=$(cat $d/rw/g) host-mode=$(stat -c %a $d/rw/g) host-sym=$(readlink $d/rw/sym)
+echo host-owner=$(stat -c %u $d/rw/g) me=$(id -u)
+echo secret=$(cat $d/secret)
+rm -f $d/rw/big-*
+
+echo t2=$(date +%s)
+# 2. Host-side changes are visible in a running guest.
+{VMAPP} launch --memory 256 --share $d/rw:data -- sh -c 'echo @@ready; while [ ! -e /mnt/data/later ]; do sleep 0.2; done; echo later=$(cat /mnt/data/later)' > $d/out2 2>&1 &
+pid=$!
+wait_for @@ready $d/out2 || echo "guest never ready: $(cat $d/out2)"
+echo from-the-host > $d/rw/later
+wait $pid; echo rc2=$?
+grep later= $d/out2
+
+echo t3=$(date +%s)
+# 3. A read-only share: the guest mounts it again without "ro", so every
+#    refusal comes from the device, not from the guest kernel.
+before=$(cd $d/ro && find . -exec stat -c '%n %a %s %Y' {{}} + | sort; cat file)
+{v} --share $d/ro:rotag,ro -- sh -c '
+echo mountopts=$(grep rotag /proc/mounts | cut -d" " -f4 | cut -d, -f1)
+umount /mnt/rotag && mkdir -p /m && mount -t virtiofs rotag /m || exit 9
+echo remount=$(grep rotag /proc/mounts | cut -d" " -f4 | cut -d, -f1)
+cd /m
+echo read=$(cat file)
+t() {{ out=$("$@" 2>&1); echo "$1 $?: $out"; }}
+t touch new
+t sh -c "echo x > file"
+t sh -c "echo x >> file"
+t mkdir newdir
+t rmdir sub
+t rm file
+t mv file moved
+t ln file hard
+t ln -s file sym
+t chmod 777 file
+t truncate -s 0 file
+t touch -d "2001-02-03" file
+t mknod fifo p
+'
+echo rc3=$?
+after=$(cd $d/ro && find . -exec stat -c '%n %a %s %Y' {{}} + | sort; cat file)
+[ "$before" = "$after" ] && echo ro-unchanged=yes
+echo t4=$(date +%s)
+rm -rf $d
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "rc1="), "0", "{all}");
+    assert_eq!(value(&out, "append="), "one+two+", "{all}");
+    assert_eq!(value(&out, "trunc="), "on", "{all}");
+    assert_eq!(value(&out, "rename="), "on", "{all}");
+    assert_eq!(value(&out, "mkdir-rmdir="), "ok", "{all}");
+    assert_eq!(value(&out, "readlink="), "g symcat=on", "{all}");
+    assert_eq!(value(&out, "links="), "2", "{all}");
+    assert_eq!(value(&out, "mode="), "640", "{all}");
+    assert_eq!(value(&out, "mtime="), "981173106", "{all}");
+    assert_eq!(value(&out, "unlink="), "ok", "{all}");
+    let hostbig = value(&out, "hostbigsha=");
+    assert_eq!(hostbig.len(), 64, "{all}");
+    assert_eq!(value(&out, "guestbigsha="), hostbig, "{all}");
+    let guestbig = value(&out, "guestwrotesha=");
+    assert_eq!(guestbig.len(), 64, "{all}");
+    assert_ne!(guestbig, hostbig, "{all}");
+    assert_eq!(value(&out, "hostwrotesha="), guestbig, "{all}");
+    assert_eq!(
+        value(&out, "host-g="),
+        "on host-mode=640 host-sym=g",
+        "{all}"
+    );
+    let (owner, me) = value(&out, "host-owner=").split_once(" me=").unwrap();
+    assert_eq!(
+        owner, me,
+        "files the guest makes belong to the user running vmapp: {all}"
+    );
+    // Escapes: the host never follows a link out, the guest sees no host file.
+    assert_ne!(value(&out, "abs-escape-rc="), "0", "{all}");
+    assert_ne!(value(&out, "rel-escape-rc="), "0", "{all}");
+    assert_ne!(value(&out, "hardlink-out-rc="), "0", "{all}");
+    assert_eq!(
+        out.matches("HOSTSECRET").count(),
+        1,
+        "only the host's own cat: {all}"
+    );
+    assert_eq!(value(&out, "secret="), "HOSTSECRET", "{all}");
+    // Host-side changes.
+    assert_eq!(value(&out, "rc2="), "0", "{all}");
+    assert_eq!(value(&out, "later="), "from-the-host", "{all}");
+    // Read-only.
+    assert_eq!(value(&out, "rc3="), "0", "{all}");
+    assert_eq!(value(&out, "mountopts="), "ro", "{all}");
+    assert_eq!(value(&out, "remount="), "rw", "{all}");
+    assert_eq!(value(&out, "read="), "original", "{all}");
+    for op in [
+        "touch", "sh", "mkdir", "rmdir", "rm", "mv", "ln", "chmod", "truncate", "mknod",
+    ] {
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{op} ")))
+            .collect();
+        assert!(!lines.is_empty(), "{op}: {all}");
+        for l in lines {
+            assert!(!l.starts_with(&format!("{op} 0:")), "{l}: {all}");
+            assert!(l.contains("Read-only file system"), "{l}: {all}");
+        }
+    }
+    assert_eq!(value(&out, "ro-unchanged="), "yes", "{all}");
+}
+
+#[test]
+fn host_root_runs_host_programs_in_the_guest() {
+    let v = format!("timeout {T} {VMAPP} launch --memory 512");
+    let script = format!(
+        r#"
+d=$(mktemp -d /tmp/vmapp-hostroot.XXXXXX)
+echo host-tmp-file > /tmp/vmapp-hostroot-marker.$$
+mkdir $d/home
+{v} --host-root -- python3 -c 'print(1)'
+echo rc1=$?
+{v} --host-root -- sh -c '
+echo sockversion=$(socat -V | grep -c "socat version")
+echo pysha=$(sha256sum /usr/bin/python3.11 | cut -d" " -f1)
+ls /tmp/vmapp-hostroot-marker.* 2>/dev/null; echo hosttmp-rc=$?
+echo x > /usr/vmapp-write-test 2>/dev/null; echo usr-write-rc=$?
+echo home=$HOME pwd=$(pwd)
+echo private > $HOME/made-in-guest && echo homewrite=ok
+ls /proc/1/exe >/dev/null && echo guestproc=$(cat /proc/1/comm)
+'
+echo rc2=$?
+echo hostpysha=$(sha256sum /usr/bin/python3.11 | cut -d' ' -f1)
+{v} --host-root --home $d/home -- sh -c 'echo persisted > $HOME/kept; echo guesthome=$(pwd)'
+echo rc3=$?
+echo kept=$(cat $d/home/kept)
+[ -e "$HOME/made-in-guest" ] && echo leaked-home=yes
+rm -rf $d /tmp/vmapp-hostroot-marker.$$
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "rc1="), "0", "{all}");
+    assert!(out.lines().any(|l| l == "1"), "python3 printed 1: {all}");
+    assert_eq!(value(&out, "rc2="), "0", "{all}");
+    assert_eq!(value(&out, "sockversion="), "1", "{all}");
+    assert_eq!(value(&out, "pysha="), value(&out, "hostpysha="), "{all}");
+    assert_ne!(
+        value(&out, "hosttmp-rc="),
+        "0",
+        "the host's /tmp is private: {all}"
+    );
+    assert_ne!(value(&out, "usr-write-rc="), "0", "{all}");
+    assert_eq!(value(&out, "homewrite="), "ok", "{all}");
+    assert_eq!(value(&out, "guestproc="), "init", "{all}");
+    let home = value(&out, "home=");
+    let (h, pwd) = home.split_once(" pwd=").unwrap();
+    assert_eq!(h, pwd, "the command starts in $HOME: {all}");
+    assert!(!out.contains("leaked-home=yes"), "{all}");
+    assert_eq!(value(&out, "rc3="), "0", "{all}");
+    assert_eq!(value(&out, "kept="), "persisted", "{all}");
+}
