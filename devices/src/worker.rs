@@ -7,6 +7,8 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use seccomp_policies::ThreadKind;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -31,6 +33,7 @@ pub struct Parked {
     jobs: Option<Sender<Job>>,
     done: Receiver<()>,
     busy: bool,
+    kill: Option<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -65,6 +68,7 @@ impl Parked {
             jobs: Some(jtx),
             done: drx,
             busy: false,
+            kill: None,
             thread: Some(thread),
         })
     }
@@ -78,6 +82,28 @@ impl Parked {
         Ok(())
     }
 
+    /// Runs a device's serving loop, which must return once `kill` is
+    /// signalled: [`stop`](Self::stop) does that (and keeps the fd open until then).
+    pub fn serve(
+        &mut self,
+        kill: EventFd,
+        job: impl FnOnce() + Send + 'static,
+    ) -> Result<(), WorkerError> {
+        self.stop();
+        self.start(job)?;
+        self.kill = Some(kill);
+        Ok(())
+    }
+
+    /// Ends the serving loop started by [`serve`](Self::serve), if any, and
+    /// waits for it.
+    pub fn stop(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.write(1);
+            self.wait();
+        }
+    }
+
     /// Waits until the running job (if any) has returned.
     pub fn wait(&mut self) {
         if self.busy {
@@ -89,6 +115,7 @@ impl Parked {
 
 impl Drop for Parked {
     fn drop(&mut self) {
+        self.stop();
         self.wait();
         self.jobs = None;
         if let Some(t) = self.thread.take() {

@@ -41,7 +41,7 @@ echo guestwrotesha=$(sha256sum < big-from-guest | cut -d" " -f1)
 rm hard && [ ! -e hard ] && echo unlink=ok
 cat abs-escape 2>/dev/null; echo abs-escape-rc=$?
 cat rel-escape 2>/dev/null; echo rel-escape-rc=$?
-echo etc-through-link=$(cat to-etc/hostname 2>/dev/null | head -c 40)
+echo etc-through-link=$(ls to-etc/ | grep -c "^os-release$")
 ln /init hardout 2>/dev/null; echo hardlink-out-rc=$?
 '
 echo rc1=$?
@@ -89,6 +89,14 @@ echo rc3=$?
 after=$(cd $d/ro && find . -exec stat -c '%n %a %s %Y' {{}} + | sort; cat file)
 [ "$before" = "$after" ] && echo ro-unchanged=yes
 echo t4=$(date +%s)
+
+# 4. Not our guest's mounts: a user's own kernel and initramfs (here the same
+#    files, booted as "other"), mounting the share by its tag.
+k=$({VMAPP} prepare | sed -n 's/^vmlinux=//p')
+i=$({VMAPP} prepare | sed -n 's/^initramfs=//p')
+{v} --kernel $k --initramfs $i --cmdline "quiet loglevel=0" --share $d/rw:usertag -- sh -c 'mkdir -p /x && mount -t virtiofs usertag /x && echo usermount=$(cat /x/later)'
+echo rc4=$?
+echo t5=$(date +%s)
 rm -rf $d
 "#
     );
@@ -153,6 +161,13 @@ rm -rf $d
         }
     }
     assert_eq!(value(&out, "ro-unchanged="), "yes", "{all}");
+    assert_eq!(
+        value(&out, "etc-through-link="),
+        "0",
+        "the guest's /etc, not the host's: {all}"
+    );
+    assert_eq!(value(&out, "rc4="), "0", "{all}");
+    assert_eq!(value(&out, "usermount="), "from-the-host", "{all}");
 }
 
 #[test]

@@ -165,6 +165,28 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// What a worker does with the outcome of serving a queue: interrupts the
+/// guest if that is due; on a broken queue (an error) marks the device as
+/// needing a reset. Returns false once the queue is broken.
+pub fn queue_served(
+    device: &str,
+    outcome: Result<bool, virtio_queue::Error>,
+    interrupt: &Interrupt,
+) -> bool {
+    match outcome {
+        Ok(true) => {
+            let _ = interrupt.signal_used_queue();
+            true
+        }
+        Ok(false) => true,
+        Err(e) => {
+            crate::warn_limited!("{device}: broken queue: {e}; device needs reset");
+            let _ = interrupt.set_needs_reset();
+            false
+        }
+    }
+}
+
 /// Reads `data.len()` bytes at `offset` of `config`, zero-filling past its end.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_RING_EVENT_IDX;
-use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{queue_served, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 use seccomp_policies::ThreadKind;
@@ -263,17 +263,12 @@ pub fn process_queue(
     Ok(used && queue.needs_notification(mem)?)
 }
 
-struct Worker {
-    kill: EventFd,
-}
-
 /// The virtio-blk device.
 pub struct Block {
     disk: Arc<Disk>,
     config: Vec<u8>,
     features: u64,
     queue_sizes: [u16; 1],
-    worker: Option<Worker>,
     thread: Parked,
 }
 
@@ -311,22 +306,8 @@ impl Block {
             config: c,
             features: f,
             queue_sizes: [QUEUE_SIZE],
-            worker: None,
             thread: Parked::spawn("virtio-blk", ThreadKind::VirtioBlk)?,
         })
-    }
-
-    fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.kill.write(1);
-            self.thread.wait();
-        }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -362,17 +343,8 @@ fn run_worker(
                     if broken {
                         continue;
                     }
-                    match process_queue(&disk, &mem, &mut queue, &mut scratch) {
-                        Ok(true) => {
-                            let _ = interrupt.signal_used_queue();
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            warn_limited!("virtio-blk: broken queue: {e}; device needs reset");
-                            broken = true;
-                            let _ = interrupt.set_needs_reset();
-                        }
-                    }
+                    let r = process_queue(&disk, &mem, &mut queue, &mut scratch);
+                    broken = !queue_served("virtio-blk", r, &interrupt);
                 }
             }
         }
@@ -408,7 +380,7 @@ impl VirtioDevice for Block {
         acked_features: u64,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.stop();
+        self.thread.stop();
         let [aq]: [ActiveQueue; 1] = queues
             .try_into()
             .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 1", q.len())))?;
@@ -427,16 +399,17 @@ impl VirtioDevice for Block {
             EpollEvent::new(EventSet::IN, TOKEN_KILL),
         )?;
         let disk = self.disk.clone();
-        // The worker wakes on `kill` through its epoll; `Worker` keeps the fd open.
+        // The worker wakes on `kill` through its epoll.
         self.thread
-            .start(move || run_worker(disk, mem, interrupt, queue, aq.notify, epoll))
+            .serve(kill, move || {
+                run_worker(disk, mem, interrupt, queue, aq.notify, epoll)
+            })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
-        self.worker = Some(Worker { kill });
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.stop();
+        self.thread.stop();
         true
     }
 }

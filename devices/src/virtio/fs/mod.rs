@@ -27,7 +27,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_RING_EVENT_IDX;
-use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{queue_served, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 use seccomp_policies::ThreadKind;
@@ -427,24 +427,42 @@ impl FsFuzz {
     }
 }
 
-struct Worker {
-    kill: EventFd,
-}
-
 /// The virtio-fs device.
 pub struct Fs {
     server: Arc<Server<Share>>,
     read_only: bool,
     config: Vec<u8>,
     queue_sizes: [u16; 2],
-    worker: Option<Worker>,
     thread: Parked,
+}
+
+/// Raises the soft limit on open files to the hard one: the file server
+/// holds an `O_PATH` fd for every inode the guest has looked up and not yet
+/// forgotten, so 1024 is soon reached (virtiofsd does the same).
+fn raise_open_files_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!(
+                    "virtio-fs: cannot raise the open-files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 impl Fs {
     /// A device serving `cfg.host_dir` under `cfg.tag`. Starts its (parked)
     /// worker thread.
     pub fn new(cfg: &ShareConfig) -> Result<Self, FsError> {
+        raise_open_files_limit();
         cfg.check_tag().map_err(|why| FsError::BadSpec {
             spec: cfg.tag.clone(),
             why,
@@ -460,22 +478,8 @@ impl Fs {
             read_only: cfg.read_only,
             config: c,
             queue_sizes: [QUEUE_SIZE; 2],
-            worker: None,
             thread: Parked::spawn("virtio-fs", ThreadKind::VirtioFs)?,
         })
-    }
-
-    fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.kill.write(1);
-            self.thread.wait();
-        }
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -518,17 +522,8 @@ fn run_worker(
             if broken {
                 continue;
             }
-            match process_queue(&server, read_only, &mem, &mut q.queue) {
-                Ok(true) => {
-                    let _ = interrupt.signal_used_queue();
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn_limited!("virtio-fs: broken queue: {e}; device needs reset");
-                    broken = true;
-                    let _ = interrupt.set_needs_reset();
-                }
-            }
+            let r = process_queue(&server, read_only, &mem, &mut q.queue);
+            broken = !queue_served("virtio-fs", r, &interrupt);
         }
     }
 }
@@ -562,7 +557,7 @@ impl VirtioDevice for Fs {
         acked_features: u64,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.stop();
+        self.thread.stop();
         if queues.len() != 2 {
             return Err(ActivateError::BadQueues(format!(
                 "{} queues, want 2 (hiprio and one request queue)",
@@ -593,14 +588,15 @@ impl VirtioDevice for Fs {
         let server = self.server.clone();
         let ro = self.read_only;
         self.thread
-            .start(move || run_worker(server, ro, mem, interrupt, served, epoll))
+            .serve(kill, move || {
+                run_worker(server, ro, mem, interrupt, served, epoll)
+            })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
-        self.worker = Some(Worker { kill });
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.stop();
+        self.thread.stop();
         true
     }
 }

@@ -76,8 +76,12 @@ impl Share {
         let root = dir
             .canonicalize()
             .map_err(|e| ShareError::Dir(name.clone(), e))?;
+        // fuse-backend-rs takes the root as a string.
+        let Some(root_dir) = root.to_str().map(str::to_string) else {
+            return Err(ShareError::Dir(name, err(libc::EINVAL)));
+        };
         let cfg = Config {
-            root_dir: root.display().to_string(),
+            root_dir,
             // Attributes and names may be cached by the guest for a second;
             // host-side changes show up after that (virtiofsd's `auto`).
             cache_policy: CachePolicy::Auto,
@@ -178,7 +182,15 @@ impl FileSystem for Share {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        let mut o = self.inner.init(capable)?;
+        // PassthroughFs asks for none of these; without BIG_WRITES/MAX_PAGES
+        // the server caps writes at 8 KiB. AUTO_INVAL_DATA drops cached
+        // pages of a file whose mtime changed on the host.
+        let mut o = self.inner.init(capable)?
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::ASYNC_READ
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::AUTO_INVAL_DATA;
         if !self.hidden.is_empty() {
             // READDIRPLUS hands out entries without a lookup: not with hidden paths.
             o.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);

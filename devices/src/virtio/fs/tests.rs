@@ -733,3 +733,30 @@ fn device_config_space_has_the_tag() {
     assert_eq!(fs.queue_max_sizes().len(), 2);
     assert!(Fs::new(&ShareConfig::new("/nonexistent-share-dir", "t")).is_err());
 }
+
+#[test]
+fn thousands_of_inodes_in_use_fit_in_the_open_files_limit() {
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    // Creating the device raises the soft limit to the hard one.
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        let hard = r.rlim_max;
+        r.rlim_cur = 1024.min(hard);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+        let _fs = Fs::new(&ShareConfig::new(t.path(), "many")).unwrap();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        assert_eq!(r.rlim_cur, hard);
+    }
+    let mut d = dev(t.path(), false, &[], true);
+    for i in 0..3000 {
+        assert_eq!(d.lookup(1, &format!("f{i}")).errno, 0, "f{i}");
+    }
+}

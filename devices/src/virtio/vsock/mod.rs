@@ -55,17 +55,12 @@ pub enum VsockError {
     Thread(#[from] crate::worker::WorkerError),
 }
 
-struct Worker {
-    kill: EventFd,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
     cfg: VsockConfig,
     listener: UnixListener,
     config: [u8; 8],
     queue_sizes: [u16; 3],
-    worker: Option<Worker>,
     thread: Parked,
 }
 
@@ -81,22 +76,14 @@ impl Vsock {
             cfg,
             listener,
             queue_sizes: [QUEUE_SIZE; 3],
-            worker: None,
             thread: Parked::spawn("virtio-vsock", ThreadKind::VirtioVsock)?,
         })
-    }
-
-    fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.kill.write(1);
-            self.thread.wait();
-        }
     }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
         let _ = std::fs::remove_file(&self.cfg.uds_path);
     }
 }
@@ -209,7 +196,7 @@ impl VirtioDevice for Vsock {
         _acked_features: u64,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.stop();
+        self.thread.stop();
         let [rx, tx, ev]: [ActiveQueue; 3] = queues
             .try_into()
             .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 3", q.len())))?;
@@ -242,14 +229,13 @@ impl VirtioDevice for Vsock {
             ev_notify: ev.notify,
         };
         self.thread
-            .start(move || run_worker(mux, mem, interrupt, q, k))
+            .serve(kill, move || run_worker(mux, mem, interrupt, q, k))
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
-        self.worker = Some(Worker { kill });
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        self.stop();
+        self.thread.stop();
         true
     }
 }
