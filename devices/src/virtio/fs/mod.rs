@@ -229,8 +229,8 @@ impl ShareConfig {
 /// What [`screen`] decided about a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Screened {
-    /// Hand it to the file server.
-    Serve,
+    /// Hand it to the file server (the header, for an error reply).
+    Serve(InHeader),
     /// Answer it with this errno without decoding it further.
     Refuse(InHeader, i32),
     /// Not even a header: answer nothing useful (a zero-length reply).
@@ -264,7 +264,7 @@ pub fn screen(
             }
         }
     }
-    Screened::Serve
+    Screened::Serve(h)
 }
 
 /// Writes an error reply for `h`; returns the used length.
@@ -302,14 +302,14 @@ pub fn handle_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
 ) -> u32 {
-    match screen(mem, &chain, read_only) {
-        Screened::Serve => {}
+    let h = match screen(mem, &chain, read_only) {
+        Screened::Serve(h) => h,
         Screened::Refuse(h, errno) => return reply_error(mem, chain, &h, errno),
         Screened::Malformed => {
             warn_limited!("virtio-fs: request without a FUSE header");
             return 0;
         }
-    }
+    };
     let (Ok(r), Ok(w)) = (
         Reader::from_descriptor_chain(mem, chain.clone()),
         VirtioFsWriter::new(mem, chain.clone()),
@@ -322,13 +322,7 @@ pub fn handle_chain(
             warn_limited!("virtio-fs: malformed request: {e}");
             // The server may not have answered: the guest gets an error for
             // this request rather than a reply it cannot parse.
-            let Ok(mut r) = Reader::from_descriptor_chain(mem, chain.clone()) else {
-                return 0;
-            };
-            match r.read_obj::<InHeader>() {
-                Ok(h) => reply_error(mem, chain, &h, libc::EINVAL),
-                Err(_) => 0,
-            }
+            reply_error(mem, chain, &h, libc::EINVAL)
         }
     }
 }
