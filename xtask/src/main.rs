@@ -12,6 +12,9 @@
 //!   headless sway, and the parse + validate rate (criterion); no VM.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
+//!
+//! `XTASK_TIMEOUT=SECS` bounds `run`, `bench` and `sh` in the emulated host
+//! (default 30 min, 4 h for `bench`).
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -25,6 +28,15 @@ fn cargo(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed", args.join(" "));
     }
     Ok(())
+}
+
+/// `XTASK_TIMEOUT` in seconds, else `default`.
+fn timeout(default: Duration) -> Duration {
+    std::env::var("XTASK_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(default)
 }
 
 fn main() -> ExitCode {
@@ -52,7 +64,7 @@ fn main() -> ExitCode {
                     return Ok(st.code().unwrap_or(1));
                 }
                 eprintln!("xtask: /dev/kvm cannot run stock kernels here; using the emulated KVM host");
-                let o = xtask::run_script(&script, Duration::from_secs(1800))?;
+                let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
                 Ok(o.status)
@@ -114,14 +126,14 @@ fn main() -> ExitCode {
                 if xtask::host() == xtask::Host::Emulated {
                     eprintln!("xtask: running the benchmark inside the emulated KVM host");
                 }
-                let o = xtask::run_script(&script, Duration::from_secs(3600))?;
+                let o = xtask::run_script(&script, timeout(Duration::from_secs(4 * 3600)))?;
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
                 Ok(o.status)
             }
             Some("sh") => {
                 let script = args[1..].join(" ");
-                let o = xtask::run_script(&script, Duration::from_secs(1800))?;
+                let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
                 Ok(o.status)

@@ -87,7 +87,7 @@ fn run() -> Result<()> {
         a.guest.memory
     );
     let chardev = format!("socket,id=vfs,path={sock_s}");
-    let timeout = Duration::from_secs(1800);
+    let timeout = Duration::from_secs(3600);
     let mut results: benches::Results = [Vec::new(), Vec::new()];
     for i in 0..a.runs {
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };

@@ -7,10 +7,12 @@ pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
@@ -183,6 +185,92 @@ pub fn queue_served(
             crate::warn_limited!("{device}: broken queue: {e}; device needs reset");
             let _ = interrupt.set_needs_reset();
             false
+        }
+    }
+}
+
+/// A device worker's serving loop over its queues: one epoll that waits on
+/// every queue's notify eventfd (token = queue index) and on a kill eventfd.
+/// block and fs use it; vsock has host sockets to wait on too.
+pub struct QueueWorker {
+    device: &'static str,
+    epoll: Epoll,
+    queues: Vec<ActiveQueue>,
+    kill_token: u64,
+}
+
+impl QueueWorker {
+    /// Takes the driver's queues (event-idx as negotiated) and registers their
+    /// notifies and `kill` with a new epoll.
+    pub fn new(
+        device: &'static str,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        kill: &EventFd,
+    ) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let event_idx = acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0;
+        let mut queues = queues;
+        for (i, aq) in queues.iter_mut().enumerate() {
+            aq.queue.set_event_idx(event_idx);
+            epoll.ctl(
+                ControlOperation::Add,
+                aq.notify.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        let kill_token = queues.len() as u64;
+        epoll.ctl(
+            ControlOperation::Add,
+            kill.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, kill_token),
+        )?;
+        Ok(Self {
+            device,
+            epoll,
+            queues,
+            kill_token,
+        })
+    }
+
+    /// Serves notified queues with `serve(index, queue)` (which returns whether
+    /// the guest is due an interrupt, as [`queue_served`] takes it) until
+    /// `kill` is signalled. After a broken queue the device needs a reset and
+    /// no queue is served again; an epoll failure also ends in needs-reset.
+    pub fn run(
+        mut self,
+        interrupt: &Interrupt,
+        mut serve: impl FnMut(usize, &mut Queue) -> Result<bool, virtio_queue::Error>,
+    ) {
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+        let mut broken = false;
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("{}: epoll failed: {e}", self.device);
+                    let _ = interrupt.set_needs_reset();
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token == self.kill_token {
+                    return;
+                }
+                let Some((i, aq)) = usize::try_from(token)
+                    .ok()
+                    .and_then(|i| self.queues.get_mut(i).map(|q| (i, q)))
+                else {
+                    continue;
+                };
+                let _ = aq.notify.read();
+                if broken {
+                    continue;
+                }
+                broken = !queue_served(self.device, serve(i, &mut aq.queue), interrupt);
+            }
         }
     }
 }

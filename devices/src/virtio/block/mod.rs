@@ -22,11 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_RING_EVENT_IDX;
-use super::{queue_served, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, QueueWorker, VirtioDevice};
 use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 use seccomp_policies::ThreadKind;
@@ -311,46 +310,6 @@ impl Block {
     }
 }
 
-const TOKEN_QUEUE: u64 = 0;
-const TOKEN_KILL: u64 = 1;
-
-fn run_worker(
-    disk: Arc<Disk>,
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    mut queue: Queue,
-    notify: EventFd,
-    epoll: Epoll,
-) {
-    let mut events = [EpollEvent::default(); 2];
-    let mut scratch = Scratch::default();
-    let mut broken = false;
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!("virtio-blk: epoll failed: {e}");
-                let _ = interrupt.set_needs_reset();
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_KILL => return,
-                _ => {
-                    let _ = notify.read();
-                    if broken {
-                        continue;
-                    }
-                    let r = process_queue(&disk, &mem, &mut queue, &mut scratch);
-                    broken = !queue_served("virtio-blk", r, &interrupt);
-                }
-            }
-        }
-    }
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
@@ -384,25 +343,16 @@ impl VirtioDevice for Block {
         let [aq]: [ActiveQueue; 1] = queues
             .try_into()
             .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 1", q.len())))?;
-        let mut queue = aq.queue;
-        queue.set_event_idx(acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0);
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            aq.notify.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_QUEUE),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            kill.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_KILL),
-        )?;
+        let worker = QueueWorker::new("virtio-blk", vec![aq], acked_features, &kill)?;
         let disk = self.disk.clone();
         // The worker wakes on `kill` through its epoll.
         self.thread
             .serve(kill, move || {
-                run_worker(disk, mem, interrupt, queue, aq.notify, epoll)
+                let mut scratch = Scratch::default();
+                worker.run(&interrupt, |_, q| {
+                    process_queue(&disk, &mem, q, &mut scratch)
+                })
             })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
         Ok(())

@@ -15,7 +15,6 @@ pub mod share;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,11 +22,10 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::ByteValued;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_RING_EVENT_IDX;
-use super::{queue_served, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, QueueWorker, VirtioDevice};
 use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 use seccomp_policies::ThreadKind;
@@ -430,24 +428,48 @@ pub struct Fs {
     thread: Parked,
 }
 
-/// Raises the soft limit on open files to the hard one: the file server
-/// holds an `O_PATH` fd for every inode the guest has looked up and not yet
-/// forgotten, so 1024 is soon reached (virtiofsd does the same).
+/// The open-files limit a share asks for: the file server holds an `O_PATH`
+/// fd for every inode the guest has looked up and not yet forgotten, so a
+/// guest that keeps 10,000 files cached needs 10,000 fds. virtiofsd asks for
+/// the same (1,000,000, or the kernel's `fs.nr_open` if lower).
+const OPEN_FILES_WANTED: u64 = 1_000_000;
+
+/// Raises `RLIMIT_NOFILE`: both limits to [`OPEN_FILES_WANTED`] (capped by
+/// `fs.nr_open`) where the process may raise its hard limit
+/// (`CAP_SYS_RESOURCE`), else the soft limit to the hard one.
 fn raise_open_files_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(OPEN_FILES_WANTED);
+    let want = OPEN_FILES_WANTED.min(nr_open);
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                tracing::warn!(
-                    "virtio-fs: cannot raise the open-files limit: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+    // SAFETY: getrlimit with a valid rlimit struct to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return;
+    }
+    if r.rlim_max < want {
+        let up = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: setrlimit with a valid rlimit struct; failing (EPERM
+        // without CAP_SYS_RESOURCE) changes nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } == 0 {
+            return;
+        }
+    }
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: setrlimit with a valid rlimit struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            tracing::warn!(
+                "virtio-fs: cannot raise the open-files limit: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -474,51 +496,6 @@ impl Fs {
             queue_sizes: [QUEUE_SIZE; 2],
             thread: Parked::spawn("virtio-fs", ThreadKind::VirtioFs)?,
         })
-    }
-}
-
-const TOKEN_KILL: u64 = 2;
-
-struct Served {
-    queue: Queue,
-    notify: EventFd,
-}
-
-fn run_worker(
-    server: Arc<Server<Share>>,
-    read_only: bool,
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    mut queues: Vec<Served>,
-    epoll: Epoll,
-) {
-    let mut events = [EpollEvent::default(); 3];
-    let mut broken = false;
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!("virtio-fs: epoll failed: {e}");
-                let _ = interrupt.set_needs_reset();
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            let token = ev.data();
-            if token == TOKEN_KILL {
-                return;
-            }
-            let Some(q) = usize::try_from(token).ok().and_then(|i| queues.get_mut(i)) else {
-                continue;
-            };
-            let _ = q.notify.read();
-            if broken {
-                continue;
-            }
-            let r = process_queue(&server, read_only, &mem, &mut q.queue);
-            broken = !queue_served("virtio-fs", r, &interrupt);
-        }
     }
 }
 
@@ -559,31 +536,14 @@ impl VirtioDevice for Fs {
             )));
         }
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
-        let mut served = Vec::with_capacity(2);
-        for (i, aq) in queues.into_iter().enumerate() {
-            let mut queue = aq.queue;
-            queue.set_event_idx(acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0);
-            epoll.ctl(
-                ControlOperation::Add,
-                aq.notify.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
-            served.push(Served {
-                queue,
-                notify: aq.notify,
-            });
-        }
-        epoll.ctl(
-            ControlOperation::Add,
-            kill.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_KILL),
-        )?;
+        // Both queues (hiprio, requests) carry FUSE requests and are served
+        // alike.
+        let worker = QueueWorker::new("virtio-fs", queues, acked_features, &kill)?;
         let server = self.server.clone();
         let ro = self.read_only;
         self.thread
             .serve(kill, move || {
-                run_worker(server, ro, mem, interrupt, served, epoll)
+                worker.run(&interrupt, |_, q| process_queue(&server, ro, &mem, q))
             })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
         Ok(())
