@@ -196,21 +196,19 @@ pub struct QueueWorker {
     device: &'static str,
     epoll: Epoll,
     queues: Vec<ActiveQueue>,
-    kill_token: u64,
 }
 
 impl QueueWorker {
     /// Takes the driver's queues (event-idx as negotiated) and registers their
-    /// notifies and `kill` with a new epoll.
+    /// notifies and `kill` (token: the queue count) with a new epoll.
     pub fn new(
         device: &'static str,
-        queues: Vec<ActiveQueue>,
+        mut queues: Vec<ActiveQueue>,
         acked_features: u64,
         kill: &EventFd,
     ) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
         let event_idx = acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0;
-        let mut queues = queues;
         for (i, aq) in queues.iter_mut().enumerate() {
             aq.queue.set_event_idx(event_idx);
             epoll.ctl(
@@ -219,28 +217,26 @@ impl QueueWorker {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
-        let kill_token = queues.len() as u64;
         epoll.ctl(
             ControlOperation::Add,
             kill.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, kill_token),
+            EpollEvent::new(EventSet::IN, queues.len() as u64),
         )?;
         Ok(Self {
             device,
             epoll,
             queues,
-            kill_token,
         })
     }
 
-    /// Serves notified queues with `serve(index, queue)` (which returns whether
+    /// Serves each notified queue with `serve(queue)` (which returns whether
     /// the guest is due an interrupt, as [`queue_served`] takes it) until
     /// `kill` is signalled. After a broken queue the device needs a reset and
     /// no queue is served again; an epoll failure also ends in needs-reset.
     pub fn run(
         mut self,
         interrupt: &Interrupt,
-        mut serve: impl FnMut(usize, &mut Queue) -> Result<bool, virtio_queue::Error>,
+        mut serve: impl FnMut(&mut Queue) -> Result<bool, virtio_queue::Error>,
     ) {
         let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
         let mut broken = false;
@@ -255,21 +251,18 @@ impl QueueWorker {
                 }
             };
             for ev in &events[..n] {
-                let token = ev.data();
-                if token == self.kill_token {
-                    return;
-                }
-                let Some((i, aq)) = usize::try_from(token)
+                // Tokens are queue indices; the one past the last is `kill`.
+                let Some(aq) = usize::try_from(ev.data())
                     .ok()
-                    .and_then(|i| self.queues.get_mut(i).map(|q| (i, q)))
+                    .and_then(|i| self.queues.get_mut(i))
                 else {
-                    continue;
+                    return;
                 };
                 let _ = aq.notify.read();
                 if broken {
                     continue;
                 }
-                broken = !queue_served(self.device, serve(i, &mut aq.queue), interrupt);
+                broken = !queue_served(self.device, serve(&mut aq.queue), interrupt);
             }
         }
     }

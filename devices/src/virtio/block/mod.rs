@@ -350,9 +350,7 @@ impl VirtioDevice for Block {
         self.thread
             .serve(kill, move || {
                 let mut scratch = Scratch::default();
-                worker.run(&interrupt, |_, q| {
-                    process_queue(&disk, &mem, q, &mut scratch)
-                })
+                worker.run(&interrupt, |q| process_queue(&disk, &mem, q, &mut scratch))
             })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
         Ok(())

@@ -543,7 +543,7 @@ impl VirtioDevice for Fs {
         let ro = self.read_only;
         self.thread
             .serve(kill, move || {
-                worker.run(&interrupt, |_, q| process_queue(&server, ro, &mem, q))
+                worker.run(&interrupt, |q| process_queue(&server, ro, &mem, q))
             })
             .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
         Ok(())
