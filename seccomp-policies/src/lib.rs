@@ -83,6 +83,8 @@ pub enum ThreadKind {
     VirtioVsock,
     /// A virtio-fs worker (one per share).
     VirtioFs,
+    /// The virtio-gpu worker, and rutabaga's cross-domain threads it starts.
+    VirtioGpu,
     /// vmapp's guest-agent threads.
     Agent,
     /// The Wayland proxy's event loop.
@@ -93,13 +95,14 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
         ThreadKind::VirtioBlk,
         ThreadKind::VirtioVsock,
         ThreadKind::VirtioFs,
+        ThreadKind::VirtioGpu,
         ThreadKind::Agent,
         ThreadKind::WlProxy,
         ThreadKind::WlProxyHelper,
@@ -114,6 +117,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlk => "virtio_blk",
             ThreadKind::VirtioVsock => "virtio_vsock",
             ThreadKind::VirtioFs => "virtio_fs",
+            ThreadKind::VirtioGpu => "virtio_gpu",
             ThreadKind::Agent => "agent",
             ThreadKind::WlProxy => "wl_proxy",
             ThreadKind::WlProxyHelper => "wl_proxy_helper",

@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod gpu;
 pub mod mmio;
 pub mod vsock;
 
@@ -118,6 +119,18 @@ pub struct ShmRegion {
     pub len: u64,
 }
 
+/// Maps host memory into the guest's physical address space (the VMM's KVM
+/// memory slots), for devices with a shared-memory region. A mapping stays
+/// until [`unmap`](Self::unmap) is called with the handle `map` returned.
+pub trait GuestMapper: Send + Sync {
+    /// Maps `size` bytes at host address `host_addr` at guest-physical `gpa`,
+    /// read-only unless `writable`. Returns a handle for `unmap`. The memory
+    /// must stay mapped in the host until `unmap` returned.
+    fn map(&self, gpa: u64, host_addr: u64, size: u64, writable: bool) -> std::io::Result<u32>;
+    /// Removes a mapping made by `map`.
+    fn unmap(&self, handle: u32) -> std::io::Result<()>;
+}
+
 /// A queue handed to a device on activation, with the eventfd the guest's
 /// QueueNotify writes signal (an ioeventfd, or the transport on a trapped write).
 pub struct ActiveQueue {
@@ -165,6 +178,15 @@ pub trait VirtioDevice: Send {
     fn shm_regions(&self) -> &[ShmRegion] {
         &[]
     }
+    /// Bytes of guest-physical address space the device's shared-memory
+    /// region wants (0: none).
+    fn shm_size(&self) -> u64 {
+        0
+    }
+    /// Places the shared-memory region at `base` (called by the VMM before
+    /// the guest runs, when [`shm_size`](Self::shm_size) is not 0); `mapper`
+    /// puts host memory there.
+    fn place_shm(&mut self, _base: u64, _mapper: std::sync::Arc<dyn GuestMapper>) {}
 }
 
 /// What a worker does with the outcome of serving a queue: interrupts the

@@ -1,0 +1,666 @@
+//! virtio-gpu driven with raw control-queue commands over real guest memory
+//! and real split queues (virtio-queue's driver side), with rutabaga's real
+//! cross-domain context talking to a real Unix socket.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::protocol::{cmd, resp, CtrlHdr, FLAG_FENCE, FLAG_INFO_RING_IDX};
+use super::*;
+use crate::virtio::{ActiveQueue, GuestMapper, Interrupt, VirtioDevice};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const MEM_SIZE: usize = 16 << 20;
+const CMD: u64 = 0x10_0000;
+const RESP: u64 = 0x40_0000;
+const QUERY_RING: u64 = 0x80_0000;
+const CHANNEL_RING: u64 = 0x80_1000;
+const WINDOW: u64 = 1 << 32;
+const WINDOW_LEN: u64 = 64 << 20;
+
+/// Records what the device maps into the guest (a VMM would make KVM slots).
+#[derive(Default)]
+struct Recorder {
+    next: AtomicU32,
+    live: Mutex<HashMap<u32, (u64, u64, u64, bool)>>,
+}
+
+impl GuestMapper for Recorder {
+    fn map(&self, gpa: u64, host: u64, size: u64, writable: bool) -> std::io::Result<u32> {
+        let h = self.next.fetch_add(1, Ordering::SeqCst);
+        self.live
+            .lock()
+            .unwrap()
+            .insert(h, (gpa, host, size, writable));
+        Ok(h)
+    }
+    fn unmap(&self, handle: u32) -> std::io::Result<()> {
+        self.live
+            .lock()
+            .unwrap()
+            .remove(&handle)
+            .map(|_| ())
+            .ok_or_else(|| std::io::Error::other("unknown handle"))
+    }
+}
+
+/// A driver: guest memory, the control queue and the device's used ring.
+struct Driver {
+    mem: &'static GuestMemory,
+    q: MockSplitQueue<'static, GuestMemory>,
+    next_desc: u16,
+    next_slot: u64,
+}
+
+impl Driver {
+    fn new() -> Self {
+        let mem: &'static GuestMemory = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
+        ));
+        let q = MockSplitQueue::new(mem, QUEUE_SIZE);
+        Driver {
+            mem,
+            q,
+            next_desc: 0,
+            next_slot: 0,
+        }
+    }
+
+    fn queue(&self) -> Queue {
+        self.q.create_queue().unwrap()
+    }
+
+    /// Puts `cmd` (and a `resp_len` answer buffer) on the avail ring; returns
+    /// the chain's head and where its answer goes.
+    fn push_raw(&mut self, descs: &[(u64, u32, bool)]) -> (u16, u64) {
+        let head = self.next_desc;
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, l, w))| {
+                let mut flags = if w { F_WRITE } else { 0 };
+                let next = if i + 1 < descs.len() {
+                    flags |= F_NEXT;
+                    head + i as u16 + 1
+                } else {
+                    0
+                };
+                RawDescriptor::from(SplitDescriptor::new(a, l, flags, next))
+            })
+            .collect();
+        self.q.add_desc_chains(&raw, head).unwrap();
+        self.next_desc = (head + descs.len() as u16) % QUEUE_SIZE;
+        (head, descs.last().map_or(0, |d| d.0))
+    }
+
+    fn push(&mut self, cmd: &[u8], resp_len: u32) -> (u16, u64) {
+        let slot = self.next_slot;
+        self.next_slot = (slot + 1) % 64;
+        let c = CMD + slot * 0x1_0000;
+        let r = RESP + slot * 0x1000;
+        self.mem.write_slice(cmd, GuestAddress(c)).unwrap();
+        self.mem.write_slice(&[0xaa; 64], GuestAddress(r)).unwrap();
+        self.push_raw(&[(c, cmd.len() as u32, false), (r, resp_len, true)])
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.q.used().idx().load()
+    }
+
+    /// The used entry for `head`, if the device returned it.
+    fn used_len(&self, head: u16) -> Option<u32> {
+        (0..self.used_idx()).find_map(|i| {
+            let e = self
+                .q
+                .used()
+                .ring()
+                .ref_at(i as usize % QUEUE_SIZE as usize)
+                .ok()?
+                .load();
+            (e.id() == u32::from(head)).then_some(e.len())
+        })
+    }
+
+    fn answer(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        self.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+        b
+    }
+}
+
+fn hdr(ty: u32, ctx: u32) -> Vec<u8> {
+    CtrlHdr {
+        ty,
+        ctx_id: ctx,
+        ..Default::default()
+    }
+    .encode()
+    .to_vec()
+}
+
+fn fenced(ty: u32, ctx: u32, fence: u64, ring: Option<u8>) -> Vec<u8> {
+    CtrlHdr {
+        ty,
+        flags: FLAG_FENCE
+            | if ring.is_some() {
+                FLAG_INFO_RING_IDX
+            } else {
+                0
+            },
+        fence_id: fence,
+        ctx_id: ctx,
+        ring_idx: ring.unwrap_or(0),
+    }
+    .encode()
+    .to_vec()
+}
+
+fn u32s(mut b: Vec<u8>, v: &[u32]) -> Vec<u8> {
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+fn ctx_create(ctx: u32) -> Vec<u8> {
+    let mut b = u32s(hdr(cmd::CTX_CREATE, ctx), &[4, 5]);
+    let mut name = [0u8; 64];
+    name[..4].copy_from_slice(b"test");
+    b.extend_from_slice(&name);
+    b
+}
+
+fn create_blob(
+    ctx: u32,
+    id: u32,
+    mem: u32,
+    flags: u32,
+    blob_id: u64,
+    size: u64,
+    entries: &[(u64, u32)],
+) -> Vec<u8> {
+    let mut b = u32s(
+        hdr(cmd::RESOURCE_CREATE_BLOB, ctx),
+        &[id, mem, flags, entries.len() as u32],
+    );
+    b.extend_from_slice(&blob_id.to_le_bytes());
+    b.extend_from_slice(&size.to_le_bytes());
+    for &(a, l) in entries {
+        b.extend_from_slice(&a.to_le_bytes());
+        b.extend_from_slice(&l.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+    }
+    b
+}
+
+fn submit(head: Vec<u8>, data: &[u8]) -> Vec<u8> {
+    let mut b = u32s(head, &[data.len() as u32, 0]);
+    b.extend_from_slice(data);
+    b
+}
+
+/// A cross-domain command header: cmd, ring_idx, cmd_size, pad.
+fn xd(cmd: u8, ring: u8, size: u16) -> Vec<u8> {
+    let mut b = vec![cmd, ring];
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b
+}
+
+fn map_blob(id: u32, offset: u64) -> Vec<u8> {
+    let mut b = u32s(hdr(cmd::RESOURCE_MAP_BLOB, 0), &[id, 0]);
+    b.extend_from_slice(&offset.to_le_bytes());
+    b
+}
+
+fn resp_type(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[0..4].try_into().unwrap())
+}
+
+struct Running {
+    gpu: Gpu,
+    notify: EventFd,
+    mapper: Arc<Recorder>,
+    _dir: tempfile::TempDir,
+    listener: UnixListener,
+}
+
+/// The device on its worker thread (under its seccomp filter), its
+/// Wayland socket a listener in a temporary directory.
+fn start(d: &Driver) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("wayland-0");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut gpu = Gpu::new(GpuConfig {
+        wayland_socket: sock,
+        shm_size: WINDOW_LEN,
+    })
+    .unwrap();
+    let mapper = Arc::new(Recorder::default());
+    gpu.place_shm(WINDOW, mapper.clone());
+    assert_eq!(gpu.shm_regions()[0].id, 1);
+    assert_eq!(gpu.shm_regions()[0].len, WINDOW_LEN);
+    let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let cursor = Driver::new();
+    let queues = vec![
+        ActiveQueue {
+            queue: d.queue(),
+            notify: notify.try_clone().unwrap(),
+        },
+        ActiveQueue {
+            queue: cursor.queue(),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        },
+    ];
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    gpu.activate(d.mem.clone(), Interrupt::new(irq), 0, queues)
+        .unwrap();
+    Running {
+        gpu,
+        notify,
+        mapper,
+        _dir: dir,
+        listener,
+    }
+}
+
+impl Running {
+    /// Sends `cmd` and waits for its answer (`None`: not answered in 5 s).
+    fn call(&self, d: &mut Driver, cmd: &[u8], resp_len: u32) -> Option<(u32, Vec<u8>)> {
+        let (head, at) = d.push(cmd, resp_len);
+        self.notify.write(1).unwrap();
+        wait_used(d, head, Duration::from_secs(5)).map(|len| (len, d.answer(at, resp_len as usize)))
+    }
+}
+
+fn wait_used(d: &Driver, head: u16, limit: Duration) -> Option<u32> {
+    let t = Instant::now();
+    loop {
+        if let Some(l) = d.used_len(head) {
+            return Some(l);
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The probe a Linux 6.1 driver makes, then a cross-domain Wayland channel
+/// end to end: rings, INIT (rutabaga connects to the socket), a parked
+/// POLL released by host data, a SEND, and teardown on CTX_DESTROY.
+#[test]
+fn probe_and_cross_domain_channel_end_to_end() {
+    let mut d = Driver::new();
+    let r = start(&d);
+
+    let (len, a) = r.call(&mut d, &hdr(cmd::GET_DISPLAY_INFO, 0), 408).unwrap();
+    assert_eq!((len, resp_type(&a)), (408, resp::OK_DISPLAY_INFO));
+    let (_, a) = r
+        .call(&mut d, &u32s(hdr(cmd::GET_CAPSET_INFO, 0), &[0, 0]), 40)
+        .unwrap();
+    assert_eq!(resp_type(&a), resp::OK_CAPSET_INFO);
+    assert_eq!(
+        &a[24..36],
+        &u32s(vec![], &[5, 0, 16])[..],
+        "cross-domain capset (5, v0, 16 bytes)"
+    );
+    let (_, a) = r
+        .call(&mut d, &u32s(hdr(cmd::GET_CAPSET_INFO, 0), &[1, 0]), 40)
+        .unwrap();
+    assert_eq!(
+        resp_type(&a),
+        resp::ERR_INVALID_PARAMETER,
+        "only one capset"
+    );
+    let (len, a) = r
+        .call(&mut d, &u32s(hdr(cmd::GET_CAPSET, 0), &[5, 0]), 40)
+        .unwrap();
+    assert_eq!((len, resp_type(&a)), (40, resp::OK_CAPSET));
+    let channels = u32::from_le_bytes(a[28..32].try_into().unwrap());
+    assert_ne!(channels & (1 << 1), 0, "the Wayland channel is offered");
+
+    let ok = |x: Option<(u32, Vec<u8>)>| resp_type(&x.expect("answered").1);
+    assert_eq!(ok(r.call(&mut d, &ctx_create(1), 24)), resp::OK_NODATA);
+    for (id, at) in [(1, QUERY_RING), (2, CHANNEL_RING)] {
+        let c = create_blob(0, id, 1, 1, 0, 4096, &[(at, 4096)]);
+        assert_eq!(ok(r.call(&mut d, &c, 24)), resp::OK_NODATA);
+        let c = u32s(hdr(cmd::CTX_ATTACH_RESOURCE, 1), &[id, 0]);
+        assert_eq!(ok(r.call(&mut d, &c, 24)), resp::OK_NODATA);
+    }
+    let init = u32s(xd(1, 0, 20), &[1, 2, 1]);
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &init), 24)),
+        resp::OK_NODATA
+    );
+    let (mut host, _) = r
+        .listener
+        .accept()
+        .expect("rutabaga connected to the socket");
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    // POLL on the channel ring: parked until the host says something, while
+    // other commands keep being answered.
+    let poll = submit(
+        fenced(cmd::SUBMIT_3D, 1, 100, Some(1)),
+        &u32s(xd(3, 1, 16), &[0, 0]),
+    );
+    let (poll_head, poll_at) = d.push(&poll, 24);
+    r.notify.write(1).unwrap();
+    let (_, a) = r.call(&mut d, &hdr(cmd::GET_DISPLAY_INFO, 0), 408).unwrap();
+    assert_eq!(resp_type(&a), resp::OK_DISPLAY_INFO);
+    assert_eq!(d.used_len(poll_head), None, "the POLL waits for host data");
+
+    host.write_all(b"hello").unwrap();
+    let len = wait_used(&d, poll_head, Duration::from_secs(5)).expect("POLL completed");
+    assert_eq!(len, 24);
+    let a = d.answer(poll_at, 24);
+    let h = CtrlHdr::decode(&a).unwrap();
+    assert_eq!(
+        (h.ty, h.fence_id, h.ctx_id, h.ring_idx),
+        (resp::OK_NODATA, 100, 1, 1)
+    );
+    assert_eq!(h.flags, FLAG_FENCE | FLAG_INFO_RING_IDX, "fence echoed");
+    let ring = d.answer(CHANNEL_RING, 352 + 5);
+    assert_eq!(ring[0], 5, "RECEIVE");
+    assert_eq!(u32::from_le_bytes(ring[12..16].try_into().unwrap()), 5);
+    assert_eq!(&ring[352..], b"hello");
+
+    let mut send = u32s(xd(4, 0, 352 + 5), &[0, 5]);
+    send.resize(352, 0);
+    send.extend_from_slice(b"world");
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &send), 24)),
+        resp::OK_NODATA
+    );
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"world");
+
+    assert_eq!(
+        ok(r.call(&mut d, &hdr(cmd::CTX_DESTROY, 1), 24)),
+        resp::OK_NODATA
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        host.read_to_end(&mut rest).unwrap(),
+        0,
+        "the host connection closed with the context"
+    );
+    drop(r.gpu);
+}
+
+/// Host-visible blobs: GET_IMAGE_REQUIREMENTS on the query ring, a HOST3D
+/// blob, MAP_BLOB into the window (a writable mapping of the host memory),
+/// refusals for bad offsets, and unmapping before the memory is freed.
+#[test]
+fn host_blobs_map_into_the_window_and_are_unmapped_first() {
+    let mut d = Driver::new();
+    let mut r = start(&d);
+    let ok = |x: Option<(u32, Vec<u8>)>| resp_type(&x.expect("answered").1);
+    assert_eq!(ok(r.call(&mut d, &ctx_create(1), 24)), resp::OK_NODATA);
+    for (id, at) in [(1, QUERY_RING), (2, CHANNEL_RING)] {
+        assert_eq!(
+            ok(r.call(
+                &mut d,
+                &create_blob(0, id, 1, 1, 0, 4096, &[(at, 4096)]),
+                24
+            )),
+            resp::OK_NODATA
+        );
+        assert_eq!(
+            ok(r.call(
+                &mut d,
+                &u32s(hdr(cmd::CTX_ATTACH_RESOURCE, 1), &[id, 0]),
+                24
+            )),
+            resp::OK_NODATA
+        );
+    }
+    // INIT without a channel: only the query ring.
+    let init = u32s(xd(1, 0, 20), &[1, 2, 0]);
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &init), 24)),
+        resp::OK_NODATA
+    );
+    // 8192 bytes as one R8 row, LINEAR|SCANOUT.
+    let req = u32s(xd(2, 0, 24), &[8192, 1, 0x2020_3852, 0x11]);
+    let a = r
+        .call(
+            &mut d,
+            &submit(fenced(cmd::SUBMIT_3D, 1, 7, Some(0)), &req),
+            24,
+        )
+        .unwrap()
+        .1;
+    assert_eq!(resp_type(&a), resp::OK_NODATA);
+    let reqs = d.answer(QUERY_RING, 64);
+    let size = u64::from_le_bytes(reqs[40..48].try_into().unwrap());
+    let blob_id = u32::from_le_bytes(reqs[48..52].try_into().unwrap());
+    assert_eq!(size, 8192);
+
+    let c = create_blob(1, 3, 2, 3, u64::from(blob_id), size, &[]);
+    assert_eq!(ok(r.call(&mut d, &c, 24)), resp::OK_NODATA);
+    let bad = [
+        (map_blob(3, 4095), "unaligned"),
+        (map_blob(3, WINDOW_LEN - 4096), "past the window"),
+        (map_blob(3, u64::MAX - 4095), "offset overflow"),
+        (map_blob(99, 0), "unknown resource"),
+    ];
+    for (c, why) in &bad {
+        let t = ok(r.call(&mut d, c, 32));
+        assert!(t >= resp::ERR_UNSPEC, "{why}: {t:#x}");
+    }
+    assert!(r.mapper.live.lock().unwrap().is_empty());
+    let (len, a) = r.call(&mut d, &map_blob(3, 0x10000), 32).unwrap();
+    assert_eq!((len, resp_type(&a)), (32, resp::OK_MAP_INFO));
+    assert_eq!(
+        u32::from_le_bytes(a[24..28].try_into().unwrap()),
+        1,
+        "cached"
+    );
+    let live: Vec<_> = r.mapper.live.lock().unwrap().values().copied().collect();
+    assert_eq!(live.len(), 1);
+    let (gpa, host, len, writable) = live[0];
+    assert_eq!((gpa, len, writable), (WINDOW + 0x10000, 8192, true));
+    // SAFETY: the device keeps this host mapping (8192 bytes) alive while
+    // it is mapped into the guest, which it still is.
+    unsafe { std::ptr::write_volatile(host as *mut u8, 0x5a) };
+    assert!(
+        ok(r.call(&mut d, &map_blob(3, 0x20000), 32)) >= resp::ERR_UNSPEC,
+        "mapped twice"
+    );
+
+    // UNREF of a mapped blob removes the guest mapping first.
+    assert_eq!(
+        ok(r.call(&mut d, &u32s(hdr(cmd::RESOURCE_UNREF, 0), &[3, 0]), 24)),
+        resp::OK_NODATA
+    );
+    assert!(r.mapper.live.lock().unwrap().is_empty());
+    let a = ok(r.call(&mut d, &u32s(hdr(cmd::RESOURCE_UNMAP_BLOB, 0), &[3, 0]), 24));
+    assert_eq!(a, resp::ERR_INVALID_RESOURCE_ID);
+
+    // A mapping still present at reset is removed by the reset.
+    let req = u32s(xd(2, 0, 24), &[4096, 1, 0x2020_3852, 0x11]);
+    r.call(
+        &mut d,
+        &submit(fenced(cmd::SUBMIT_3D, 1, 8, Some(0)), &req),
+        24,
+    )
+    .unwrap();
+    let blob_id = u32::from_le_bytes(d.answer(QUERY_RING + 48, 4)[..].try_into().unwrap());
+    assert_eq!(
+        ok(r.call(
+            &mut d,
+            &create_blob(1, 4, 2, 3, u64::from(blob_id), 4096, &[]),
+            24
+        )),
+        resp::OK_NODATA
+    );
+    assert_eq!(ok(r.call(&mut d, &map_blob(4, 0), 32)), resp::OK_MAP_INFO);
+    assert_eq!(r.mapper.live.lock().unwrap().len(), 1);
+    assert!(r.gpu.reset());
+    assert!(
+        r.mapper.live.lock().unwrap().is_empty(),
+        "reset unmapped the blob"
+    );
+}
+
+/// Hostile command sequences: each gets an error answer (or a zero-length
+/// used entry when there is nowhere to answer), and the device keeps serving.
+#[test]
+fn hostile_commands_get_errors_and_the_device_keeps_serving() {
+    let mut d = Driver::new();
+    let r = start(&d);
+    let huge_entries = {
+        let mut b = create_blob(0, 9, 1, 1, 0, 4096, &[]);
+        b[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        b
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![1, 2, 3], "shorter than a header"),
+        (hdr(0x9999, 0), "unknown command"),
+        (hdr(cmd::RESOURCE_CREATE_3D, 0), "3D"),
+        (hdr(cmd::GET_CAPSET_INFO, 0), "missing index"),
+        (u32s(hdr(cmd::GET_CAPSET, 0), &[77, 0]), "unknown capset"),
+        (
+            u32s(hdr(cmd::RESOURCE_UNREF, 0), &[12345, 0]),
+            "unref of nothing",
+        ),
+        (u32s(hdr(cmd::CTX_DESTROY, 0), &[]), "destroy of no context"),
+        (hdr(cmd::CTX_CREATE, 0), "context 0, short"),
+        (
+            submit(hdr(cmd::SUBMIT_3D, 42), &[1, 2, 3, 4]),
+            "submit to no context",
+        ),
+        (
+            create_blob(0, 9, 1, 1, 0, 4096, &[(MEM_SIZE as u64 - 100, 4096)]),
+            "backing outside memory",
+        ),
+        (
+            create_blob(0, 9, 1, 1, 0, 8192, &[(QUERY_RING, 4096)]),
+            "backing smaller than the blob",
+        ),
+        (
+            create_blob(0, 9, 1, 1, 0, 1 << 40, &[(QUERY_RING, 4096)]),
+            "huge blob",
+        ),
+        (huge_entries, "four billion entries"),
+        (
+            create_blob(0, 0, 1, 1, 0, 4096, &[(QUERY_RING, 4096)]),
+            "resource id 0",
+        ),
+        (
+            create_blob(5, 9, 2, 3, 1234, 4096, &[]),
+            "host blob of no context",
+        ),
+        (create_blob(0, 9, 7, 3, 0, 4096, &[]), "unknown blob memory"),
+        (map_blob(1, 0), "map of nothing"),
+        (
+            u32s(hdr(cmd::SET_SCANOUT, 0), &[0, 0, 64, 64, 3, 1]),
+            "scanout 3",
+        ),
+    ];
+    for (c, why) in &cases {
+        let (len, a) = r
+            .call(&mut d, c, 24)
+            .unwrap_or_else(|| panic!("{why}: no answer"));
+        assert_eq!(len, 24, "{why}");
+        assert!(
+            resp_type(&a) >= resp::ERR_UNSPEC,
+            "{why}: {:#x}",
+            resp_type(&a)
+        );
+    }
+    assert_eq!(
+        resp_type(&r.call(&mut d, &ctx_create(1), 24).unwrap().1),
+        resp::OK_NODATA
+    );
+    assert!(
+        resp_type(&r.call(&mut d, &ctx_create(1), 24).unwrap().1) >= resp::ERR_UNSPEC,
+        "context twice"
+    );
+    let (_, a) = r
+        .call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &[0xff; 64]), 24)
+        .unwrap();
+    assert!(
+        resp_type(&a) >= resp::ERR_UNSPEC,
+        "garbage cross-domain command"
+    );
+    let mut lying = submit(hdr(cmd::SUBMIT_3D, 1), &[0; 8]);
+    lying[24..28].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let (_, a) = r.call(&mut d, &lying, 24).unwrap();
+    assert!(
+        resp_type(&a) >= resp::ERR_UNSPEC,
+        "submit size past the command"
+    );
+    // A cross-domain command whose own size lies.
+    let mut x = u32s(xd(4, 0, 60000), &[0, 50000]);
+    x.resize(352, 0);
+    let (_, a) = r
+        .call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &x), 24)
+        .unwrap();
+    assert!(
+        resp_type(&a) >= resp::ERR_UNSPEC,
+        "SEND size past the command"
+    );
+
+    // Chains the device cannot answer into: descriptors outside memory, no
+    // writable part, a readable descriptor after a writable one.
+    let (h1, _) = d.push_raw(&[(MEM_SIZE as u64 + 0x1000, 24, false), (RESP, 24, true)]);
+    let (h2, _) = d.push_raw(&[(CMD, 24, false)]);
+    let (h3, _) = d.push_raw(&[(RESP, 24, true), (CMD, 24, false)]);
+    let (h4, _) = d.push_raw(&[(CMD, 24, false), (u64::MAX - 8, 24, true)]);
+    r.notify.write(1).unwrap();
+    for h in [h1, h2, h3, h4] {
+        assert!(
+            wait_used(&d, h, Duration::from_secs(5)).is_some(),
+            "chain {h} returned"
+        );
+    }
+    assert_eq!(d.used_len(h2), Some(0));
+    let (_, a) = r.call(&mut d, &hdr(cmd::GET_DISPLAY_INFO, 0), 408).unwrap();
+    assert_eq!(resp_type(&a), resp::OK_DISPLAY_INFO, "still serving");
+}
+
+#[test]
+fn config_features_and_window_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GpuConfig {
+        wayland_socket: dir.path().join("none"),
+        shm_size: 4096 * 3 + 1,
+    };
+    assert!(Gpu::new(cfg.clone()).is_err(), "window not page-sized");
+    let gpu = Gpu::new(GpuConfig {
+        shm_size: DEFAULT_SHM_SIZE,
+        ..cfg
+    })
+    .unwrap();
+    assert_eq!(gpu.device_type(), 16);
+    let f = gpu.features();
+    for bit in [0, 3, 4] {
+        assert_ne!(f & (1 << bit), 0, "feature {bit}");
+    }
+    assert_eq!(f & (1 << 1 | 1 << 2), 0, "no EDID, no UUID");
+    let mut c = [0u8; 16];
+    gpu.read_config(0, &mut c);
+    assert_eq!(
+        &c[8..16],
+        &u32s(vec![], &[1, 1])[..],
+        "one scanout, one capset"
+    );
+    assert!(gpu.shm_regions().is_empty(), "not placed yet");
+    assert_eq!(gpu.shm_size(), DEFAULT_SHM_SIZE);
+}
