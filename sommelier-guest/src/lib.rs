@@ -3,4 +3,5 @@
 #![deny(missing_docs)]
 
 pub mod proto;
+pub mod relay;
 pub mod vsock_socket;

@@ -76,11 +76,11 @@ fn load_module(path: &str) {
     }
 }
 
-fn load_modules() {
+fn load_modules(list: &str) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = format!("/lib/modules/{}", release.trim());
     let dep = std::fs::read_to_string(format!("{dir}/modules.dep")).unwrap_or_default();
-    let wanted = std::fs::read_to_string("/etc/vmapp/modules").unwrap_or_default();
+    let wanted = std::fs::read_to_string(list).unwrap_or_default();
     let mut loaded: Vec<String> = Vec::new();
     for name in wanted.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let Some((m, deps)) = dep
@@ -145,9 +145,53 @@ fn agent_port(cmdline: &str) -> Option<u32> {
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The guest's runtime directory, where the Wayland relay listens.
+const RUNTIME_DIR: &str = "/run/vmapp";
+
+/// What a guest app needs to find the relay, and the toolkit switches that
+/// make GTK, Qt, SDL, Clutter, Firefox and Electron use Wayland (and software
+/// rendering: the relay carries shared-memory buffers only).
+const WAYLAND_ENV: &[(&str, &str)] = &[
+    ("WAYLAND_DISPLAY", "wayland-0"),
+    ("XDG_RUNTIME_DIR", RUNTIME_DIR),
+    ("XDG_SESSION_TYPE", "wayland"),
+    ("GDK_BACKEND", "wayland"),
+    ("QT_QPA_PLATFORM", "wayland"),
+    ("SDL_VIDEODRIVER", "wayland"),
+    ("CLUTTER_BACKEND", "wayland"),
+    ("MOZ_ENABLE_WAYLAND", "1"),
+    ("ELECTRON_OZONE_PLATFORM_HINT", "wayland"),
+    ("LIBGL_ALWAYS_SOFTWARE", "1"),
+];
+
+/// Starts the Wayland relay once the GPU's render node is there.
+fn start_wayland() -> bool {
+    for _ in 0..200 {
+        if std::path::Path::new("/dev/dri/renderD128").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = std::fs::create_dir_all(RUNTIME_DIR);
+    let _ = std::fs::set_permissions(
+        RUNTIME_DIR,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    );
+    match sommelier_guest::relay::serve(&std::path::Path::new(RUNTIME_DIR).join("wayland-0")) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("wayland relay: {e}"));
+            false
+        }
+    }
+}
+
 /// Runs the command vmapp sends over vsock; returns (status, keep running).
-fn run_agent(port: u32, home: &str) -> (u8, bool) {
-    let base_env = [("PATH", PATH), ("HOME", home), ("TERM", "linux")];
+fn run_agent(port: u32, home: &str, wayland: bool) -> (u8, bool) {
+    let mut base_env = vec![("PATH", PATH), ("HOME", home), ("TERM", "linux")];
+    if wayland {
+        base_env.extend_from_slice(WAYLAND_ENV);
+    }
     let mut last = None;
     for _ in 0..50 {
         match sommelier_guest::vsock_socket::connect(2, port) {
@@ -196,7 +240,7 @@ fn status_code(st: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn run(argv: Option<Vec<String>>, home: &str) -> u8 {
+fn run(argv: Option<Vec<String>>, home: &str, wayland: bool) -> u8 {
     let mut cmd = match &argv {
         Some(a) if !a.is_empty() => {
             let mut c = Command::new(&a[0]);
@@ -223,6 +267,9 @@ fn run(argv: Option<Vec<String>>, home: &str) -> u8 {
         .env("HOME", home)
         .env("TERM", "linux")
         .current_dir(home);
+    if wayland {
+        cmd.envs(WAYLAND_ENV.iter().copied());
+    }
     match cmd.status() {
         Ok(st) => status_code(st),
         Err(e) => {
@@ -256,8 +303,12 @@ fn main() {
     mount("tmpfs", "/tmp", "tmpfs", nodev, "mode=1777");
     mount("tmpfs", "/run", "tmpfs", nodev, "mode=0755");
     outb(BOOT_STATUS_PORT, BOOT_DONE_MAGIC);
-    load_modules();
+    load_modules("/etc/vmapp/modules");
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let wayland = cmdline.split_whitespace().any(|w| w == "vmapp.wayland=1");
+    if wayland {
+        load_modules("/etc/vmapp/modules-gpu");
+    }
     let (argv, tty) = command_from_cmdline(&cmdline);
     setup_console(tty);
     let plan = shares::plan(&cmdline);
@@ -265,9 +316,11 @@ fn main() {
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)
     } else {
+        // After the guest root is in place, so the socket is inside it.
+        let wayland = wayland && start_wayland();
         match agent_port(&cmdline) {
-            Some(port) => run_agent(port, &home),
-            None => (run(argv, &home), false),
+            Some(port) => run_agent(port, &home, wayland),
+            None => (run(argv, &home, wayland), false),
         }
     };
     if keep_running {

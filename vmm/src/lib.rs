@@ -18,9 +18,11 @@ pub mod kvm_check;
 pub mod layout;
 pub mod memory;
 pub mod vm;
+pub mod wayland;
 
 pub use console::Console;
 pub use devices::virtio::block::DiskConfig;
 pub use devices::virtio::fs::ShareConfig;
+pub use devices::virtio::gpu::GpuConfig;
 pub use devices::virtio::vsock::VsockConfig;
 pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};

@@ -24,9 +24,10 @@ use devices::legacy::{
 };
 use devices::virtio::block::{Block, BlockError, DiskConfig};
 use devices::virtio::fs::{Fs, FsError, ShareConfig};
+use devices::virtio::gpu::{Gpu, GpuConfig, GpuError};
 use devices::virtio::mmio::{reg, MmioError, MmioTransport, MMIO_SIZE};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
-use devices::virtio::{EmptySlot, VirtioDevice};
+use devices::virtio::{EmptySlot, GuestMapper, VirtioDevice};
 
 use seccomp_policies::{Mode, SeccompError, ThreadKind};
 
@@ -91,6 +92,9 @@ pub enum VmError {
     /// A shared directory (virtio-fs).
     #[error(transparent)]
     Share(#[from] FsError),
+    /// The GPU device.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     /// A host resource (eventfd, thread, signal handler).
     #[error("host resource")]
     Io(#[from] std::io::Error),
@@ -146,6 +150,7 @@ pub struct VmBuilder {
     disks: Vec<DiskConfig>,
     vsock: Option<VsockConfig>,
     shares: Vec<ShareConfig>,
+    gpu: Option<GpuConfig>,
     empty_slots: usize,
     start: Instant,
     seccomp: Mode,
@@ -166,6 +171,7 @@ impl VmBuilder {
             disks: Vec::new(),
             vsock: None,
             shares: Vec::new(),
+            gpu: None,
             empty_slots: 0,
             start: Instant::now(),
             seccomp: seccomp_policies::default_mode(),
@@ -248,6 +254,14 @@ impl VmBuilder {
         self
     }
 
+    /// Adds the virtio-gpu device (cross-domain only, after the shares): each
+    /// guest Wayland client becomes a connection to `cfg.wayland_socket`.
+    /// Its host-visible window is placed above guest RAM.
+    pub fn gpu(mut self, cfg: GpuConfig) -> Self {
+        self.gpu = Some(cfg);
+        self
+    }
+
     /// Adds a virtio device in the next virtio-mmio slot.
     pub fn device(mut self, dev: Box<dyn VirtioDevice>) -> Self {
         self.devices.push(dev);
@@ -285,6 +299,9 @@ impl VmBuilder {
             }
             devs.push(Box::new(Fs::new(s)?));
         }
+        if let Some(g) = self.gpu.take() {
+            devs.push(Box::new(Gpu::new(g)?));
+        }
         devs.append(&mut self.devices);
         self.devices = devs;
         Vm::new(self)
@@ -308,9 +325,71 @@ pub fn virtio_mmio_cmdline(slots: &[MmioSlot]) -> String {
         .join(" ")
 }
 
+/// Guest mappings of host memory for device shared-memory windows: one KVM
+/// memory slot each, numbered above the RAM slots.
+struct KvmMapper {
+    vm: Arc<VmFd>,
+    first: u32,
+    slots: Mutex<Vec<bool>>,
+}
+
+impl GuestMapper for KvmMapper {
+    fn map(&self, gpa: u64, host_addr: u64, size: u64, writable: bool) -> std::io::Result<u32> {
+        let mut used = devices::bus::lock(&self.slots);
+        let i = used
+            .iter()
+            .position(|u| !u)
+            .ok_or_else(|| std::io::Error::other("no free KVM memory slot"))?;
+        let slot = self.first + i as u32;
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: if writable { 0 } else { kvm_bindings::KVM_MEM_READONLY },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller (a device) keeps `size` bytes at `host_addr`
+        // mapped until it has called `unmap` for this slot (GuestMapper's
+        // contract); KVM checks the range is mapped in this process.
+        unsafe { self.vm.set_user_memory_region(r) }
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        used[i] = true;
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) -> std::io::Result<()> {
+        let mut used = devices::bus::lock(&self.slots);
+        let i = slot
+            .checked_sub(self.first)
+            .map(|i| i as usize)
+            .filter(|&i| used.get(i) == Some(&true))
+            .ok_or_else(|| std::io::Error::other("not a mapped slot"))?;
+        let r = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
+        unsafe { self.vm.set_user_memory_region(r) }
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        used[i] = false;
+        Ok(())
+    }
+}
+
+/// Where device shared-memory windows start: the first 1 GiB boundary above
+/// guest RAM (and above the 32-bit MMIO hole).
+pub fn shm_windows_base(mem_mib: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    let top = match (mem_mib << 20).checked_sub(MMIO_GAP_START) {
+        Some(high) => MMIO_GAP_END + high,
+        None => MMIO_GAP_END,
+    };
+    top.div_ceil(GIB) * GIB
+}
+
 /// A VM ready to run.
 pub struct Vm {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     pio: Bus,
@@ -365,7 +444,7 @@ impl Vm {
             )));
         }
         let mem = memory::create(cfg.mem_mib)?;
-        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?);
         vm.set_tss_address(0xfffb_d000)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
@@ -446,6 +525,26 @@ impl Vm {
             ACPI_PM_PORT.into(),
             ACPI_PM_LEN,
         )?;
+
+        // Shared-memory windows (virtio-gpu's host-visible region) above RAM,
+        // filled with one KVM slot per mapping.
+        let ram_slots = mem.iter().count() as u32;
+        let mapper: Arc<dyn GuestMapper> = Arc::new(KvmMapper {
+            vm: vm.clone(),
+            first: ram_slots,
+            slots: Mutex::new(vec![
+                false;
+                (kvm.get_nr_memslots() as u32).saturating_sub(ram_slots) as usize
+            ]),
+        });
+        let mut shm_next = shm_windows_base(cfg.mem_mib);
+        for d in cfg.devices.iter_mut() {
+            let size = d.shm_size();
+            if size > 0 {
+                d.place_shm(shm_next, mapper.clone());
+                shm_next = (shm_next + size).div_ceil(1 << 30) << 30;
+            }
+        }
 
         // virtio-mmio slots.
         let mut mmio = Bus::new();

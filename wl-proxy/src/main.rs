@@ -1,7 +1,7 @@
 //! `wl-proxy`: sandbox Wayland clients behind a validating proxy.
 //!
 //! ```text
-//! wl-proxy [--policy FILE] [--tag NAME] [--upstream SOCKET] --listen SOCKET
+//! wl-proxy [--policy FILE] [--clipboard allow|deny] [--deny IFACE]… [--tag NAME] [--upstream SOCKET] --listen SOCKET
 //! wl-proxy [--policy FILE] [--tag NAME] [--upstream SOCKET] -- COMMAND ARGS…
 //! ```
 
@@ -22,6 +22,14 @@ struct Args {
     /// Policy file (TOML); keys it leaves out keep the built-in values.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Overrides the policy's clipboard switch (`deny` hides the data-device
+    /// and primary-selection managers).
+    #[arg(long, value_name = "allow|deny")]
+    clipboard: Option<String>,
+    /// Hides one more global (repeatable), on top of the policy's deny list:
+    /// vmapp hides what its guest relay cannot carry (dmabuf, explicit sync).
+    #[arg(long = "deny", value_name = "INTERFACE")]
+    deny: Vec<String>,
     /// Label for windows: titles get "[NAME] ", app ids "NAME:".
     #[arg(long)]
     tag: Option<String>,
@@ -65,10 +73,17 @@ fn run() -> Result<i32> {
         print!("{}", wl_proxy::policy::DEFAULT_POLICY);
         return Ok(0);
     }
-    let policy = match &args.policy {
+    let mut policy = match &args.policy {
         Some(p) => Policy::from_file(p)?,
         None => Policy::default(),
     };
+    match args.clipboard.as_deref() {
+        None => {}
+        Some("allow") => policy.clipboard = wl_proxy::policy::Clipboard::Allow,
+        Some("deny") => policy.clipboard = wl_proxy::policy::Clipboard::Deny,
+        Some(other) => bail!("--clipboard must be allow or deny, not {other:?}"),
+    }
+    policy.deny.extend(args.deny.iter().cloned());
     let upstream = match args.upstream.clone() {
         Some(u) => u,
         None => Config::upstream_from_env()

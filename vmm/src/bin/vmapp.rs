@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmm::agent::{AgentHost, Run, AGENT_PORT};
-use vmm::{image, Console, DiskConfig, ExitReason, ShareConfig, VmBuilder, VsockConfig};
+use vmm::wayland::{self, ProxyConfig, ProxyProcess};
+use vmm::{image, Console, DiskConfig, ExitReason, GpuConfig, ShareConfig, VmBuilder, VsockConfig};
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +99,23 @@ struct Launch {
     /// an empty private one.
     #[arg(long, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// Show the app's windows on the host's Wayland desktop, through a
+    /// validating wl-proxy (virtio-gpu cross-domain). On by default when
+    /// WAYLAND_DISPLAY is set; SOCKET overrides the compositor's socket.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
+    wayland: Option<String>,
+    /// No Wayland, even with WAYLAND_DISPLAY set.
+    #[arg(long, conflicts_with = "wayland")]
+    no_wayland: bool,
+    /// wl-proxy policy file (TOML) for this VM's apps.
+    #[arg(long, value_name = "FILE")]
+    wl_policy: Option<PathBuf>,
+    /// Clipboard and drag-and-drop for this VM's apps.
+    #[arg(long, value_name = "allow|deny", value_parser = ["allow", "deny"])]
+    clipboard: Option<String>,
+    /// Label for the VM's windows ("[NAME] title"); default: the command's name.
+    #[arg(long, value_name = "NAME")]
+    tag: Option<String>,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -149,6 +167,34 @@ fn host_root_share(home: &str) -> ShareConfig {
     s
 }
 
+/// This VM's wl-proxy in front of the compositor (its socket is set once
+/// the VM's private directory exists).
+fn proxy_config(a: &Launch) -> anyhow::Result<ProxyConfig> {
+    let upstream = wayland::compositor_socket(a.wayland.as_deref())?;
+    let tag = a.tag.clone().unwrap_or_else(|| {
+        a.command
+            .first()
+            .and_then(|c| std::path::Path::new(c).file_name())
+            .map(|n| n.to_string_lossy().chars().take(32).collect())
+            .unwrap_or_else(|| "vm".into())
+    });
+    let cfg = ProxyConfig {
+        binary: wayland::proxy_binary(),
+        upstream,
+        listen: PathBuf::new(),
+        policy: a.wl_policy.clone(),
+        clipboard: a.clipboard.clone(),
+        tag,
+        seccomp: match a.seccomp {
+            seccomp_policies::Mode::Kill => "kill",
+            seccomp_policies::Mode::Log => "log",
+            seccomp_policies::Mode::Off => "off",
+        }
+        .into(),
+    };
+    Ok(cfg)
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     // Bad descriptions fail before the (possibly slow) guest preparation.
     let disks = a
@@ -177,6 +223,13 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--host-root needs the default guest (no --kernel)");
     }
     let home = guest_home();
+    let want_wayland =
+        !a.no_wayland && (a.wayland.is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some());
+    let proxy_cfg = if want_wayland {
+        Some(proxy_config(&a)?)
+    } else {
+        None
+    };
     let (kernel, initramfs, default_guest) = match a.kernel {
         Some(k) => (k, a.initramfs, false),
         None => {
@@ -233,16 +286,30 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     for s in shares {
         b = b.share(s);
     }
-    let mut tmp = None;
-    let vsock = match (a.vsock, agent) {
-        (Some(p), _) => Some(p),
-        (None, true) => {
-            let d = socket_dir()?;
-            let p = d.path().join("v.sock");
-            tmp = Some(d);
+    let tmp = if agent || want_wayland {
+        Some(socket_dir()?)
+    } else {
+        None
+    };
+    let vsock = match (a.vsock.clone(), agent, &tmp) {
+        (Some(p), _, _) => Some(p),
+        (None, true, Some(d)) => Some(d.path().join("v.sock")),
+        _ => None,
+    };
+    let proxy = match (&tmp, proxy_cfg) {
+        (Some(d), Some(mut cfg)) => {
+            cfg.listen = d.path().join("wayland-0");
+            let p = ProxyProcess::start(&cfg)?;
+            b = b.gpu(GpuConfig {
+                wayland_socket: p.socket().to_path_buf(),
+                shm_size: wayland::DEFAULT_WINDOW,
+            });
+            if default_guest {
+                b = b.append_cmdline("vmapp.wayland=1");
+            }
             Some(p)
         }
-        (None, false) => None,
+        _ => None,
     };
     if let Some(p) = &vsock {
         b = b.vsock(VsockConfig {
@@ -308,6 +375,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     let exit = vm.run();
     done.store(true, Ordering::SeqCst);
     let agent_result = agent_thread.map(|t| t.join());
+    drop(proxy);
     drop(tmp);
     let exit = exit?;
     if let Some(r) = agent_result {

@@ -30,6 +30,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "pvpanic_mmio",
 ];
 
+/// Modules the default guest loads when it shows windows (`vmapp.wayland=1`).
+pub const GPU_MODULES: &[&str] = &["virtio_gpu"];
+
 /// Kernel-package directories unpacked into the cache (all that the default
 /// guest and the emulated KVM host need).
 const MODULE_DIRS: &[&str] = &[
@@ -48,10 +51,14 @@ const MODULE_DIRS: &[&str] = &[
     "fs/overlayfs",
     "net/9p",
     "net/vmw_vsock",
+    "drivers/gpu/drm",
+    "drivers/video",
+    "drivers/i2c",
+    "drivers/dma-buf",
 ];
 
 /// Bump when the layout of the built image changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Errors preparing the guest.
 #[derive(Debug, thiserror::Error)]
@@ -529,7 +536,8 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
     }
     let tree = kernel_tree(cache, packages)?;
     eprintln!("vmapp: building the guest initramfs ({})", tree.release);
-    let mods = modules::resolve(&tree.moddir, GUEST_MODULES)?;
+    let wanted: Vec<&str> = GUEST_MODULES.iter().chain(GPU_MODULES).copied().collect();
+    let mods = modules::resolve(&tree.moddir, &wanted)?;
     let mut c = Cpio::new();
     add_base(&mut c, &tree, &mods)?;
     c.dir("etc/vmapp");
@@ -538,6 +546,11 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
         "etc/vmapp/modules",
         0o644,
         format!("{}\n", order.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-gpu",
+        0o644,
+        format!("{}\n", GPU_MODULES.join("\n")).as_bytes(),
     );
     c.file("init", 0o755, &init_data);
     std::fs::create_dir_all(&gdir).map_err(io_err(gdir.display()))?;
