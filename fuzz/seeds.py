@@ -192,3 +192,66 @@ cfg = bytes([2]) + struct.pack("<I", 512) + b"".join(struct.pack("<QQI", 0xd0000
 open("seeds/acpi/two_cpus_four_slots", "wb").write(cfg)
 open("seeds/acpi/big", "wb").write(bytes([254]) + struct.pack("<I", 8192) + b"".join(struct.pack("<QQI", 0xd0000000 + i * 0x1000, 0x1000, 5 + i) for i in range(32)))
 print("device and acpi seeds")
+
+
+# virtio_gpu: records of len:u16 + a control command (devices/src/fuzzing.rs).
+def gpu_hdr(ty, ctx=0, flags=0, fence=0, ring=0):
+    return struct.pack("<IIQIB3x", ty, flags, fence, ctx, ring)
+
+
+def gpu_rec(cmd):
+    return struct.pack("<H", len(cmd)) + cmd
+
+
+def xd(cmd, ring, size):
+    return struct.pack("<BBHI", cmd, ring, size, 0)
+
+
+def submit(ctx, data, **kw):
+    return gpu_hdr(0x207, ctx, **kw) + struct.pack("<II", len(data), 0) + data
+
+
+def blob(ctx, rid, mem, flags, blob_id, size, entries):
+    b = gpu_hdr(0x10C, ctx) + struct.pack("<IIIIQQ", rid, mem, flags, len(entries), blob_id, size)
+    return b + b"".join(struct.pack("<QII", a, l, 0) for a, l in entries)
+
+
+gpu = [
+    gpu_hdr(0x100), gpu_hdr(0x108) + struct.pack("<II", 0, 0), gpu_hdr(0x109) + struct.pack("<II", 5, 0),
+    gpu_hdr(0x200, 1) + struct.pack("<II", 4, 5) + b"test" + bytes(60),
+    blob(0, 1, 1, 1, 0, 4096, [(0x4000, 4096)]), blob(0, 2, 1, 1, 0, 4096, [(0x5000, 4096)]),
+    gpu_hdr(0x202, 1) + struct.pack("<II", 1, 0), gpu_hdr(0x202, 1) + struct.pack("<II", 2, 0),
+    submit(1, xd(1, 0, 20) + struct.pack("<III", 1, 2, 0)),
+    submit(1, xd(2, 0, 24) + struct.pack("<IIII", 8192, 1, 0x20203852, 0x11), flags=3, fence=7),
+    blob(1, 3, 2, 3, 1, 8192, []),
+    gpu_hdr(0x208) + struct.pack("<IIQ", 3, 0, 0x10000),
+    gpu_hdr(0x209) + struct.pack("<II", 3, 0),
+    gpu_hdr(0x208) + struct.pack("<IIQ", 3, 0, 0x20000),
+    gpu_hdr(0x102) + struct.pack("<II", 3, 0),
+    submit(1, xd(3, 1, 16) + bytes(8), flags=3, fence=9, ring=1),
+    gpu_hdr(0x201, 1),
+    gpu_hdr(0x101) + struct.pack("<IIII", 7, 1, 64, 64),
+    gpu_hdr(0x103) + struct.pack("<IIIIII", 0, 0, 64, 64, 0, 7),
+]
+os.makedirs("seeds/virtio_gpu", exist_ok=True)
+open("seeds/virtio_gpu/session", "wb").write(b"".join(gpu_rec(c) for c in gpu))
+
+
+# wl_relay: records of flags (bit 0 event, bits 1-2 fds) + len:u16 + bytes.
+def relay_rec(event, m, fds=0):
+    return bytes([event | (fds << 1)]) + struct.pack("<H", len(m)) + m
+
+
+relay = [
+    relay_rec(0, msg(1, 1, 2)),
+    relay_rec(1, msg(2, 0, 1, "wl_compositor", 9) + msg(2, 0, 2, "wl_shm", 1) + msg(2, 0, 3, "secret_v1", 1)),
+    relay_rec(0, msg(2, 0, 2, "wl_shm", 1, 3)),
+    relay_rec(0, msg(3, 0, 4, 4096), fds=1),
+    relay_rec(0, msg(4, 0, 5, 0, 32, 32, 128, 1)),
+    relay_rec(0, msg(2, 0, 1, "wl_compositor", 4, 6) + msg(6, 0, 7)),
+    relay_rec(0, msg(7, 1, 5, 0, 0) + msg(7, 6)),
+    relay_rec(1, msg(5, 0)),
+]
+os.makedirs("seeds/wl_relay", exist_ok=True)
+open("seeds/wl_relay/shm_window", "wb").write(b"".join(relay))
+print("gpu and relay seeds")

@@ -289,3 +289,111 @@ mod tests {
         assert_eq!(blk_queue(&g), 1);
     }
 }
+
+/// Guest memory of the virtio-gpu harness (room for rings and blobs).
+const GPU_MEM: usize = 0x10_0000;
+/// Where the harness puts command `i`, and its answer buffer.
+const GPU_CMD: u64 = 0x1_0000;
+const GPU_RESP: u64 = 0x8_0000;
+/// The harness's host-visible window.
+const GPU_WINDOW: u64 = 1 << 32;
+const GPU_WINDOW_LEN: u64 = 16 << 20;
+
+/// A guest mapper that checks the device's promises: every mapping lies
+/// inside the window, none overlaps another, every unmap names a live one.
+#[derive(Default)]
+struct CheckedMapper {
+    live: std::sync::Mutex<std::collections::HashMap<u32, (u64, u64)>>,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl crate::virtio::GuestMapper for CheckedMapper {
+    fn map(&self, gpa: u64, _host: u64, size: u64, _w: bool) -> std::io::Result<u32> {
+        let mut live = crate::bus::lock(&self.live);
+        let end = gpa.checked_add(size).expect("mapping wraps");
+        assert!(
+            gpa >= GPU_WINDOW && end <= GPU_WINDOW + GPU_WINDOW_LEN,
+            "outside the window"
+        );
+        assert!(size > 0 && size.is_multiple_of(4096), "not page-sized");
+        for &(g, s) in live.values() {
+            assert!(end <= g || gpa >= g + s, "overlapping mappings");
+        }
+        let h = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        live.insert(h, (gpa, size));
+        Ok(h)
+    }
+    fn unmap(&self, handle: u32) -> std::io::Result<()> {
+        assert!(
+            crate::bus::lock(&self.live).remove(&handle).is_some(),
+            "unmap of nothing"
+        );
+        Ok(())
+    }
+}
+
+/// virtio-gpu control-queue command sequences. Input: records of
+/// `len: u16 le` and `len` bytes (at most 4096), each one command, put on
+/// the control queue with a 512-byte answer buffer; the byte after the
+/// length chooses (bit 0) whether the command is served alone or batched
+/// with the next. The first 8 KiB of guest memory hold the two rings of a
+/// cross-domain context at 0x4000 and 0x5000. Returns the used index.
+pub fn gpu_commands(data: &[u8]) -> u16 {
+    use crate::virtio::gpu::{Backend, ShmPlacement};
+    let Ok(m) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GPU_MEM)]) else {
+        return 0;
+    };
+    let mapper = Arc::new(CheckedMapper::default());
+    let shm = ShmPlacement {
+        base: GPU_WINDOW,
+        len: GPU_WINDOW_LEN,
+        mapper: mapper.clone(),
+    };
+    // Nothing listens there: INIT fails to connect, no threads start.
+    let Ok(mut b) = Backend::new("/nonexistent/wayland-0".into(), m.clone(), shm) else {
+        return 0;
+    };
+    let Some(mut q) = queue_at(BLK_DESC, 64) else {
+        return 0;
+    };
+    let mut rest = data;
+    let mut n: u16 = 0;
+    let mut used = 0;
+    while rest.len() >= 2 && n < 32 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(4096);
+        let cmd = &rest[2..2 + len.min(rest.len() - 2)];
+        rest = &rest[2 + cmd.len()..];
+        let (c, r) = (
+            GPU_CMD + u64::from(n) * 0x1000,
+            GPU_RESP + u64::from(n) * 0x200,
+        );
+        let _ = m.write_slice(cmd, GuestAddress(c));
+        // Two descriptors (2n, 2n+1): the command, then the answer.
+        let d = BLK_DESC + u64::from(n) * 32;
+        let _ = m.write_obj(c, GuestAddress(d));
+        let _ = m.write_obj(cmd.len() as u32, GuestAddress(d + 8));
+        let _ = m.write_obj(1u16, GuestAddress(d + 12));
+        let _ = m.write_obj(2 * n + 1, GuestAddress(d + 14));
+        let _ = m.write_obj(r, GuestAddress(d + 16));
+        let _ = m.write_obj(512u32, GuestAddress(d + 24));
+        let _ = m.write_obj(2u16, GuestAddress(d + 28));
+        let _ = m.write_obj(2 * n, GuestAddress(BLK_AVAIL + 4 + 2 * u64::from(n)));
+        n += 1;
+        let _ = m.write_obj(n, GuestAddress(BLK_AVAIL + 2));
+        let batch = cmd.first().is_some_and(|x| x & 1 == 1) && !rest.is_empty();
+        if !batch {
+            if b.process_ctrl(&mut q).is_err() {
+                break;
+            }
+            used = m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0);
+        }
+    }
+    let _ = b.process_ctrl(&mut q);
+    let _ = b.retire_fences(&mut q);
+    drop(b);
+    assert!(
+        crate::bus::lock(&mapper.live).is_empty(),
+        "a mapping outlived the device"
+    );
+    used.max(m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0))
+}

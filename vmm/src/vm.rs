@@ -343,7 +343,11 @@ impl GuestMapper for KvmMapper {
         let slot = self.first + i as u32;
         let r = kvm_userspace_memory_region {
             slot,
-            flags: if writable { 0 } else { kvm_bindings::KVM_MEM_READONLY },
+            flags: if writable {
+                0
+            } else {
+                kvm_bindings::KVM_MEM_READONLY
+            },
             guest_phys_addr: gpa,
             memory_size: size,
             userspace_addr: host_addr,
@@ -534,7 +538,8 @@ impl Vm {
             first: ram_slots,
             slots: Mutex::new(vec![
                 false;
-                (kvm.get_nr_memslots() as u32).saturating_sub(ram_slots) as usize
+                (kvm.get_nr_memslots() as u32).saturating_sub(ram_slots)
+                    as usize
             ]),
         });
         let mut shm_next = shm_windows_base(cfg.mem_mib);

@@ -73,12 +73,17 @@ pub fn compositor_socket(explicit: Option<&str>) -> Result<PathBuf, WaylandError
         p.to_path_buf()
     } else {
         let rt = std::env::var_os("XDG_RUNTIME_DIR").ok_or_else(|| {
-            WaylandError::NoCompositor(format!("{display} is relative and XDG_RUNTIME_DIR is not set"))
+            WaylandError::NoCompositor(format!(
+                "{display} is relative and XDG_RUNTIME_DIR is not set"
+            ))
         })?;
         Path::new(&rt).join(p)
     };
     if !path.exists() {
-        return Err(WaylandError::NoCompositor(format!("{} does not exist", path.display())));
+        return Err(WaylandError::NoCompositor(format!(
+            "{} does not exist",
+            path.display()
+        )));
     }
     Ok(path)
 }

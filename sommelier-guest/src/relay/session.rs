@@ -149,7 +149,8 @@ impl Tracker {
             Ok(())
         })?;
         for (id, ifc) in created {
-            let ifc = ifc.ok_or_else(|| RelayError::Protocol("new object of an unknown interface".into()))?;
+            let ifc = ifc
+                .ok_or_else(|| RelayError::Protocol("new object of an unknown interface".into()))?;
             if self.objs.len() >= MAX_OBJECTS && !self.objs.contains_key(&id) {
                 return Err(RelayError::Protocol("too many objects".into()));
             }
@@ -198,6 +199,44 @@ impl Tracker {
     }
 }
 
+/// The fuzz target's entry point (also replayed by the tests): records of
+/// `flags: u8` (bit 0: event, bits 1–2: fds queued) `len: u16 le` and `len`
+/// bytes, appended to that direction's stream and framed as far as they go.
+/// Returns how many messages were accepted.
+pub fn fuzz(data: &[u8]) -> usize {
+    let mut t = Tracker::new();
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut n = 0;
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let flags = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
+        let chunk = &rest[3..3 + len.min(rest.len() - 3)];
+        rest = &rest[3 + chunk.len()..];
+        let d = usize::from(flags & 1);
+        let dir = if d == 1 { Dir::Event } else { Dir::Request };
+        bufs[d].extend_from_slice(chunk);
+        let fds = usize::from((flags >> 1) & 3);
+        loop {
+            match t.next(&bufs[d], fds, dir) {
+                Ok(Some(p)) => {
+                    let bytes: Vec<u8> = bufs[d].drain(..p.size).collect();
+                    if dir == Dir::Event {
+                        let _ = t.filter_global(&p, &bytes);
+                    }
+                    for i in 0..p.msg.args.len() {
+                        let _ = arg_u32(&bytes, &p, i);
+                    }
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(_) => return n,
+            }
+        }
+    }
+    n
+}
+
 fn arg_u32(bytes: &[u8], p: &Parsed, index: usize) -> Option<u32> {
     // Word offset of argument `index` for signatures of fixed-size arguments
     // before it (the relay reads only such arguments).
@@ -211,7 +250,9 @@ fn arg_u32(bytes: &[u8], p: &Parsed, index: usize) -> Option<u32> {
             _ => return None,
         }
     }
-    Some(u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        bytes.get(off..off + 4)?.try_into().ok()?,
+    ))
 }
 
 /// A client's wl_shm pool and the host blob that mirrors it.
@@ -377,7 +418,10 @@ impl Session {
     /// Requests: framed, translated where needed, batched into SENDs.
     fn client_bytes(&mut self) -> Result<(), RelayError> {
         let mut off = 0;
-        while let Some(p) = self.t.next(&self.cin[off..], self.cfds.len(), Dir::Request)? {
+        while let Some(p) = self
+            .t
+            .next(&self.cin[off..], self.cfds.len(), Dir::Request)?
+        {
             let bytes = self.cin[off..off + p.size].to_vec();
             off += p.size;
             let fds: Vec<OwnedFd> = self.cfds.drain(..p.fds).collect();
@@ -415,8 +459,13 @@ impl Session {
         if p.iface == k.shm && name == "create_pool" {
             let id = arg_u32(bytes, p, 0).unwrap_or(0);
             let size = arg_u32(bytes, p, 2).unwrap_or(0) as i32;
-            let fd = fds.into_iter().next().ok_or_else(|| RelayError::Protocol("no fd".into()))?;
-            return self.create_pool(id, size, fd).map(|res| vec![(res, id_type::BLOB)]);
+            let fd = fds
+                .into_iter()
+                .next()
+                .ok_or_else(|| RelayError::Protocol("no fd".into()))?;
+            return self
+                .create_pool(id, size, fd)
+                .map(|res| vec![(res, id_type::BLOB)]);
         }
         if p.iface == k.shm_pool {
             match name {
@@ -429,18 +478,24 @@ impl Session {
                     ) else {
                         return Err(RelayError::Protocol("create_buffer".into()));
                     };
-                    let key = *self.pool_ids.get(&p.object).ok_or_else(|| RelayError::Protocol("no pool".into()))?;
+                    let key = *self
+                        .pool_ids
+                        .get(&p.object)
+                        .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
                     let len = (stride as usize)
                         .checked_mul(h as usize)
                         .ok_or_else(|| RelayError::Protocol("buffer size".into()))?;
                     if let Some(pool) = self.pools.get_mut(&key) {
                         pool.buffers += 1;
                     }
-                    if let Some(old) = self.buffers.insert(id, ShmBuffer {
-                        pool: key,
-                        offset: offset as usize,
-                        len,
-                    }) {
+                    if let Some(old) = self.buffers.insert(
+                        id,
+                        ShmBuffer {
+                            pool: key,
+                            offset: offset as usize,
+                            len,
+                        },
+                    ) {
                         self.release_pool_ref(old.pool);
                     }
                 }
@@ -483,16 +538,21 @@ impl Session {
         let mut ids = Vec::new();
         for fd in fds {
             if !is_pipe_write_end(&fd) {
-                return Err(RelayError::Protocol(format!("{name}: an fd the relay cannot carry")));
+                return Err(RelayError::Protocol(format!(
+                    "{name}: an fd the relay cannot carry"
+                )));
             }
             let id = self.ctx.next_read_pipe_id();
             let f = File::from(fd);
             set_nonblocking(&f);
-            self.read_pipes.insert(id, ReadPipe {
-                fd: f,
-                pending: Vec::new(),
-                hang_up: false,
-            });
+            self.read_pipes.insert(
+                id,
+                ReadPipe {
+                    fd: f,
+                    pending: Vec::new(),
+                    hang_up: false,
+                },
+            );
             ids.push((id, id_type::READ_PIPE));
         }
         Ok(ids)
@@ -504,21 +564,30 @@ impl Session {
         }
         let size = size as u64;
         // Room to grow: clients (cursor themes) resize pools.
-        let capacity = size.max(size.saturating_mul(2).min(size + (64 << 20))).max(1 << 20).div_ceil(4096) * 4096;
+        let capacity = size
+            .max(size.saturating_mul(2).min(size + (64 << 20)))
+            .max(1 << 20)
+            .div_ceil(4096)
+            * 4096;
         let guest = Mapping::of_file(&fd, size as usize)?;
-        let req = self.ctx.requirements(u32::try_from(capacity).map_err(|_| RelayError::Protocol("pool too large".into()))?)?;
+        let req = self.ctx.requirements(
+            u32::try_from(capacity).map_err(|_| RelayError::Protocol("pool too large".into()))?,
+        )?;
         let host = self.ctx.host_blob(req.blob_id, req.size, true)?;
         let res = host.res_handle;
         let key = self.next_pool;
         self.next_pool += 1;
-        self.pools.insert(key, Pool {
-            client_fd: fd,
-            guest,
-            host: Some(host),
-            capacity: req.size,
-            buffers: 0,
-            destroyed: false,
-        });
+        self.pools.insert(
+            key,
+            Pool {
+                client_fd: fd,
+                guest,
+                host: Some(host),
+                capacity: req.size,
+                buffers: 0,
+                destroyed: false,
+            },
+        );
         if let Some(old) = self.pool_ids.insert(id, key) {
             if let Some(p) = self.pools.get_mut(&old) {
                 p.destroyed = true;
@@ -529,8 +598,14 @@ impl Session {
     }
 
     fn resize_pool(&mut self, id: u32, size: i32) -> Result<(), RelayError> {
-        let key = *self.pool_ids.get(&id).ok_or_else(|| RelayError::Protocol("no pool".into()))?;
-        let pool = self.pools.get_mut(&key).ok_or_else(|| RelayError::Protocol("no pool".into()))?;
+        let key = *self
+            .pool_ids
+            .get(&id)
+            .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
+        let pool = self
+            .pools
+            .get_mut(&key)
+            .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
         if size <= 0 || size as u64 > pool.capacity {
             return Err(RelayError::Protocol(format!(
                 "pool resized to {size} bytes, past the {} the host mirror holds",
@@ -549,7 +624,11 @@ impl Session {
     }
 
     fn maybe_free_pool(&mut self, key: u64) {
-        if self.pools.get(&key).is_some_and(|p| p.destroyed && p.buffers == 0) {
+        if self
+            .pools
+            .get(&key)
+            .is_some_and(|p| p.destroyed && p.buffers == 0)
+        {
             if let Some(mut p) = self.pools.remove(&key) {
                 if let Some(b) = p.host.take() {
                     self.ctx.close(b);
@@ -622,7 +701,11 @@ impl Session {
                     self.write_pipes.push((id, r));
                     wr.into()
                 }
-                other => return Err(RelayError::Protocol(format!("host sent identifier type {other}"))),
+                other => {
+                    return Err(RelayError::Protocol(format!(
+                        "host sent identifier type {other}"
+                    )))
+                }
             };
             self.hfds.push_back(fd);
         }
@@ -742,17 +825,28 @@ mod tests {
         let mut t = Tracker::new();
         // wl_display.get_registry(new_id 2)
         let m = Writer::new(1, 1).uint(2).finish();
-        assert!(t.next(&m[..6], 0, Dir::Request).unwrap().is_none(), "needs bytes");
+        assert!(
+            t.next(&m[..6], 0, Dir::Request).unwrap().is_none(),
+            "needs bytes"
+        );
         let p = t.next(&m, 0, Dir::Request).unwrap().unwrap();
         assert_eq!((p.size, p.fds), (12, 0));
         assert_eq!(t.interface_of(2), Some("wl_registry"));
         // wl_registry.bind(name 1, "wl_shm", 1, new_id 3)
-        let m = Writer::new(2, 0).uint(1).string("wl_shm").uint(1).uint(3).finish();
+        let m = Writer::new(2, 0)
+            .uint(1)
+            .string("wl_shm")
+            .uint(1)
+            .uint(3)
+            .finish();
         t.next(&m, 0, Dir::Request).unwrap().unwrap();
         assert_eq!(t.interface_of(3), Some("wl_shm"));
         // wl_shm.create_pool(new_id 4, fd, size): waits for its fd.
         let m = Writer::new(3, 0).uint(4).uint(4096).finish();
-        assert!(t.next(&m, 0, Dir::Request).unwrap().is_none(), "needs an fd");
+        assert!(
+            t.next(&m, 0, Dir::Request).unwrap().is_none(),
+            "needs an fd"
+        );
         let p = t.next(&m, 1, Dir::Request).unwrap().unwrap();
         assert_eq!(p.fds, 1);
         assert_eq!(t.interface_of(4), Some("wl_shm_pool"));
@@ -764,13 +858,13 @@ mod tests {
     fn malformed_and_unknown_messages_are_errors() {
         let mut t = Tracker::new();
         let bad: Vec<Vec<u8>> = vec![
-            Writer::new(9, 0).finish(),                // unknown object
-            Writer::new(1, 99).finish(),               // unknown opcode
-            Writer::new(1, 1).finish(),                // get_registry without its id
-            Writer::new(1, 1).uint(0).finish(),        // null new_id
+            Writer::new(9, 0).finish(),                 // unknown object
+            Writer::new(1, 99).finish(),                // unknown opcode
+            Writer::new(1, 1).finish(),                 // get_registry without its id
+            Writer::new(1, 1).uint(0).finish(),         // null new_id
             Writer::new(1, 0).uint(5).uint(7).finish(), // trailing bytes
-            vec![1, 0, 0, 0, 0, 0, 7, 0],              // size not a multiple of 4
-            vec![1, 0, 0, 0, 0, 0, 4, 0],              // size below the header
+            vec![1, 0, 0, 0, 0, 0, 7, 0],               // size not a multiple of 4
+            vec![1, 0, 0, 0, 0, 0, 4, 0],               // size below the header
         ];
         for (i, m) in bad.iter().enumerate() {
             assert!(t.next(m, 0, Dir::Request).is_err(), "case {i}");
@@ -778,23 +872,36 @@ mod tests {
         // A bind to an interface the relay cannot parse.
         let reg = Writer::new(1, 1).uint(2).finish();
         t.next(&reg, 0, Dir::Request).unwrap();
-        let m = Writer::new(2, 0).uint(1).string("no_such_iface").uint(1).uint(3).finish();
+        let m = Writer::new(2, 0)
+            .uint(1)
+            .string("no_such_iface")
+            .uint(1)
+            .uint(3)
+            .finish();
         assert!(t.next(&m, 0, Dir::Request).is_err());
     }
 
     #[test]
     fn globals_are_capped_or_hidden() {
         let mut t = Tracker::new();
-        t.next(&Writer::new(1, 1).uint(2).finish(), 0, Dir::Request).unwrap();
+        t.next(&Writer::new(1, 1).uint(2).finish(), 0, Dir::Request)
+            .unwrap();
         let g = |name: &str, v: u32| Writer::new(2, 0).uint(7).string(name).uint(v).finish();
         let m = g("wl_compositor", 99);
         let p = t.next(&m, 0, Dir::Event).unwrap().unwrap();
         let out = t.filter_global(&p, &m).unwrap();
         let cap = protocol::interface(protocol::lookup("wl_compositor").unwrap()).version;
-        assert_eq!(u32::from_le_bytes(out[out.len() - 4..].try_into().unwrap()), cap);
+        assert_eq!(
+            u32::from_le_bytes(out[out.len() - 4..].try_into().unwrap()),
+            cap
+        );
         let m = g("wl_compositor", 1);
         let p = t.next(&m, 0, Dir::Event).unwrap().unwrap();
-        assert_eq!(t.filter_global(&p, &m).unwrap(), m, "lower versions pass as they are");
+        assert_eq!(
+            t.filter_global(&p, &m).unwrap(),
+            m,
+            "lower versions pass as they are"
+        );
         let m = g("vendor_secret_v1", 1);
         let p = t.next(&m, 0, Dir::Event).unwrap().unwrap();
         assert!(t.filter_global(&p, &m).is_none(), "unknown global hidden");

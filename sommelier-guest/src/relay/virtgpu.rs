@@ -254,8 +254,22 @@ impl Context {
         init[2] = pa as u32;
         init[3] = (pa >> 32) as u32;
         ioctl(&fd, CONTEXT_INIT, &mut init)?;
-        let query = Self::blob(&fd, BLOB_MEM_GUEST, BLOB_FLAG_MAPPABLE, 0, RING_SIZE as u64, true)?;
-        let channel = Self::blob(&fd, BLOB_MEM_GUEST, BLOB_FLAG_MAPPABLE, 0, RING_SIZE as u64, true)?;
+        let query = Self::blob(
+            &fd,
+            BLOB_MEM_GUEST,
+            BLOB_FLAG_MAPPABLE,
+            0,
+            RING_SIZE as u64,
+            true,
+        )?;
+        let channel = Self::blob(
+            &fd,
+            BLOB_MEM_GUEST,
+            BLOB_FLAG_MAPPABLE,
+            0,
+            RING_SIZE as u64,
+            true,
+        )?;
         let ctx = Context {
             fd,
             query,
@@ -296,7 +310,12 @@ impl Context {
             let mut m = [0u64, 0];
             m[1] = u64::from(b.bo_handle);
             let r = ioctl(fd, MAP, &mut m).and_then(|()| {
-                Mapping::new(fd, m[0], usize::try_from(size).map_err(io::Error::other)?, writable)
+                Mapping::new(
+                    fd,
+                    m[0],
+                    usize::try_from(size).map_err(io::Error::other)?,
+                    writable,
+                )
             });
             match r {
                 Ok(map) => bo.map = Some(map),
@@ -355,7 +374,11 @@ impl Context {
         }
         out.clear();
         out.resize(RING_SIZE, 0);
-        let map = self.channel.map.as_ref().ok_or_else(|| io::Error::other("no ring"))?;
+        let map = self
+            .channel
+            .map
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no ring"))?;
         map.read(0, out);
         Ok(n > 0)
     }
@@ -416,7 +439,11 @@ impl Context {
             }
         }
         let mut r = [0u8; 64];
-        let map = self.query.map.as_ref().ok_or_else(|| io::Error::other("no ring"))?;
+        let map = self
+            .query
+            .map
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no ring"))?;
         map.read(0, &mut r);
         let size = u64::from_le_bytes(r[40..48].try_into().unwrap_or_default());
         let blob_id = u32::from_le_bytes(r[48..52].try_into().unwrap_or_default());

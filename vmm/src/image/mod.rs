@@ -51,10 +51,10 @@ const MODULE_DIRS: &[&str] = &[
     "fs/overlayfs",
     "net/9p",
     "net/vmw_vsock",
-    "drivers/gpu/drm",
-    "drivers/video",
-    "drivers/i2c",
-    "drivers/dma-buf",
+    "drivers/gpu/drm/drm.ko",
+    "drivers/gpu/drm/drm_kms_helper.ko",
+    "drivers/gpu/drm/drm_shmem_helper.ko",
+    "drivers/gpu/drm/virtio",
 ];
 
 /// Bump when the layout of the built image changes.

@@ -97,6 +97,10 @@ impl Gpu {
         // struct virtio_gpu_config: events_read, events_clear, num_scanouts,
         // num_capsets. One scanout (Linux 6.1 refuses zero), one capset
         // (cross-domain).
+        // rustix (under rutabaga) reads the aux vector on first use, with
+        // `open("/proc/self/auxv")` on kernels before 6.4: do it here, on the
+        // caller's thread, so the worker's filter never needs `open`.
+        let _ = rustix::param::page_size();
         let mut config = [0u8; 16];
         config[8..12].copy_from_slice(&1u32.to_le_bytes());
         config[12..16].copy_from_slice(&1u32.to_le_bytes());

@@ -285,6 +285,41 @@ impl Running {
     }
 }
 
+fn memfd_with(data: &[u8]) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; checked.
+    let fd = unsafe { libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a new fd nothing else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data).unwrap();
+    f
+}
+
+fn send_fd(s: &std::os::unix::net::UnixStream, data: &[u8], f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let mut cmsg = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr whose buffers outlive the call, with one
+    // SCM_RIGHTS header holding one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        (libc::CMSG_DATA(c) as *mut i32).write_unaligned(f.as_raw_fd());
+        assert_eq!(libc::sendmsg(s.as_raw_fd(), &msg, 0), data.len() as isize);
+    }
+}
+
 fn wait_used(d: &Driver, head: u16, limit: Duration) -> Option<u32> {
     let t = Instant::now();
     loop {
@@ -377,6 +412,28 @@ fn probe_and_cross_domain_channel_end_to_end() {
     assert_eq!(ring[0], 5, "RECEIVE");
     assert_eq!(u32::from_le_bytes(ring[12..16].try_into().unwrap()), 5);
     assert_eq!(&ring[352..], b"hello");
+
+    // The host passes a memfd (a keymap): it reaches the guest as a BLOB
+    // identifier with its size, typed by rutabaga on the worker's thread
+    // (under its seccomp filter).
+    let poll = submit(
+        fenced(cmd::SUBMIT_3D, 1, 101, Some(1)),
+        &u32s(xd(3, 1, 16), &[0, 0]),
+    );
+    let (poll_head, _) = d.push(&poll, 24);
+    r.notify.write(1).unwrap();
+    let memfd = memfd_with(b"keymap");
+    send_fd(&host, b"km", &memfd);
+    wait_used(&d, poll_head, Duration::from_secs(5)).expect("POLL completed");
+    let ring = d.answer(CHANNEL_RING, 352 + 2);
+    let w = |o: usize| u32::from_le_bytes(ring[o..o + 4].try_into().unwrap());
+    assert_eq!(
+        (ring[0], w(8), w(12)),
+        (5, 1, 2),
+        "RECEIVE, one identifier, 2 bytes"
+    );
+    assert_eq!((w(16 + 112), w(16 + 224)), (1, 6), "a BLOB of 6 bytes");
+    assert_eq!(&ring[352..], b"km");
 
     let mut send = u32s(xd(4, 0, 352 + 5), &[0, 5]);
     send.resize(352, 0);

@@ -1,0 +1,106 @@
+//! A guest app's windows on a real compositor: headless sway runs as an
+//! unprivileged user where KVM boots stock kernels (inside the emulated KVM
+//! host here), `vmapp launch --host-root` runs real clients in the VM, and
+//! the test looks from the host side: sway's tree, `grim` against sway,
+//! `wtype` typing on sway directly, `wl-copy`/`wl-paste` on the host.
+
+mod common;
+
+use common::{in_kvm, value, T, VMAPP};
+
+/// Starts sway (as nobody) and defines `waitwin PATTERN` (waits until sway's
+/// tree matches) and `gone PATTERN` (seconds until it stops matching).
+const SWAY: &str = r#"
+RT=$(mktemp -d /tmp/vmapp-wl.XXXXXX); H=$RT/home; mkdir -p $H /dev/shm; chmod 1777 /dev/shm
+chown 65534:65534 $RT $H; chmod 700 $RT
+printf 'output HEADLESS-1 resolution 1280x720\n' > $H/sway.conf
+setpriv --reuid=65534 --regid=65534 --clear-groups env XDG_RUNTIME_DIR=$RT HOME=$H \
+  WLR_BACKENDS=headless WLR_LIBINPUT_NO_DEVICES=1 WLR_RENDERER=pixman sway -c $H/sway.conf > $H/sway.log 2>&1 &
+SWAYPID=$!
+for i in $(seq 200); do [ -S $RT/wayland-1 ] && break; sleep 0.1; done
+export WAYLAND_DISPLAY=$RT/wayland-1 SWAYSOCK=$(ls $RT/sway-ipc.*.sock)
+waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
+"#;
+
+#[test]
+fn guest_windows_pixels_keyboard_and_denied_clients() {
+    let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
+    let c = wl_color.display();
+    let script = format!(
+        r#"{SWAY}
+V="timeout {T} {VMAPP} launch --memory 512 --host-root"
+
+# 1. The allowed globals, none of the denied or relay-hidden ones.
+$V -- wayland-info > $RT/wi 2>&1; echo wi-rc=$?
+echo globals=$(grep -o "interface: '[a-z_0-9]*'" $RT/wi | cut -d"'" -f2 | sort | tr '\n' ,)
+
+# 2. Our wl_shm client: a tagged window with its pixels, gone after exit.
+$V --tag paint -- {c} --color 00ff00 --title hello --seconds 30 > $RT/color.out 2>&1 &
+pid=$!
+waitwin '"name": "\[paint\] hello"' && echo mapped=yes
+echo appid=$(swaymsg -t get_tree | grep -o '"app_id": "paint:[^"]*"')
+sleep 1
+echo pixel=$(grim -g "640,372 1x1" -t ppm - | tail -c 3 | od -An -tx1 | tr -d ' ')
+while kill -0 $pid 2>/dev/null && ! grep -q shown $RT/color.out; do sleep 0.05; done
+t0=$(date +%s%N)
+while swaymsg -t get_tree | grep -q '\[paint\]'; do sleep 0.02; done
+echo gone-ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+wait $pid; echo color-rc=$?
+
+# 3. Keyboard: typed on sway directly (a virtual keyboard of the test's own,
+#    never through the proxy) into the guest's foot.
+$V --tag kb -- sh -c 'foot sh -c "read l; echo \$l > /tmp/typed"; echo typed=$(cat /tmp/typed)' > $RT/kb.out 2>&1 &
+pid=$!
+waitwin '"app_id": "kb:' && echo foot-mapped=yes
+sleep 3
+wtype hello-from-host; wtype -k Return
+wait $pid; echo foot-rc=$?
+grep typed= $RT/kb.out
+
+# 4. Clients that the proxy refuses: virtual keyboard and screen capture.
+$V -- sh -c 'wtype x 2>&1; echo wtype-rc=$?; grim /tmp/o.png 2>&1; echo grim-rc=$?' > $RT/deny.out 2>&1
+grep -E 'wtype-rc|grim-rc' $RT/deny.out
+kill $SWAYPID
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "wi-rc="), "0", "{all}");
+    let globals = value(&out, "globals=");
+    for g in [
+        "wl_compositor",
+        "wl_shm",
+        "xdg_wm_base",
+        "wl_seat",
+        "wl_output",
+    ] {
+        assert!(globals.contains(&format!("{g},")), "{g} missing: {globals}");
+    }
+    for g in [
+        "zwp_virtual_keyboard_manager_v1",
+        "zwlr_screencopy_manager_v1",
+        "zwlr_data_control_manager_v1",
+        "zwlr_layer_shell_v1",
+        "zwp_linux_dmabuf_v1",
+        "zwlr_export_dmabuf_manager_v1",
+    ] {
+        assert!(!globals.contains(g), "{g} visible: {globals}");
+    }
+    assert_eq!(value(&out, "mapped="), "yes", "{all}");
+    assert_eq!(
+        value(&out, "appid="),
+        "\"app_id\": \"paint:wl-color\"",
+        "{all}"
+    );
+    assert_eq!(value(&out, "pixel="), "00ff00", "{all}");
+    let gone: u64 = value(&out, "gone-ms=").parse().unwrap();
+    assert!(
+        gone < 1000,
+        "window lingered {gone} ms after the app exited"
+    );
+    assert_eq!(value(&out, "color-rc="), "0", "{all}");
+    assert_eq!(value(&out, "foot-mapped="), "yes", "{all}");
+    assert_eq!(value(&out, "typed="), "hello-from-host", "{all}");
+    assert_ne!(value(&out, "wtype-rc="), "0", "{all}");
+    assert_ne!(value(&out, "grim-rc="), "0", "{all}");
+}
