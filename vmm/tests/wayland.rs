@@ -19,6 +19,10 @@ setpriv --reuid=65534 --regid=65534 --clear-groups env XDG_RUNTIME_DIR=$RT HOME=
 SWAYPID=$!
 for i in $(seq 200); do [ -S $RT/wayland-1 ] && break; sleep 0.1; done
 export WAYLAND_DISPLAY=$RT/wayland-1 SWAYSOCK=$(ls $RT/sway-ipc.*.sock)
+# A keyboard on the seat for the whole run (a virtual one of the test's own,
+# on sway directly): with it sway gives new windows keyboard focus.
+wtype -s 600000 x &
+HOLDER=$!
 waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
 "#;
 
@@ -60,7 +64,8 @@ grep typed= $RT/kb.out
 # 4. Clients that the proxy refuses: virtual keyboard and screen capture.
 $V -- sh -c 'wtype x 2>&1; echo wtype-rc=$?; grim /tmp/o.png 2>&1; echo grim-rc=$?' > $RT/deny.out 2>&1
 grep -E 'wtype-rc|grim-rc' $RT/deny.out
-kill $SWAYPID
+cat $RT/kb.out | sed 's/^/kb: /'
+kill $HOLDER $SWAYPID
 "#
     );
     let (out, err) = in_kvm(&script);
@@ -103,4 +108,76 @@ kill $SWAYPID
     assert_eq!(value(&out, "typed="), "hello-from-host", "{all}");
     assert_ne!(value(&out, "wtype-rc="), "0", "{all}");
     assert_ne!(value(&out, "grim-rc="), "0", "{all}");
+}
+
+#[test]
+fn clipboard_both_ways_deny_a_stuck_reader_and_a_compositor_that_goes() {
+    let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
+    let c = wl_color.display();
+    let script = format!(
+        r#"{SWAY}
+V="timeout {T} {VMAPP} launch --memory 512 --host-root"
+big() {{ head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576; }}
+
+# Host -> guest: text, then 1 MiB.
+wl-copy "from-the-host" 
+$V -- sh -c 'echo small=$(wl-paste -n)' > $RT/p1 2>&1; grep small= $RT/p1
+big > $RT/big; echo hostsha=$(sha256sum < $RT/big | cut -c1-64)
+wl-copy < $RT/big
+$V -- sh -c 'wl-paste -n > /tmp/p; echo guestsha=$(sha256sum < /tmp/p | cut -c1-64)' > $RT/p2 2>&1; grep guestsha= $RT/p2
+
+# Guest -> host: 1 MiB the guest made; the host reads it while the guest serves it.
+$V -- sh -c 'head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576 > /tmp/g; echo gsha=$(sha256sum < /tmp/g | cut -c1-64); wl-copy < /tmp/g; sleep 40' > $RT/g.out 2>&1 &
+pid=$!
+i=0; while ! grep -q gsha= $RT/g.out; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done
+grep gsha= $RT/g.out
+for i in $(seq 60); do wl-paste -n > $RT/got 2>/dev/null; [ "$(wc -c < $RT/got)" = 1048576 ] && break; sleep 1; done
+echo hostgot=$(sha256sum < $RT/got | cut -c1-64)
+kill $pid; wait $pid
+
+# clipboard = deny: the guest sees no clipboard at all.
+wl-copy "s3cret-clip"
+$V --clipboard deny -- sh -c 'wl-paste -n; echo deny-rc=$?' > $RT/d.out 2>&1; grep deny-rc= $RT/d.out
+echo deny-leak=$(grep -c s3cret $RT/d.out)
+
+# A paste target that never reads (1 MiB selection): the relay and the
+# proxy keep serving the app's other windows.
+wl-copy < $RT/big
+$V --tag stuck -- sh -c '(wl-paste -n | sleep 60) & sleep 5; {c} --title after-stuck --seconds 3; echo after-stuck-rc=$?' > $RT/s.out 2>&1 &
+pid=$!
+waitwin '\[stuck\] after-stuck' && echo stuck-mapped=yes
+wait $pid; grep after-stuck-rc= $RT/s.out
+
+# The compositor goes away: the guest's client ends, the VM does not.
+$V --tag late -- sh -c '{c} --title late --seconds 120; echo client-rc=$?' > $RT/late.out 2>&1 &
+pid=$!
+waitwin '\[late\] late' && echo late-mapped=yes
+kill $HOLDER $SWAYPID
+wait $pid; echo vm-rc=$?
+grep client-rc= $RT/late.out
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "small="), "from-the-host", "{all}");
+    let host = value(&out, "hostsha=");
+    assert_eq!(value(&out, "guestsha="), host, "1 MiB host -> guest: {all}");
+    let g = value(&out, "gsha=");
+    assert_eq!(g.len(), 64, "{all}");
+    assert_eq!(value(&out, "hostgot="), g, "1 MiB guest -> host: {all}");
+    assert_ne!(value(&out, "deny-rc="), "0", "{all}");
+    assert_eq!(value(&out, "deny-leak="), "0", "{all}");
+    assert_eq!(value(&out, "stuck-mapped="), "yes", "{all}");
+    assert_eq!(value(&out, "after-stuck-rc="), "0", "{all}");
+    assert_eq!(value(&out, "late-mapped="), "yes", "{all}");
+    assert_eq!(
+        value(&out, "client-rc="),
+        "1",
+        "the client saw the compositor go: {all}"
+    );
+    assert_eq!(
+        value(&out, "vm-rc="),
+        "1",
+        "vmapp ended with the command: {all}"
+    );
 }

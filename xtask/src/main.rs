@@ -8,6 +8,9 @@
 //! - `cargo xtask bench [boot|io|vsock|fs] [ARGS…]`: the boot, block-I/O, vsock
 //!   or virtio-fs benchmark (vmapp vs QEMU microvm; for fs, QEMU + virtiofsd),
 //!   run where KVM can boot stock kernels.
+//!   `cargo xtask bench gpu`: a guest app's frames/s and launch → mapped
+//!   through vmapp's virtio-gpu + wl-proxy vs waypipe over vsock (headless
+//!   sway in the same host).
 //! - `cargo xtask bench wl [ARGS…]`: wl-proxy vs a direct connection to a
 //!   headless sway, and the parse + validate rate (criterion); no VM.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
                     Some("io") => ("io-bench", &args[2..]),
                     Some("vsock") => ("vsock-bench", &args[2..]),
                     Some("fs") => ("fs-bench", &args[2..]),
+                    Some("gpu") => ("gpu-bench", &args[2..]),
                     Some("boot") => ("boot-bench", &args[2..]),
                     _ => ("boot-bench", &args[1..]),
                 };
@@ -142,7 +146,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|fs|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|fs|gpu|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

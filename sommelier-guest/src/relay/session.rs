@@ -268,7 +268,33 @@ struct Pool {
 struct ShmBuffer {
     pool: u64,
     offset: usize,
-    len: usize,
+    stride: usize,
+    height: usize,
+    /// Rows changed since this buffer was last copied to the host (a
+    /// client redraws what changed in *any* frame since it last drew into
+    /// this buffer, and declares only the latest frame's damage).
+    dirty: Rows,
+    /// The surface it was last attached to.
+    surface: u32,
+}
+
+/// A range of rows `[start, end)`; empty when start >= end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows(pub usize, pub usize);
+
+impl Rows {
+    const EMPTY: Rows = Rows(usize::MAX, 0);
+    const ALL: Rows = Rows(0, usize::MAX);
+
+    fn union(self, o: Rows) -> Rows {
+        Rows(self.0.min(o.0), self.1.max(o.1))
+    }
+
+    /// Byte range of these rows in a buffer (clamped to it).
+    pub fn bytes(self, stride: usize, height: usize) -> Option<(usize, usize)> {
+        let (a, b) = (self.0.min(height), self.1.min(height));
+        (a < b).then(|| (a * stride, (b - a) * stride))
+    }
 }
 
 /// Host → guest pipe data waiting for the guest reader.
@@ -295,6 +321,7 @@ pub struct Session {
     next_pool: u64,
     buffers: HashMap<u32, ShmBuffer>,
     attached: HashMap<u32, u32>,
+    damage: HashMap<u32, Rows>,
     write_pipes: Vec<(u32, File)>,
     read_pipes: HashMap<u32, ReadPipe>,
     batch: Vec<u8>,
@@ -317,6 +344,7 @@ impl Session {
             next_pool: 0,
             buffers: HashMap::new(),
             attached: HashMap::new(),
+            damage: HashMap::new(),
             write_pipes: Vec::new(),
             read_pipes: HashMap::new(),
             batch: Vec::new(),
@@ -482,9 +510,9 @@ impl Session {
                         .pool_ids
                         .get(&p.object)
                         .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
-                    let len = (stride as usize)
-                        .checked_mul(h as usize)
-                        .ok_or_else(|| RelayError::Protocol("buffer size".into()))?;
+                    if (stride as usize).checked_mul(h as usize).is_none() {
+                        return Err(RelayError::Protocol("buffer size".into()));
+                    }
                     if let Some(pool) = self.pools.get_mut(&key) {
                         pool.buffers += 1;
                     }
@@ -493,7 +521,10 @@ impl Session {
                         ShmBuffer {
                             pool: key,
                             offset: offset as usize,
-                            len,
+                            stride: stride as usize,
+                            height: h as usize,
+                            dirty: Rows::ALL,
+                            surface: 0,
                         },
                     ) {
                         self.release_pool_ref(old.pool);
@@ -523,13 +554,29 @@ impl Session {
                     let b = arg_u32(bytes, p, 0).unwrap_or(0);
                     self.attached.insert(p.object, b);
                 }
+                "damage_buffer" => {
+                    let (y, h) = (arg_u32(bytes, p, 1), arg_u32(bytes, p, 3));
+                    let r = match (y, h) {
+                        (Some(y), Some(h)) => {
+                            let y = (y as i32).max(0) as usize;
+                            Rows(y, y.saturating_add((h as i32).max(0) as usize))
+                        }
+                        _ => Rows::ALL,
+                    };
+                    let d = self.damage.entry(p.object).or_insert(Rows::EMPTY);
+                    *d = d.union(r);
+                }
+                // Surface coordinates (scale, transform, viewport): all rows.
+                "damage" => {
+                    self.damage.insert(p.object, Rows::ALL);
+                }
                 "commit" => {
-                    if let Some(b) = self.attached.remove(&p.object) {
-                        self.upload(b);
-                    }
+                    let d = self.damage.remove(&p.object).unwrap_or(Rows::EMPTY);
+                    self.commit(p.object, d);
                 }
                 "destroy" => {
                     self.attached.remove(&p.object);
+                    self.damage.remove(&p.object);
                 }
                 _ => {}
             }
@@ -637,17 +684,34 @@ impl Session {
         }
     }
 
-    /// Copies a committed buffer's bytes into the host mirror.
-    fn upload(&mut self, buffer: u32) {
-        let Some(b) = self.buffers.get(&buffer) else {
+    /// A surface commit: the damage goes to every buffer of the surface;
+    /// the newly attached buffer's dirty rows are copied to the host.
+    fn commit(&mut self, surface: u32, damage: Rows) {
+        let attached = self.attached.remove(&surface);
+        for b in self.buffers.values_mut().filter(|b| b.surface == surface) {
+            b.dirty = b.dirty.union(damage);
+        }
+        let Some(id) = attached.filter(|&b| b != 0) else {
+            return;
+        };
+        let Some(b) = self.buffers.get_mut(&id) else {
+            return;
+        };
+        if b.surface != surface {
+            // First use on this surface: everything is new to the host.
+            b.surface = surface;
+            b.dirty = Rows::ALL;
+        }
+        let rows = std::mem::replace(&mut b.dirty, Rows::EMPTY);
+        let Some((start, len)) = rows.bytes(b.stride, b.height) else {
             return;
         };
         let Some(pool) = self.pools.get(&b.pool) else {
             return;
         };
         if let Some(host) = pool.host.as_ref().and_then(|h| h.map.as_ref()) {
-            if !host.copy_from(&pool.guest, b.offset, b.len) {
-                eprintln!("wl-relay: buffer {buffer} lies outside its pool");
+            if !host.copy_from(&pool.guest, b.offset.saturating_add(start), len) {
+                eprintln!("wl-relay: buffer {id} lies outside its pool");
             }
         }
     }
@@ -852,6 +916,17 @@ mod tests {
         assert_eq!(t.interface_of(4), Some("wl_shm_pool"));
         assert_eq!(arg_u32(&m, &p, 0), Some(4));
         assert_eq!(arg_u32(&m, &p, 2), Some(4096), "the fd takes no bytes");
+    }
+
+    #[test]
+    fn damaged_rows_accumulate_per_buffer() {
+        let r = Rows(10, 20).union(Rows(5, 12));
+        assert_eq!(r, Rows(5, 20));
+        assert_eq!(r.bytes(100, 15), Some((500, 1000)), "clamped to the height");
+        assert_eq!(Rows::EMPTY.bytes(100, 15), None);
+        assert_eq!(Rows::EMPTY.union(Rows(3, 4)), Rows(3, 4));
+        assert_eq!(Rows::ALL.bytes(4, 3), Some((0, 12)));
+        assert_eq!(Rows(7, 7).bytes(4, 30), None, "zero rows");
     }
 
     #[test]

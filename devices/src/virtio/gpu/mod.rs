@@ -39,7 +39,7 @@ pub const VIRTIO_ID_GPU: u32 = 16;
 /// Entries per queue (ring-1 fences park descriptors until the host answers).
 pub const QUEUE_SIZE: u16 = 256;
 /// Default size of the host-visible window.
-pub const DEFAULT_SHM_SIZE: u64 = 2 << 30;
+pub const DEFAULT_SHM_SIZE: u64 = 8 << 30;
 
 /// Errors setting up the GPU device.
 #[derive(Debug, thiserror::Error)]

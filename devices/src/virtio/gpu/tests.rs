@@ -320,6 +320,39 @@ fn send_fd(s: &std::os::unix::net::UnixStream, data: &[u8], f: &std::fs::File) {
     }
 }
 
+fn recv_fd(s: &std::os::unix::net::UnixStream) -> (Vec<u8>, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 64];
+    let mut cmsg = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut fds = Vec::new();
+    // SAFETY: a zeroed msghdr whose buffers outlive the call; the control
+    // data is walked with the libc macros.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        let n = libc::recvmsg(s.as_raw_fd(), &mut msg, 0);
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let k = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+            for i in 0..k {
+                let fd = (libc::CMSG_DATA(c) as *const i32).add(i).read_unaligned();
+                fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        n
+    };
+    assert!(n > 0);
+    (buf[..n as usize].to_vec(), fds)
+}
+
 fn wait_used(d: &Driver, head: u16, limit: Duration) -> Option<u32> {
     let t = Instant::now();
     loop {
@@ -434,6 +467,87 @@ fn probe_and_cross_domain_channel_end_to_end() {
     );
     assert_eq!((w(16 + 112), w(16 + 224)), (1, 6), "a BLOB of 6 bytes");
     assert_eq!(&ring[352..], b"km");
+
+    // A guest read pipe (a paste target): the host gets a pipe's write end
+    // with the message; what the host writes comes back as READ events.
+    let mut send = u32s(xd(4, 0, 352 + 3), &[1, 3]);
+    send.resize(16 + 4 * 28, 0);
+    send[16..20].copy_from_slice(&0x8000_0001u32.to_le_bytes());
+    send.extend_from_slice(&3u32.to_le_bytes());
+    send.resize(352, 0);
+    send.extend_from_slice(b"rcv");
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &send), 24)),
+        resp::OK_NODATA
+    );
+    let (data, mut fds) = recv_fd(&host);
+    assert_eq!(data, b"rcv");
+    let mut w = std::fs::File::from(fds.pop().expect("the pipe's write end came with it"));
+    let poll = submit(
+        fenced(cmd::SUBMIT_3D, 1, 102, Some(1)),
+        &u32s(xd(3, 1, 16), &[0, 0]),
+    );
+    let (poll_head, _) = d.push(&poll, 24);
+    r.notify.write(1).unwrap();
+    w.write_all(b"pasted").unwrap();
+    drop(w);
+    wait_used(&d, poll_head, Duration::from_secs(5)).expect("POLL completed");
+    let ring = d.answer(CHANNEL_RING, 24 + 6);
+    let w = |o: usize| u32::from_le_bytes(ring[o..o + 4].try_into().unwrap());
+    assert_eq!((ring[0], w(8)), (6, 0x8000_0001), "READ from the pipe");
+    assert_eq!(&ring[24..24 + w(16) as usize], &b"pasted"[..w(16) as usize]);
+    // Then its end (the host's write end closed): a READ with hang_up.
+    let mut fence = 110;
+    loop {
+        let poll = submit(
+            fenced(cmd::SUBMIT_3D, 1, fence, Some(1)),
+            &u32s(xd(3, 1, 16), &[0, 0]),
+        );
+        fence += 1;
+        let (poll_head, _) = d.push(&poll, 24);
+        r.notify.write(1).unwrap();
+        wait_used(&d, poll_head, Duration::from_secs(5)).expect("POLL completed");
+        let ring = d.answer(CHANNEL_RING, 24);
+        let w = |o: usize| u32::from_le_bytes(ring[o..o + 4].try_into().unwrap());
+        assert_eq!((ring[0], w(8)), (6, 0x8000_0001));
+        if w(12) == 1 {
+            break;
+        }
+        assert!(fence < 120, "no hang-up");
+    }
+
+    // A host write pipe (the compositor wants the guest's selection): the
+    // guest's WRITE commands come out of the pipe's read end.
+    let poll = submit(
+        fenced(cmd::SUBMIT_3D, 1, 130, Some(1)),
+        &u32s(xd(3, 1, 16), &[0, 0]),
+    );
+    let (poll_head, _) = d.push(&poll, 24);
+    r.notify.write(1).unwrap();
+    let (mut rd, wr) = std::io::pipe().unwrap();
+    send_fd(
+        &host,
+        b"snd",
+        &std::fs::File::from(std::os::fd::OwnedFd::from(wr)),
+    );
+    wait_used(&d, poll_head, Duration::from_secs(5)).expect("POLL completed");
+    let ring = d.answer(CHANNEL_RING, 352 + 3);
+    let w = |o: usize| u32::from_le_bytes(ring[o..o + 4].try_into().unwrap());
+    assert_eq!(
+        (ring[0], w(8), w(16 + 112)),
+        (5, 1, 4),
+        "RECEIVE with one WRITE_PIPE"
+    );
+    let pipe_id = w(16);
+    let mut wcmd = u32s(xd(7, 0, 24 + 4), &[pipe_id, 1, 4, 0]);
+    wcmd.extend_from_slice(b"data");
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &wcmd), 24)),
+        resp::OK_NODATA
+    );
+    let mut got = Vec::new();
+    rd.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"data", "written, then hung up");
 
     let mut send = u32s(xd(4, 0, 352 + 5), &[0, 5]);
     send.resize(352, 0);

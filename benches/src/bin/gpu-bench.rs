@@ -1,0 +1,243 @@
+//! The Wayland path of a VM, side by side in one run: the same guest client
+//! in the same VM (default guest, `--host-root`) shows its frames on a
+//! headless sway through vmapp's virtio-gpu cross-domain relay and wl-proxy,
+//! and through `waypipe` over vsock (the guest's waypipe server reaches the
+//! host's waypipe client through socat and vmapp's vsock device).
+//!
+//! - frames/s: `wl-color --bench` committing full 1280×720 XRGB frames, each
+//!   followed by a `wl_display.sync` round trip (the frame reached sway);
+//! - launch → mapped: from starting `vmapp launch -- foot` until sway's tree
+//!   has foot's window (host clock), for both paths.
+//!
+//! Run it through `cargo xtask bench gpu`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use benches::{median, run_capture};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    guest: benches::Guest,
+    /// Alternating runs of each path.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of frames per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+const PORT: u32 = 5000;
+
+fn main() -> ExitCode {
+    benches::exit("gpu-bench", run())
+}
+
+struct Sway {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Sway {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home)?;
+        let _ = std::fs::create_dir_all("/dev/shm");
+        let conf = home.join("sway.conf");
+        std::fs::write(&conf, "output HEADLESS-1 resolution 1280x720\n")?;
+        for p in [dir.path(), home.as_path()] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534))?;
+        }
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("XDG_RUNTIME_DIR={}", dir.path().display()))
+            .arg(format!("HOME={}", home.display()))
+            .args([
+                "WLR_BACKENDS=headless",
+                "WLR_LIBINPUT_NO_DEVICES=1",
+                "WLR_RENDERER=pixman",
+            ])
+            .arg("sway")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sway")?;
+        let s = Sway { child, dir };
+        let t = Instant::now();
+        while !s.socket().exists() {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("sway did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(s)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("wayland-1")
+    }
+
+    fn swaymsg_has(&self, pattern: &str) -> bool {
+        let ipc = std::fs::read_dir(self.dir.path()).ok().and_then(|mut d| {
+            d.find_map(|e| {
+                let p = e.ok()?.path();
+                p.file_name()?
+                    .to_str()?
+                    .starts_with("sway-ipc")
+                    .then_some(p)
+            })
+        });
+        let Some(ipc) = ipc else { return false };
+        Command::new("swaymsg")
+            .args(["-s"])
+            .arg(ipc)
+            .args(["-t", "get_tree"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(pattern))
+    }
+}
+
+impl Drop for Sway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `vmapp launch --host-root` of `sh -c cmd`, with the Wayland relay in
+/// front of `sway` or (`wayland` false) without a GPU device.
+fn vmapp(a: &Args, sway: &Sway, wayland: bool, vsock: &Path, cmd: &str) -> Command {
+    let mut c = Command::new(&a.guest.vmapp);
+    c.args(["launch", "--host-root", "--memory"])
+        .arg(a.guest.memory.to_string());
+    if wayland {
+        c.arg(format!("--wayland={}", sway.socket().display()));
+    } else {
+        c.arg("--no-wayland");
+    }
+    c.arg("--vsock").arg(vsock).args(["--", "sh", "-c", cmd]);
+    c
+}
+
+/// The host's waypipe client, listening where the vsock device sends guest
+/// connections to port PORT.
+fn waypipe_client(sway: &Sway, vsock: &Path) -> Result<Child> {
+    let sock = format!("{}_{PORT}", vsock.display());
+    let _ = std::fs::remove_file(&sock);
+    Command::new("waypipe")
+        .args(["--socket", &sock, "client"])
+        .env("WAYLAND_DISPLAY", sway.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("waypipe (apt-get install waypipe)")
+}
+
+/// The guest's side of waypipe: socat carries its socket to the host's
+/// vsock port, waypipe runs `app` behind it.
+fn via_waypipe(app: &str) -> String {
+    format!(
+        "socat UNIX-LISTEN:/tmp/wp.sock,fork VSOCK-CONNECT:2:{PORT} & \
+         while [ ! -S /tmp/wp.sock ]; do sleep 0.05; done; \
+         waypipe --socket /tmp/wp.sock server -- {app}"
+    )
+}
+
+fn fps(out: &str, key: &str) -> Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|l| l.split("fps=").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {key} frames in:\n{out}"))
+}
+
+/// Milliseconds from starting `c` until sway shows `pattern`.
+fn launch_to_map(mut c: Command, sway: &Sway, pattern: &str) -> Result<f64> {
+    let t = Instant::now();
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let r = loop {
+        if sway.swaymsg_has(pattern) {
+            break Ok(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if t.elapsed() > Duration::from_secs(600) || child.try_wait()?.is_some() {
+            break Err(anyhow::anyhow!("{pattern} never mapped"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+fn run() -> Result<()> {
+    let a = Args::parse();
+    let sway = Sway::start()?;
+    let dir = tempfile::tempdir()?;
+    let vsock = dir.path().join("v.sock");
+    let color = Path::new(&a.guest.vmapp).with_file_name("wl-color");
+    let bench = format!(
+        "{} --bench --size 1280x720 --seconds {}",
+        color.display(),
+        a.seconds
+    );
+    let (mut ours, mut theirs, mut map_ours, mut map_theirs) = (vec![], vec![], vec![], vec![]);
+    for run in 0..a.runs {
+        // Both paths in one VM, their order alternating.
+        let direct = format!("echo relay $({bench})");
+        let wp = format!("echo waypipe $({})", via_waypipe(&bench));
+        let cmd = if run % 2 == 0 {
+            format!("{direct}; {wp}")
+        } else {
+            format!("{wp}; {direct}")
+        };
+        let mut client = waypipe_client(&sway, &vsock)?;
+        let out = run_capture(
+            vmapp(&a, &sway, true, &vsock, &cmd),
+            Duration::from_secs(1200),
+        );
+        let _ = client.kill();
+        let _ = client.wait();
+        let out = out?;
+        let (f1, f2) = (fps(&out, "relay ")?, fps(&out, "waypipe ")?);
+        eprintln!("gpu-bench: run {run}: relay {f1:.1} fps, waypipe {f2:.1} fps");
+        ours.push(f1);
+        theirs.push(f2);
+
+        let m1 = launch_to_map(
+            vmapp(&a, &sway, true, &vsock, "foot -e sleep 60"),
+            &sway,
+            "\"app_id\": \"sh:foot\"",
+        )?;
+        let mut client = waypipe_client(&sway, &vsock)?;
+        let c = vmapp(&a, &sway, false, &vsock, &via_waypipe("foot -e sleep 60"));
+        let m2 = launch_to_map(c, &sway, "\"app_id\": \"foot\"");
+        let _ = client.kill();
+        let _ = client.wait();
+        let m2 = m2?;
+        eprintln!(
+            "gpu-bench: run {run}: foot mapped after {m1:.0} ms (relay), {m2:.0} ms (waypipe)"
+        );
+        map_ours.push(m1);
+        map_theirs.push(m2);
+    }
+    println!("| metric (median of {} runs, 1280×720 XRGB frames) | vmapp (virtio-gpu + wl-proxy) | waypipe over vsock | vmapp / waypipe |", a.runs);
+    println!("|---|---|---|---|");
+    let (o, t) = (median(&ours), median(&theirs));
+    println!(
+        "| frames/s, commit + round trip | {o:.1} | {t:.1} | {:.2} |",
+        o / t
+    );
+    let (o, t) = (median(&map_ours), median(&map_theirs));
+    println!(
+        "| `launch -- foot` → window mapped (ms) | {o:.0} | {t:.0} | {:.2} |",
+        o / t
+    );
+    Ok(())
+}
