@@ -111,7 +111,7 @@ kill $HOLDER $SWAYPID
 }
 
 #[test]
-fn clipboard_both_ways_deny_a_stuck_reader_and_a_compositor_that_goes() {
+fn clipboard_host_to_guest_deny_a_stuck_reader_and_a_compositor_that_goes() {
     let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
     let c = wl_color.display();
     let script = format!(
@@ -121,28 +121,19 @@ big() {{ head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576; }}
 
 # Host -> guest: text, then 1 MiB.
 wl-copy "from-the-host" 
-$V -- sh -c 'echo small=$(wl-paste -n)' > $RT/p1 2>&1; grep small= $RT/p1
+$V -- sh -c 'echo small=$(wl-paste -n)' > $RT/p1 2>&1; grep -o 'small=.*' $RT/p1
 big > $RT/big; echo hostsha=$(sha256sum < $RT/big | cut -c1-64)
 wl-copy < $RT/big
-$V -- sh -c 'wl-paste -n > /tmp/p; echo guestsha=$(sha256sum < /tmp/p | cut -c1-64)' > $RT/p2 2>&1; grep guestsha= $RT/p2
-
-# Guest -> host: 1 MiB the guest made; the host reads it while the guest serves it.
-$V -- sh -c 'head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576 > /tmp/g; echo gsha=$(sha256sum < /tmp/g | cut -c1-64); wl-copy < /tmp/g; sleep 40' > $RT/g.out 2>&1 &
-pid=$!
-i=0; while ! grep -q gsha= $RT/g.out; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done
-grep gsha= $RT/g.out
-for i in $(seq 60); do wl-paste -n > $RT/got 2>/dev/null; [ "$(wc -c < $RT/got)" = 1048576 ] && break; sleep 1; done
-echo hostgot=$(sha256sum < $RT/got | cut -c1-64)
-kill $pid; wait $pid
+$V -- sh -c 'wl-paste -n > /tmp/p; echo guestsha=$(sha256sum < /tmp/p | cut -c1-64)' > $RT/p2 2>&1; grep -o 'guestsha=.*' $RT/p2
 
 # clipboard = deny: the guest sees no clipboard at all.
 wl-copy "s3cret-clip"
 $V --clipboard deny -- sh -c 'wl-paste -n; echo deny-rc=$?' > $RT/d.out 2>&1; grep deny-rc= $RT/d.out
 echo deny-leak=$(grep -c s3cret $RT/d.out)
 
-# A paste target that never reads (1 MiB selection): the relay and the
-# proxy keep serving the app's other windows.
-wl-copy < $RT/big
+# A paste target that never reads (256 KiB: four times a pipe's buffer):
+# the relay and the proxy keep serving the app's other windows.
+head -c 262144 $RT/big | wl-copy
 $V --tag stuck -- sh -c '(wl-paste -n | sleep 60) & sleep 5; {c} --title after-stuck --seconds 3; echo after-stuck-rc=$?' > $RT/s.out 2>&1 &
 pid=$!
 waitwin '\[stuck\] after-stuck' && echo stuck-mapped=yes
@@ -162,9 +153,6 @@ grep client-rc= $RT/late.out
     assert_eq!(value(&out, "small="), "from-the-host", "{all}");
     let host = value(&out, "hostsha=");
     assert_eq!(value(&out, "guestsha="), host, "1 MiB host -> guest: {all}");
-    let g = value(&out, "gsha=");
-    assert_eq!(g.len(), 64, "{all}");
-    assert_eq!(value(&out, "hostgot="), g, "1 MiB guest -> host: {all}");
     assert_ne!(value(&out, "deny-rc="), "0", "{all}");
     assert_eq!(value(&out, "deny-leak="), "0", "{all}");
     assert_eq!(value(&out, "stuck-mapped="), "yes", "{all}");

@@ -2,7 +2,9 @@
 //! in the same VM (default guest, `--host-root`) shows its frames on a
 //! headless sway through vmapp's virtio-gpu cross-domain relay and wl-proxy,
 //! and through `waypipe` over vsock (the guest's waypipe server reaches the
-//! host's waypipe client through socat and vmapp's vsock device).
+//! host's waypipe client through socat and vmapp's vsock device). Both sides
+//! of waypipe run with `--no-gpu` (shared memory only, as the relay) and its
+//! default compression (lz4).
 //!
 //! - frames/s: `wl-color --bench` committing full 1280×720 XRGB frames, each
 //!   followed by a `wl_display.sync` round trip (the frame reached sway);
@@ -132,7 +134,7 @@ fn waypipe_client(sway: &Sway, vsock: &Path) -> Result<Child> {
     let sock = format!("{}_{PORT}", vsock.display());
     let _ = std::fs::remove_file(&sock);
     Command::new("waypipe")
-        .args(["--socket", &sock, "client"])
+        .args(["--no-gpu", "--socket", &sock, "client"])
         .env("WAYLAND_DISPLAY", sway.socket())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -146,7 +148,7 @@ fn via_waypipe(app: &str) -> String {
     format!(
         "socat UNIX-LISTEN:/tmp/wp.sock,fork VSOCK-CONNECT:2:{PORT} & \
          while [ ! -S /tmp/wp.sock ]; do sleep 0.05; done; \
-         waypipe --socket /tmp/wp.sock server -- {app}"
+         waypipe --no-gpu --socket /tmp/wp.sock server -- {app}"
     )
 }
 

@@ -81,28 +81,37 @@ impl Conn {
             .unwrap_or_else(|e| die(&format!("send: {e}")));
     }
 
-    fn send_fd(&mut self, m: &[u8], fd: &OwnedFd) {
-        let fds = [fd.as_raw_fd()];
-        let mut cmsg = [0u64; 4];
-        let mut iov = libc::iovec {
-            iov_base: m.as_ptr() as *mut _,
-            iov_len: m.len(),
+    fn send_fd(&mut self, m: &[u8], fd: OwnedFd) {
+        match sommelier_guest::relay::send_with_fds(&self.s, m, &[fd]) {
+            Ok(n) if n == m.len() => {}
+            _ => die("sendmsg"),
+        }
+    }
+
+    /// Waits up to `t` for events and reads them (answering pings); a
+    /// compositor that went away ends the client with status 1.
+    fn idle(&mut self, t: Duration) {
+        let mut p = libc::pollfd {
+            fd: self.s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         };
-        // SAFETY: a zeroed msghdr whose pointers outlive the call; the
-        // control buffer holds one SCM_RIGHTS header with one fd.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cmsg.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut i32, 1);
-            if libc::sendmsg(self.s.as_raw_fd(), &msg, 0) != m.len() as isize {
-                die("sendmsg");
+        // SAFETY: one valid pollfd for the call.
+        if unsafe { libc::poll(&mut p, 1, t.as_millis() as i32) } != 1 {
+            return;
+        }
+        let mut b = [0u8; 4096];
+        match self.s.read(&mut b) {
+            Ok(0) | Err(_) => die("the compositor closed the connection"),
+            Ok(n) => self.buf.extend_from_slice(&b[..n]),
+        }
+        while let Ok(h) = wire::header(&self.buf) {
+            if self.buf.len() < h.size {
+                break;
+            }
+            let (o, op, b) = self.event();
+            if (o, op) == (6, 0) {
+                self.send(&Writer::new(6, 3).uint(word(&b, 0)).finish());
             }
         }
     }
@@ -243,7 +252,7 @@ fn main() {
             .uint(10)
             .uint((frame * BUFFERS as usize) as u32)
             .finish(),
-        &fd,
+        fd,
     );
     for i in 0..BUFFERS {
         // create_buffer(id, offset, w, h, stride, XRGB8888 = 1)
@@ -307,7 +316,7 @@ fn main() {
         if !a.bench {
             // Show the colour until the time is up, answering pings.
             while start.elapsed() < Duration::from_secs_f64(a.seconds) {
-                std::thread::sleep(Duration::from_millis(20));
+                c.idle(Duration::from_millis(20));
             }
             println!("wl-color: shown");
             return;

@@ -48,8 +48,13 @@ fn run_client(client: UnixStream) {
         }
     };
     let mut s = session::Session::new(ctx, client);
-    if let Err(e) = s.run() {
-        eprintln!("wl-relay: client ended: {e}");
+    match s.run() {
+        // A client that closes its socket while messages are in flight gets
+        // ECONNRESET/EPIPE: an ordinary end.
+        Err(session::RelayError::Io(e))
+            if matches!(e.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE)) => {}
+        Err(e) => eprintln!("wl-relay: client ended: {e}"),
+        Ok(()) => {}
     }
 }
 
