@@ -163,9 +163,7 @@ grep client-rc= $RT/late.out
         "1",
         "the client saw the compositor go: {all}"
     );
-    assert_eq!(
-        value(&out, "vm-rc="),
-        "1",
-        "vmapp ended with the command: {all}"
-    );
+    // vmapp ends with the guest command's status (the `echo`'s), not with a
+    // VM error: the VM outlived the compositor.
+    assert_eq!(value(&out, "vm-rc="), "0", "{all}");
 }
