@@ -496,90 +496,13 @@ impl Session {
                 .map(|res| vec![(res, id_type::BLOB)]);
         }
         if p.iface == k.shm_pool {
-            match name {
-                "create_buffer" => {
-                    let (Some(id), Some(offset), Some(h), Some(stride)) = (
-                        arg_u32(bytes, p, 0),
-                        arg_u32(bytes, p, 1),
-                        arg_u32(bytes, p, 3),
-                        arg_u32(bytes, p, 4),
-                    ) else {
-                        return Err(RelayError::Protocol("create_buffer".into()));
-                    };
-                    let key = *self
-                        .pool_ids
-                        .get(&p.object)
-                        .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
-                    if (stride as usize).checked_mul(h as usize).is_none() {
-                        return Err(RelayError::Protocol("buffer size".into()));
-                    }
-                    if let Some(pool) = self.pools.get_mut(&key) {
-                        pool.buffers += 1;
-                    }
-                    if let Some(old) = self.buffers.insert(
-                        id,
-                        ShmBuffer {
-                            pool: key,
-                            offset: offset as usize,
-                            stride: stride as usize,
-                            height: h as usize,
-                            dirty: Rows::ALL,
-                            surface: 0,
-                        },
-                    ) {
-                        self.release_pool_ref(old.pool);
-                    }
-                }
-                "resize" => {
-                    let size = arg_u32(bytes, p, 0).unwrap_or(0) as i32;
-                    self.resize_pool(p.object, size)?;
-                }
-                "destroy" => {
-                    if let Some(key) = self.pool_ids.remove(&p.object) {
-                        if let Some(pool) = self.pools.get_mut(&key) {
-                            pool.destroyed = true;
-                        }
-                        self.maybe_free_pool(key);
-                    }
-                }
-                _ => {}
-            }
+            self.shm_pool_request(p, bytes)?;
         } else if p.iface == k.buffer && name == "destroy" {
             if let Some(b) = self.buffers.remove(&p.object) {
                 self.release_pool_ref(b.pool);
             }
         } else if p.iface == k.surface {
-            match name {
-                "attach" => {
-                    let b = arg_u32(bytes, p, 0).unwrap_or(0);
-                    self.attached.insert(p.object, b);
-                }
-                "damage_buffer" => {
-                    let (y, h) = (arg_u32(bytes, p, 1), arg_u32(bytes, p, 3));
-                    let r = match (y, h) {
-                        (Some(y), Some(h)) => {
-                            let y = (y as i32).max(0) as usize;
-                            Rows(y, y.saturating_add((h as i32).max(0) as usize))
-                        }
-                        _ => Rows::ALL,
-                    };
-                    let d = self.damage.entry(p.object).or_insert(Rows::EMPTY);
-                    *d = d.union(r);
-                }
-                // Surface coordinates (scale, transform, viewport): all rows.
-                "damage" => {
-                    self.damage.insert(p.object, Rows::ALL);
-                }
-                "commit" => {
-                    let d = self.damage.remove(&p.object).unwrap_or(Rows::EMPTY);
-                    self.commit(p.object, d);
-                }
-                "destroy" => {
-                    self.attached.remove(&p.object);
-                    self.damage.remove(&p.object);
-                }
-                _ => {}
-            }
+            self.surface_request(p, bytes);
         }
         // Any other fd must be the write end of a pipe (a paste target).
         let mut ids = Vec::new();
@@ -603,6 +526,94 @@ impl Session {
             ids.push((id, id_type::READ_PIPE));
         }
         Ok(ids)
+    }
+
+    /// `wl_shm_pool` requests: buffers, resizes, destruction.
+    fn shm_pool_request(&mut self, p: &Parsed, bytes: &[u8]) -> Result<(), RelayError> {
+        match p.msg.name {
+            "create_buffer" => {
+                let (Some(id), Some(offset), Some(h), Some(stride)) = (
+                    arg_u32(bytes, p, 0),
+                    arg_u32(bytes, p, 1),
+                    arg_u32(bytes, p, 3),
+                    arg_u32(bytes, p, 4),
+                ) else {
+                    return Err(RelayError::Protocol("create_buffer".into()));
+                };
+                let key = *self
+                    .pool_ids
+                    .get(&p.object)
+                    .ok_or_else(|| RelayError::Protocol("no pool".into()))?;
+                if (stride as usize).checked_mul(h as usize).is_none() {
+                    return Err(RelayError::Protocol("buffer size".into()));
+                }
+                if let Some(pool) = self.pools.get_mut(&key) {
+                    pool.buffers += 1;
+                }
+                if let Some(old) = self.buffers.insert(
+                    id,
+                    ShmBuffer {
+                        pool: key,
+                        offset: offset as usize,
+                        stride: stride as usize,
+                        height: h as usize,
+                        dirty: Rows::ALL,
+                        surface: 0,
+                    },
+                ) {
+                    self.release_pool_ref(old.pool);
+                }
+            }
+            "resize" => {
+                let size = arg_u32(bytes, p, 0).unwrap_or(0) as i32;
+                self.resize_pool(p.object, size)?;
+            }
+            "destroy" => {
+                if let Some(key) = self.pool_ids.remove(&p.object) {
+                    if let Some(pool) = self.pools.get_mut(&key) {
+                        pool.destroyed = true;
+                    }
+                    self.maybe_free_pool(key);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `wl_surface` requests: attachments, damage, commits.
+    fn surface_request(&mut self, p: &Parsed, bytes: &[u8]) {
+        match p.msg.name {
+            "attach" => {
+                let b = arg_u32(bytes, p, 0).unwrap_or(0);
+                self.attached.insert(p.object, b);
+            }
+            "damage_buffer" => {
+                let (y, h) = (arg_u32(bytes, p, 1), arg_u32(bytes, p, 3));
+                let r = match (y, h) {
+                    (Some(y), Some(h)) => {
+                        let y = (y as i32).max(0) as usize;
+                        Rows(y, y.saturating_add((h as i32).max(0) as usize))
+                    }
+                    _ => Rows::ALL,
+                };
+                let d = self.damage.entry(p.object).or_insert(Rows::EMPTY);
+                *d = d.union(r);
+            }
+            // Surface coordinates (scale, transform, viewport): all rows.
+            "damage" => {
+                self.damage.insert(p.object, Rows::ALL);
+            }
+            "commit" => {
+                let d = self.damage.remove(&p.object).unwrap_or(Rows::EMPTY);
+                self.commit(p.object, d);
+            }
+            "destroy" => {
+                self.attached.remove(&p.object);
+                self.damage.remove(&p.object);
+            }
+            _ => {}
+        }
     }
 
     fn create_pool(&mut self, id: u32, size: i32, fd: OwnedFd) -> Result<u32, RelayError> {
