@@ -110,8 +110,15 @@ impl Conn {
                 break;
             }
             let (o, op, b) = self.event();
-            if (o, op) == (6, 0) {
-                self.send(&Writer::new(6, 3).uint(word(&b, 0)).finish());
+            match (o, op) {
+                (6, 0) => self.send(&Writer::new(6, 3).uint(word(&b, 0)).finish()),
+                // A new configure (the window was resized, e.g. tiled next to
+                // another): ack it and commit, keeping the current buffer.
+                (8, 0) => {
+                    self.send(&Writer::new(8, 4).uint(word(&b, 0)).finish());
+                    self.send(&Writer::new(7, 6).finish());
+                }
+                _ => {}
             }
         }
     }
