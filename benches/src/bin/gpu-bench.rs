@@ -143,12 +143,15 @@ fn waypipe_client(sway: &Sway, vsock: &Path) -> Result<Child> {
 }
 
 /// The guest's side of waypipe: socat carries its socket to the host's
-/// vsock port, waypipe runs `app` behind it.
+/// vsock port, waypipe runs `app` behind it. socat's output goes nowhere
+/// (inside `$(…)` a background writer would keep the substitution open) and
+/// it is stopped once waypipe is done.
 fn via_waypipe(app: &str) -> String {
     format!(
-        "socat UNIX-LISTEN:/tmp/wp.sock,fork VSOCK-CONNECT:2:{PORT} & \
+        "rm -f /tmp/wp.sock; \
+         socat UNIX-LISTEN:/tmp/wp.sock,fork VSOCK-CONNECT:2:{PORT} </dev/null >/dev/null 2>&1 & S=$!; \
          while [ ! -S /tmp/wp.sock ]; do sleep 0.05; done; \
-         waypipe --no-gpu --socket /tmp/wp.sock server -- {app}"
+         waypipe --no-gpu --socket /tmp/wp.sock server -- {app}; kill $S"
     )
 }
 

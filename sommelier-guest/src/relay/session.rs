@@ -297,6 +297,15 @@ impl Rows {
     }
 }
 
+/// What one entry of the relay's poll set watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Client,
+    Host,
+    WritePipe(u32),
+    ReadPipe(u32),
+}
+
 /// Host → guest pipe data waiting for the guest reader.
 struct ReadPipe {
     fd: File,
@@ -370,42 +379,38 @@ impl Session {
         }
     }
 
+    /// What each entry of the poll set watches. The set is built before
+    /// `poll` and acted on after it, when handling the host's events may have
+    /// added pipes: entries name their pipe, never an index into the lists.
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Slot>) {
+        let fd = |fd: i32, events: i16| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let mut pfd = vec![
+            fd(self.client.as_raw_fd(), libc::POLLIN),
+            fd(self.ctx.fd().as_raw_fd(), libc::POLLIN),
+        ];
+        let mut slots = vec![Slot::Client, Slot::Host];
+        for (id, f) in &self.write_pipes {
+            pfd.push(fd(f.as_raw_fd(), libc::POLLIN));
+            slots.push(Slot::WritePipe(*id));
+        }
+        for (id, p) in &self.read_pipes {
+            if !p.pending.is_empty() {
+                pfd.push(fd(p.fd.as_raw_fd(), libc::POLLOUT));
+                slots.push(Slot::ReadPipe(*id));
+            }
+        }
+        (pfd, slots)
+    }
+
     fn run_inner(&mut self) -> Result<(), RelayError> {
         let mut event = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let mut pfd = vec![
-                libc::pollfd {
-                    fd: self.client.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.ctx.fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            for (_, f) in &self.write_pipes {
-                pfd.push(libc::pollfd {
-                    fd: f.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            let pending: Vec<u32> = self
-                .read_pipes
-                .iter()
-                .filter(|(_, p)| !p.pending.is_empty())
-                .map(|(&id, _)| id)
-                .collect();
-            for id in &pending {
-                pfd.push(libc::pollfd {
-                    fd: self.read_pipes[id].fd.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                });
-            }
+            let (mut pfd, slots) = self.poll_set();
             // SAFETY: a valid pollfd array for the call.
             let n = unsafe { libc::poll(pfd.as_mut_ptr(), pfd.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -415,29 +420,29 @@ impl Session {
                 }
                 return Err(e.into());
             }
-            if pfd[1].revents != 0 && self.ctx.take_event(&mut event)? {
-                self.host_event(&event)?;
-                self.ctx.poll()?;
-            }
-            if pfd[0].revents != 0 {
-                let mut fds = Vec::new();
-                let n = recv_with_fds(&self.client, &mut buf, &mut fds)?;
-                if n == 0 {
-                    return Err(RelayError::ClientClosed);
+            for (p, slot) in pfd.iter().zip(&slots) {
+                if p.revents == 0 {
+                    continue;
                 }
-                self.cin.extend_from_slice(&buf[..n]);
-                self.cfds.extend(fds);
-                self.client_bytes()?;
-            }
-            let nw = self.write_pipes.len();
-            for (i, p) in pfd[2..2 + nw].iter().enumerate().rev() {
-                if p.revents != 0 {
-                    self.pump_write_pipe(i, &mut buf)?;
-                }
-            }
-            for (id, p) in pending.iter().zip(&pfd[2 + nw..]) {
-                if p.revents != 0 {
-                    self.flush_read_pipe(*id);
+                match *slot {
+                    Slot::Host => {
+                        if self.ctx.take_event(&mut event)? {
+                            self.host_event(&event)?;
+                            self.ctx.poll()?;
+                        }
+                    }
+                    Slot::Client => {
+                        let mut fds = Vec::new();
+                        let n = recv_with_fds(&self.client, &mut buf, &mut fds)?;
+                        if n == 0 {
+                            return Err(RelayError::ClientClosed);
+                        }
+                        self.cin.extend_from_slice(&buf[..n]);
+                        self.cfds.extend(fds);
+                        self.client_bytes()?;
+                    }
+                    Slot::WritePipe(id) => self.pump_write_pipe(id, &mut buf)?,
+                    Slot::ReadPipe(id) => self.flush_read_pipe(id),
                 }
             }
         }
@@ -819,18 +824,16 @@ impl Session {
         Ok(())
     }
 
-    fn pump_write_pipe(&mut self, i: usize, buf: &mut [u8]) -> Result<(), RelayError> {
-        let (id, f) = &mut self.write_pipes[i];
-        let id = *id;
+    fn pump_write_pipe(&mut self, id: u32, buf: &mut [u8]) -> Result<(), RelayError> {
+        let Some(i) = self.write_pipes.iter().position(|(p, _)| *p == id) else {
+            return Ok(());
+        };
         let cap = buf.len().min(virtgpu::MAX_WRITE_DATA);
-        match f.read(&mut buf[..cap]) {
-            Ok(0) => {
-                self.ctx.write_pipe(id, &[], true)?;
-                self.write_pipes.remove(i);
-            }
-            Ok(n) => self.ctx.write_pipe(id, &buf[..n], false)?,
+        match self.write_pipes[i].1.read(&mut buf[..cap]) {
+            Ok(n) if n > 0 => self.ctx.write_pipe(id, &buf[..n], false)?,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
+            // EOF or a read error: the writer is done, hang up the host pipe.
+            _ => {
                 self.ctx.write_pipe(id, &[], true)?;
                 self.write_pipes.remove(i);
             }
