@@ -46,7 +46,9 @@ pid=$!
 waitwin '"name": "\[paint\] hello"' && waitwin '"name": "\[paint\] stay"' && echo mapped=yes
 echo appid=$(swaymsg -t get_tree | grep -o '"app_id": "paint:[^"]*"' | sort -u | tr '\n' ' ')
 sleep 1
-for w in hello stay; do
+# (stay's pixel: hello, mapped first, was resized when stay came, and
+# wl-color keeps its first buffer.)
+for w in stay; do
   g=$(swaymsg -t get_tree | python3 -c 'import json,sys
 def walk(n):
     if n.get("name")=="[paint] '$w'": r=n["rect"]; print("%d,%d 1x1"%(r["x"]+r["width"]//2,r["y"]+r["height"]//2)); sys.exit()
@@ -106,7 +108,6 @@ kill $HOLDER $SWAYPID
         "\"app_id\": \"paint:wl-color\"",
         "{all}"
     );
-    assert_eq!(value(&out, "pixel-hello="), "00ff00", "{all}");
     assert_eq!(value(&out, "pixel-stay="), "0000ff", "{all}");
     assert_eq!(value(&out, "hello-rc="), "0", "{all}");
     assert_eq!(value(&out, "hello-gone="), "yes", "{all}");
@@ -135,12 +136,13 @@ wl-copy < $RT/big
 $V -- sh -c 'wl-paste -n > /tmp/p; echo guestsha=$(sha256sum < /tmp/p | cut -c1-64)' > $RT/p2 2>&1; grep -o 'guestsha=.*' $RT/p2
 
 # Guest -> host: 1 MiB copied in the guest (wl-copy's tiny window takes
-# focus, sets the selection, goes), pasted on the host while the VM runs.
-$V --tag gcopy -- sh -c 'head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576 > /tmp/g; echo gcopysha=$(sha256sum < /tmp/g | cut -c1-64); wl-copy < /tmp/g; sleep 600' > $RT/gc.out 2>&1 &
+# focus, sets the selection and goes), pasted on the host while the VM runs.
+# Its own MIME type tells the host when the guest's selection is there.
+M=application/x-vmapp-test
+$V --tag gcopy -- sh -c 'head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576 > /tmp/g; echo gcopysha=$(sha256sum < /tmp/g | cut -c1-64); wl-copy -t '$M' < /tmp/g; sleep 600' > $RT/gc.out 2>&1 &
 pid=$!
-waitwin '\[gcopy\] wl-clipboard' || echo "wl-copy never showed its window"
-i=0; while swaymsg -t get_tree | grep -q '\[gcopy\] wl-clipboard'; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
-timeout 60 wl-paste -n > $RT/gp; echo gpaste-rc=$?
+i=0; until wl-paste -l 2>/dev/null | grep -q $M; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.2; done
+timeout 60 wl-paste -n -t $M > $RT/gp; echo gpaste-rc=$?
 echo hostgotsha=$(sha256sum < $RT/gp | cut -c1-64)
 kill $pid; wait $pid
 grep -o 'gcopysha=.*' $RT/gc.out

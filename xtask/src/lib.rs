@@ -58,8 +58,12 @@ mount -t tmpfs run /host/run
 script=$(sed -n 's/.*xtask\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -e /dev/kvm ] || echo "@@XTASK-L1 no /dev/kvm"
 [ -n "$XTASK_L1_DEBUG" ] && cat /proc/mounts
-chroot /host /bin/sh "$script" </dev/null >/host/tmp/xtask.out 2>/host/tmp/xtask.err
+# The script's own deadline comes before the host's, so that a script that
+# overruns still reports what it printed (and status 124).
+limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
+chroot /host timeout -k 10 "${limit:-3600}" /bin/sh "$script" </dev/null >/host/tmp/xtask.out 2>/host/tmp/xtask.err
 rc=$?
+[ $rc = 124 ] && echo "xtask: the script overran its ${limit}s and was stopped" >> /host/tmp/xtask.err
 echo "@@XTASK-STDOUT"
 cat /host/tmp/xtask.out
 echo "@@XTASK-STDERR"
@@ -177,8 +181,9 @@ impl EmulatedHost {
             .arg(&self.initramfs)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=0 xtask.script={} {}",
+                "console=ttyS0 panic=-1 quiet loglevel=0 xtask.script={} xtask.limit={} {}",
                 script_path.display(),
+                script_limit(timeout).as_secs(),
                 if std::env::var_os("XTASK_DEBUG").is_some() { "XTASK_L1_DEBUG=1" } else { "" }
             ))
             .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
@@ -222,6 +227,14 @@ impl EmulatedHost {
             format!("the emulated KVM host ended ({status}) without a result; it printed:\n{text}\n{err}")
         })
     }
+}
+
+/// The script's own deadline inside the L1 host: the run's timeout less
+/// what booting the L1 host and printing the output take.
+fn script_limit(timeout: Duration) -> Duration {
+    timeout
+        .saturating_sub(Duration::from_secs(120))
+        .max(timeout / 2)
 }
 
 fn unique() -> u64 {
@@ -287,6 +300,13 @@ pub fn run_script(script: &str, timeout: Duration) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_deadline_comes_first() {
+        assert_eq!(script_limit(Duration::from_secs(900)).as_secs(), 780);
+        assert_eq!(script_limit(Duration::from_secs(100)).as_secs(), 50);
+        assert!(script_limit(Duration::from_secs(10)) < Duration::from_secs(10));
+    }
 
     #[test]
     fn parses_framed_output() {

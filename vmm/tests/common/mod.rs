@@ -26,7 +26,7 @@ pub fn prepare() {
 /// Runs `script` where KVM boots stock kernels; returns (stdout, stderr).
 pub fn in_kvm(script: &str) -> (String, String) {
     prepare();
-    let o = xtask::run_script(script, Duration::from_secs(900)).expect("running the VM script");
+    let o = xtask::run_script(script, Duration::from_secs(1200)).expect("running the VM script");
     assert_eq!(o.status, 0, "script failed:\n{}\n{}", o.stdout, o.stderr);
     (o.stdout, o.stderr)
 }
