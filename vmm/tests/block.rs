@@ -9,6 +9,14 @@ use common::{in_kvm, value, T, VMAPP};
 /// 2 MiB, the size of the pattern the guest writes.
 const PATTERN: u32 = 2 << 20;
 
+/// Each test's scratch directory, its 64 MiB image `$img`, and `wait_for
+/// TEXT FILE` (gives up after about four minutes).
+const DISK: &str = r#"d=$(mktemp -d /tmp/vmapp-blk.XXXXXX)
+img=$d/disk.img
+truncate -s 64M $img
+wait_for() { i=0; while ! grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }
+"#;
+
 #[test]
 fn disk_data_survives_restarts_kills_and_read_only() {
     let v = format!("timeout {T} {VMAPP} launch --memory 256");
@@ -16,11 +24,7 @@ fn disk_data_survives_restarts_kills_and_read_only() {
     let bg = format!("{VMAPP} launch --memory 256");
     let script = format!(
         r#"
-d=$(mktemp -d /tmp/vmapp-blk.XXXXXX)
-img=$d/disk.img
-truncate -s 64M $img
-wait_for() {{ i=0; while ! grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
-
+{DISK}
 echo t1=$(date +%s)
 # 1. The guest writes a random pattern, flushes, reports its hash.
 {v} --disk $img -- sh -c 'dd if=/dev/urandom of=/dev/vda bs=64K count=32 conv=fsync 2>/dev/null && echo guestsha=$(head -c {PATTERN} /dev/vda | sha256sum | cut -d" " -f1)'
@@ -79,11 +83,7 @@ fn disk_locks_and_a_full_host_file_system() {
     let bg = format!("{VMAPP} launch --memory 256");
     let script = format!(
         r#"
-d=$(mktemp -d /tmp/vmapp-blk.XXXXXX)
-img=$d/disk.img
-truncate -s 64M $img
-wait_for() {{ i=0; while ! grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
-
+{DISK}
 echo t5=$(date +%s)
 # 5. A second VM on a writable image another VM uses is refused.
 {bg} --disk $img -- sh -c 'echo @@up; sleep 600' > $d/out5 2>&1 &

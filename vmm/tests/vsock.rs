@@ -11,16 +11,20 @@ const STREAM: u32 = 256 << 20;
 /// Seconds a VM streaming [`STREAM`] may take under the emulated host.
 const TS: u32 = 900;
 
+/// socat present, each test's scratch directory `$d`, and `wait_for TEXT
+/// FILE` (gives up after about four minutes).
+const PRELUDE: &str = r#"command -v socat >/dev/null || { echo "socat is required (apt-get install socat)" >&2; exit 1; }
+d=$(mktemp -d /tmp/vmapp-vsock.XXXXXX)
+wait_for() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }
+"#;
+
 /// The host connects in: a stream echoed back, 64 at once, refusals.
 /// (Two tests, so that the two emulated hosts run side by side.)
 #[test]
 fn host_connects_in_streams_echo_concurrency_and_refusals() {
     let script = format!(
         r#"
-command -v socat >/dev/null || {{ echo "socat is required (apt-get install socat)" >&2; exit 1; }}
-d=$(mktemp -d /tmp/vmapp-vsock.XXXXXX)
-wait_for() {{ i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
-head -c {STREAM} /dev/urandom > $d/data
+{PRELUDE}head -c {STREAM} /dev/urandom > $d/data
 head -c 65536 $d/data > $d/small
 echo datasha=$(sha256sum < $d/data | cut -d' ' -f1)
 
@@ -71,10 +75,7 @@ rm -rf $d
 fn guest_connects_out_and_is_refused_where_nobody_listens() {
     let script = format!(
         r#"
-command -v socat >/dev/null || {{ echo "socat is required (apt-get install socat)" >&2; exit 1; }}
-d=$(mktemp -d /tmp/vmapp-vsock.XXXXXX)
-wait_for() {{ i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
-# VM 2: the guest connects out to host port 6000 (PATH_6000), and to an unbound 6001.
+{PRELUDE}# VM 2: the guest connects out to host port 6000 (PATH_6000), and to an unbound 6001.
 timeout {TS} socat -u UNIX-LISTEN:$d/v.sock_6000 CREATE:$d/recv &
 lst=$!
 i=0; while [ ! -S $d/v.sock_6000 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
