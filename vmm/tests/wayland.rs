@@ -20,8 +20,9 @@ SWAYPID=$!
 for i in $(seq 200); do [ -S $RT/wayland-1 ] && break; sleep 0.1; done
 export WAYLAND_DISPLAY=$RT/wayland-1 SWAYSOCK=$(ls $RT/sway-ipc.*.sock)
 # A keyboard on the seat for the whole run (a virtual one of the test's own,
-# on sway directly): with it sway gives new windows keyboard focus.
-wtype -s 600000 x &
+# on sway directly): with it sway gives new windows keyboard focus. (`-s` is
+# in milliseconds: a day, longer than any run.)
+wtype -s 86400000 x &
 HOLDER=$!
 waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
 "#;
@@ -76,7 +77,7 @@ grep typed= $RT/kb.out
 $V -- sh -c 'wtype x 2>&1; echo wtype-rc=$?; grim /tmp/o.png 2>&1; echo grim-rc=$?' > $RT/deny.out 2>&1
 grep -E 'wtype-rc|grim-rc' $RT/deny.out
 cat $RT/kb.out | sed 's/^/kb: /'
-kill $HOLDER $SWAYPID
+kill $HOLDER $SWAYPID 2>/dev/null; true
 "#
     );
     let (out, err) = in_kvm(&script);
@@ -164,7 +165,7 @@ wait $pid; grep after-stuck-rc= $RT/s.out
 $V --tag late -- sh -c '{c} --title late --seconds 120; echo client-rc=$?' > $RT/late.out 2>&1 &
 pid=$!
 waitwin '\[late\] late' && echo late-mapped=yes
-kill $HOLDER $SWAYPID
+kill $HOLDER $SWAYPID 2>/dev/null; true
 wait $pid; echo vm-rc=$?
 grep client-rc= $RT/late.out
 "#
