@@ -6,7 +6,8 @@
 //! ```text
 //! wl-color [--color RRGGBB] [--title T] [--size WxH] [--seconds S] [--bench]
 //! ```
-//! Without `--bench` it shows the colour for S seconds (default 2) and exits.
+//! Without `--bench` it shows the colour for S seconds (default 2), or until
+//! the window is closed, and exits.
 //! With `--bench` it redraws and commits full frames for S seconds, each
 //! followed by a `wl_display.sync` round trip, and prints `frames=N fps=F`.
 
@@ -117,6 +118,11 @@ impl Conn {
                 (8, 0) => {
                     self.send(&Writer::new(8, 4).uint(word(&b, 0)).finish());
                     self.send(&Writer::new(7, 6).finish());
+                }
+                // xdg_toplevel.close (the user closed the window): done.
+                (9, 1) => {
+                    println!("wl-color: closed");
+                    std::process::exit(0);
                 }
                 _ => {}
             }
