@@ -138,9 +138,14 @@ impl MmioTransport {
         self.notify.iter().enumerate().map(|(i, e)| (i as u32, e))
     }
 
-    /// The device status register.
+    /// The device status register, with DEVICE_NEEDS_RESET when either the
+    /// transport or one of the device's workers has asked for a reset.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// The features offered: the device's plus VIRTIO_F_VERSION_1.
@@ -167,7 +172,7 @@ impl MmioTransport {
 
     /// Whether queue registers may be written now.
     fn queue_setup_allowed(&self) -> bool {
-        self.status & (FEATURES_OK | DRIVER_OK | DEVICE_NEEDS_RESET | FAILED) == FEATURES_OK
+        self.status() & (FEATURES_OK | DRIVER_OK | DEVICE_NEEDS_RESET | FAILED) == FEATURES_OK
             && self
                 .queues
                 .get(self.queue_sel as usize)
@@ -209,7 +214,7 @@ impl MmioTransport {
         if new == cur {
             return;
         }
-        if self.status & (DEVICE_NEEDS_RESET | FAILED) != 0 || !valid_transition(cur, new) {
+        if self.status() & (DEVICE_NEEDS_RESET | FAILED) != 0 || !valid_transition(cur, new) {
             self.needs_reset("invalid status transition");
             return;
         }
@@ -275,14 +280,7 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => {
-                self.status
-                    | if self.interrupt.needs_reset() {
-                        DEVICE_NEEDS_RESET
-                    } else {
-                        0
-                    }
-            }
+            reg::STATUS => self.status(),
             reg::QUEUE_DESC_LOW => q.map_or(0, |q| q.desc_table() as u32),
             reg::QUEUE_DESC_HIGH => q.map_or(0, |q| (q.desc_table() >> 32) as u32),
             reg::QUEUE_DRIVER_LOW => q.map_or(0, |q| q.avail_ring() as u32),

@@ -10,6 +10,7 @@ struct Log {
     activated: Vec<(u64, usize)>,
     resets: usize,
     config: Vec<u8>,
+    interrupt: Option<Arc<Interrupt>>,
 }
 
 struct TestDevice {
@@ -37,13 +38,14 @@ impl VirtioDevice for TestDevice {
     fn activate(
         &mut self,
         _mem: GuestMemory,
-        _interrupt: Arc<Interrupt>,
+        interrupt: Arc<Interrupt>,
         acked: u64,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         if self.fail_activate {
             return Err(ActivateError::BadQueues("test".into()));
         }
+        self.log.lock().unwrap().interrupt = Some(interrupt);
         self.log
             .lock()
             .unwrap()
@@ -317,4 +319,26 @@ fn shared_memory_registers() {
     w(&mut t, reg::SHM_SEL, 0);
     assert_eq!(r(&mut t, reg::SHM_LEN_LOW), u32::MAX);
     assert_eq!(r(&mut t, reg::SHM_LEN_HIGH), u32::MAX);
+}
+
+/// Review finding 7: a worker's needs-reset (set through its `Interrupt`)
+/// showed in the STATUS register but not in `status()` or the transport's
+/// own checks, so the device went on as if nothing had happened.
+#[test]
+fn a_workers_needs_reset_is_the_transports_too() {
+    let (mut t, log, _) = transport(false);
+    negotiate(&mut t, V1);
+    setup_queue(&mut t, 0, 16, 0x1000);
+    w(&mut t, reg::STATUS, 0xf);
+    assert_eq!(t.status(), 0xf);
+    let irq = log.lock().unwrap().interrupt.clone().unwrap();
+    irq.set_needs_reset().unwrap();
+    assert_eq!(t.status(), 0xf | DEVICE_NEEDS_RESET);
+    assert!(needs_reset(&mut t));
+    // Only a reset clears it; then the driver starts over.
+    w(&mut t, reg::STATUS, 0);
+    assert_eq!(t.status(), 0);
+    assert!(!irq.needs_reset());
+    negotiate(&mut t, V1);
+    assert_eq!(t.status(), 0xb);
 }
