@@ -99,6 +99,11 @@ fn run() -> Result<i32> {
         tag: args.tag.clone(),
         upstream,
     };
+    // Every client's fd budget (shm pools, queued fds) must fit under the
+    // fd limit; a desktop's soft limit of 1024 holds less than one.
+    if let Err(e) = wl_proxy::proxy::raise_fd_limit() {
+        tracing::warn!("wl-proxy: cannot raise the fd limit: {e}");
+    }
     let mut proxy = Proxy::new(cfg)?;
     if let Some(path) = &args.listen {
         let l =

@@ -99,8 +99,8 @@ impl Objects {
     }
 
     /// Creates `id` for the client: it must be in the client's range, free,
-    /// and at most one past the highest id in use (libwayland's rule, which
-    /// also keeps this table dense).
+    /// and at most one past the table (libwayland's rule, which also keeps
+    /// this table dense); the table never grows past the object limit.
     pub fn create_client(
         &mut self,
         id: u32,
@@ -122,7 +122,7 @@ impl Objects {
                 self.client[idx] = obj;
             }
             std::cmp::Ordering::Equal => {
-                self.bump()?;
+                self.grow(self.client.len())?;
                 self.client.push(obj);
             }
             _ => return Err(ObjectError::BadNewId(id)),
@@ -157,12 +157,22 @@ impl Objects {
                 }
             },
             std::cmp::Ordering::Equal => {
-                self.bump()?;
+                self.grow(self.server.len())?;
                 self.server.push(obj);
             }
             std::cmp::Ordering::Greater => return Err(ObjectError::BadNewId(id)),
         }
         Ok(())
+    }
+
+    /// [`Objects::bump`] for an id one past a table of `len` entries: the
+    /// table itself is bounded by the object limit too, so ids freed below
+    /// cannot be traded for ever more slots.
+    fn grow(&mut self, len: usize) -> Result<(), ObjectError> {
+        if len >= self.max {
+            return Err(ObjectError::TooMany);
+        }
+        self.bump()
     }
 
     fn bump(&mut self) -> Result<(), ObjectError> {
@@ -240,5 +250,41 @@ mod tests {
             o.create_server(SERVER_ID_START + 1, 1, 1),
             Err(ObjectError::TooMany)
         );
+    }
+
+    /// Review finding 5: a client that creates one id past its table, has
+    /// it deleted and does it again grew the table without bound while its
+    /// live count stayed at two. The table is now as long as the object
+    /// limit at most (libwayland reuses freed ids, so its table never grows
+    /// past its peak object count).
+    #[test]
+    fn freed_holes_do_not_grow_the_table() {
+        let mut o = Objects::new(0, 8);
+        let mut refused = None;
+        for id in 2..10_000u32 {
+            if let Err(e) = o.create_client(id, 3, 1) {
+                refused = Some((id, e));
+                break;
+            }
+            o.kill(id);
+            assert!(o.remove(id));
+        }
+        assert_eq!(refused, Some((9, ObjectError::TooMany)));
+        assert!(o.client.len() <= 8);
+        // The freed ids below stay usable.
+        o.create_client(5, 3, 1).unwrap();
+        // The same for the server's side.
+        let mut o = Objects::new(0, 8);
+        let mut n = 0;
+        for i in 0..10_000u32 {
+            if o.create_server(SERVER_ID_START + i, 3, 1).is_err() {
+                break;
+            }
+            o.kill(SERVER_ID_START + i);
+            o.remove(SERVER_ID_START + i);
+            n += 1;
+        }
+        assert_eq!(n, 8);
+        assert!(o.server.len() <= 8);
     }
 }

@@ -70,6 +70,8 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// Fds buffered per direction.
     pub max_buffered_fds: usize,
+    /// Live `wl_shm` pools (the proxy keeps each one's fd).
+    pub max_pools: usize,
     /// How long a client may leave a message incomplete.
     pub partial_message_timeout_ms: u64,
     /// Longest `xdg_toplevel` title after tagging, in bytes.
@@ -93,6 +95,7 @@ struct PartialLimits {
     max_objects: Option<usize>,
     max_buffered_bytes: Option<usize>,
     max_buffered_fds: Option<usize>,
+    max_pools: Option<usize>,
     partial_message_timeout_ms: Option<u64>,
     max_title_bytes: Option<usize>,
 }
@@ -141,6 +144,7 @@ impl Policy {
             max_objects: pick(|l| l.max_objects, bl.map(|b| b.max_objects))?,
             max_buffered_bytes: pick(|l| l.max_buffered_bytes, bl.map(|b| b.max_buffered_bytes))?,
             max_buffered_fds: pick(|l| l.max_buffered_fds, bl.map(|b| b.max_buffered_fds))?,
+            max_pools: pick(|l| l.max_pools, bl.map(|b| b.max_pools))?,
             max_title_bytes: pick(|l| l.max_title_bytes, bl.map(|b| b.max_title_bytes))?,
             partial_message_timeout_ms: lim
                 .as_ref()
@@ -159,8 +163,18 @@ impl Policy {
                 "max_buffered_bytes must be at least 8192",
             ));
         }
-        if limits.max_buffered_fds < 28 {
-            return Err(PolicyError::Limit("max_buffered_fds must be at least 28"));
+        if !(28..=4096).contains(&limits.max_buffered_fds) {
+            return Err(PolicyError::Limit(
+                "max_buffered_fds must be within 28..=4096",
+            ));
+        }
+        if !(1..=4096).contains(&limits.max_pools) {
+            return Err(PolicyError::Limit("max_pools must be within 1..=4096"));
+        }
+        if limits.partial_message_timeout_ms > 3_600_000 {
+            return Err(PolicyError::Limit(
+                "partial_message_timeout_ms must be at most an hour",
+            ));
         }
         if !(32..=2048).contains(&limits.max_title_bytes) {
             return Err(PolicyError::Limit(

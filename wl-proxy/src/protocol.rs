@@ -156,4 +156,25 @@ mod tests {
         let offset = surf.requests.iter().find(|m| m.name == "offset").unwrap();
         assert_eq!(offset.since, 5);
     }
+
+    /// Review finding 5 (a guard: it did not apply to the tables we build):
+    /// an untyped `new_id` is `wl_registry.bind`'s alone in every protocol
+    /// the proxy knows; the session refuses one anywhere else.
+    #[test]
+    fn only_wl_registry_bind_has_an_untyped_new_id() {
+        let mut found = vec![];
+        for i in INTERFACES.iter() {
+            for (dir, msgs) in [("request", i.requests), ("event", i.events)] {
+                for m in msgs {
+                    if m.args
+                        .iter()
+                        .any(|a| a.kind == ArgKind::NewId && a.interface.is_none())
+                    {
+                        found.push(format!("{}.{} ({dir})", i.name, m.name));
+                    }
+                }
+            }
+        }
+        assert_eq!(found, ["wl_registry.bind (request)"]);
+    }
 }

@@ -16,7 +16,7 @@ use ratelimit::{info_limited, warn_limited};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::conn::{recv, ConnError, OutBuf};
+use crate::conn::{recv, ConnError, OutBuf, MAX_FDS_PER_SEND};
 use crate::policy::{Limits, Policy};
 use crate::session::{Session, Verdict, Violation};
 use crate::wire::{self, WireError};
@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The proxy has stopped.
     #[error("the proxy has stopped")]
     Stopped,
+    /// A client was not taken on (the proxy goes on serving the others).
+    #[error("client refused: {0}")]
+    Refused(String),
 }
 
 /// What a proxy needs to run.
@@ -88,6 +91,53 @@ impl Handle {
 const T_LISTEN: u64 = u64::MAX;
 const T_WAKE: u64 = u64::MAX - 1;
 
+/// Fds the proxy keeps for itself (epoll, eventfd, listener, stdio, logs).
+const OWN_FDS: u64 = 32;
+/// How long a listener whose `accept` failed (e.g. EMFILE) is left alone.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most fds one client can make the proxy hold: its shm pools, what is
+/// queued in each direction (a full queue, plus one `recvmsg` worth read and
+/// not yet passed on, on both sides of the parser) and its two sockets.
+pub fn fds_per_client(l: &Limits) -> u64 {
+    let queued = 2 * (l.max_buffered_fds + MAX_FDS_PER_SEND) as u64;
+    l.max_pools as u64 + 2 * queued + 2
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns
+/// the new soft limit. Process-wide, so the library never calls it itself:
+/// the `wl-proxy` binary does, before [`Proxy::new`]; an embedder may.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct; checked.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        l.rlim_cur = l.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur)
+}
+
+/// The soft `RLIMIT_NOFILE` (read only).
+fn fd_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct; checked.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    l.rlim_cur
+}
+
 /// Why a client's entry ends.
 enum End {
     /// Normal end or I/O error; the reason is logged.
@@ -136,6 +186,11 @@ pub struct Proxy {
     serial: u64,
     rx: Receiver<Cmd>,
     handle: Handle,
+    /// The policy's client limit, lowered to what the fd limit can hold
+    /// with every client at its fd budget.
+    max_clients: usize,
+    /// When a listener taken out after a failed `accept` goes back.
+    accept_paused: Option<Instant>,
 }
 
 impl Proxy {
@@ -149,7 +204,25 @@ impl Proxy {
             EpollEvent::new(EventSet::IN, T_WAKE),
         )?;
         let (tx, rx) = channel();
+        let l = cfg.policy.limits;
+        let fit = fd_limit().saturating_sub(OWN_FDS) / fds_per_client(&l);
+        // (One client at least: alone, it can only exhaust its own fds.)
+        let max_clients = l
+            .max_clients
+            .min(usize::try_from(fit).unwrap_or(usize::MAX))
+            .max(1);
+        if max_clients < l.max_clients {
+            tracing::warn!(
+                "wl-proxy: the fd limit ({}) holds {max_clients} clients at {} fds each, not {}; \
+                 raise it (wl_proxy::proxy::raise_fd_limit) or lower the policy's fd limits",
+                fd_limit(),
+                fds_per_client(&l),
+                l.max_clients
+            );
+        }
         Ok(Proxy {
+            max_clients,
+            accept_paused: None,
             tag: cfg.tag.as_deref().map(Arc::from),
             cfg,
             epoll,
@@ -190,23 +263,26 @@ impl Proxy {
     }
 
     /// Starts serving a connected client: opens its upstream connection.
+    /// A client that cannot be served (too many clients, no compositor, a
+    /// socket epoll refuses) gets [`ProxyError::Refused`] and is dropped;
+    /// the proxy itself goes on.
     pub fn add_client(&mut self, down: UnixStream) -> Result<(), ProxyError> {
-        if self.live >= self.limits().max_clients {
-            warn_limited!("wl-proxy: client refused: {} clients already", self.live);
-            return Ok(());
+        if self.live >= self.max_clients {
+            return Err(ProxyError::Refused(format!(
+                "{} clients already",
+                self.live
+            )));
         }
-        let up = match UnixStream::connect(&self.cfg.upstream) {
-            Ok(s) => s,
-            Err(e) => {
-                warn_limited!(
-                    "wl-proxy: cannot reach the compositor at {}: {e}",
-                    self.cfg.upstream.display()
-                );
-                return Ok(());
-            }
-        };
-        down.set_nonblocking(true)?;
-        up.set_nonblocking(true)?;
+        let up = UnixStream::connect(&self.cfg.upstream).map_err(|e| {
+            ProxyError::Refused(format!(
+                "cannot reach the compositor at {}: {e}",
+                self.cfg.upstream.display()
+            ))
+        })?;
+        for s in [&down, &up] {
+            s.set_nonblocking(true)
+                .map_err(|e| ProxyError::Refused(format!("set_nonblocking: {e}")))?;
+        }
         self.serial += 1;
         let c = Client {
             serial: self.serial,
@@ -232,8 +308,18 @@ impl Proxy {
         self.clients[slot] = Some(c);
         self.live += 1;
         tracing::debug!(client = self.serial, "wl-proxy: client connected");
-        self.update_interest(slot)?;
+        if let Err(e) = self.update_interest(slot) {
+            self.remove(slot, Some(End::Closed("epoll refused its socket")));
+            return Err(ProxyError::Refused(format!("epoll: {e}")));
+        }
         Ok(())
+    }
+
+    /// [`Proxy::add_client`] from the event loop: a refusal is logged.
+    fn take_client(&mut self, down: UnixStream) {
+        if let Err(e) = self.add_client(down) {
+            warn_limited!("wl-proxy: {e}");
+        }
     }
 
     /// Serves until [`Handle::stop`].
@@ -252,7 +338,7 @@ impl Proxy {
                         let _ = self.handle.wake.read();
                         while let Ok(cmd) = self.rx.try_recv() {
                             match cmd {
-                                Cmd::Add(s) => self.add_client(s)?,
+                                Cmd::Add(s) => self.take_client(s),
                                 Cmd::Stop => {
                                     self.shutdown();
                                     return Ok(());
@@ -264,7 +350,7 @@ impl Proxy {
                     t => {
                         let slot = (t >> 1) as usize;
                         let upstream = t & 1 == 1;
-                        self.on_event(slot, upstream, ev.events())?;
+                        self.on_event(slot, upstream, ev.events());
                     }
                 }
             }
@@ -278,42 +364,71 @@ impl Proxy {
                 return Ok(());
             };
             match l.accept() {
-                Ok((s, _)) => self.add_client(s)?,
+                Ok((s, _)) => self.take_client(s),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    warn_limited!("wl-proxy: accept: {e}");
+                    // The pending connection stays, so a level-triggered
+                    // listener would wake us at once, again and again.
+                    warn_limited!("wl-proxy: accept: {e}; pausing new clients");
+                    self.epoll.ctl(
+                        ControlOperation::Delete,
+                        l.as_raw_fd(),
+                        EpollEvent::default(),
+                    )?;
+                    self.accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
                     return Ok(());
                 }
             }
         }
     }
 
-    fn on_event(&mut self, slot: usize, upstream: bool, events: u32) -> Result<(), ProxyError> {
+    fn on_event(&mut self, slot: usize, upstream: bool, events: u32) {
         let limits = self.limits();
         let Some(Some(c)) = self.clients.get_mut(slot) else {
-            return Ok(());
+            return;
         };
         let res = c.service(upstream, events, &limits);
         match res {
-            Ok(true) => self.update_interest(slot)?,
+            Ok(true) => {
+                if let Err(e) = self.update_interest(slot) {
+                    warn_limited!("wl-proxy: epoll: {e}");
+                    self.remove(slot, Some(End::Closed("epoll failed")));
+                }
+            }
             Ok(false) => self.remove(slot, None),
             Err(end) => self.remove(slot, Some(end)),
         }
-        Ok(())
     }
 
     fn next_timeout(&self) -> i32 {
         let t = Duration::from_millis(self.limits().partial_message_timeout_ms);
+        let now = Instant::now();
         self.clients
             .iter()
             .flatten()
             .filter_map(|c| c.partial_since)
-            .map(|s| t.saturating_sub(s.elapsed()).as_millis() as i32 + 1)
+            .map(|s| epoll_timeout(t.saturating_sub(s.elapsed())))
+            .chain(
+                self.accept_paused
+                    .map(|at| epoll_timeout(at.saturating_duration_since(now))),
+            )
             .min()
             .unwrap_or(-1)
     }
 
     fn check_timeouts(&mut self) -> Result<(), ProxyError> {
+        if let (Some(at), Some(l)) = (self.accept_paused, &self.listener) {
+            if Instant::now() >= at {
+                self.epoll.ctl(
+                    ControlOperation::Add,
+                    l.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, T_LISTEN),
+                )?;
+                self.accept_paused = None;
+            }
+        }
         let t = Duration::from_millis(self.limits().partial_message_timeout_ms);
         for slot in 0..self.clients.len() {
             let Some(Some(c)) = self.clients.get_mut(slot) else {
@@ -403,6 +518,13 @@ impl Proxy {
             self.remove(slot, Some(End::Closed("proxy stopped")));
         }
     }
+}
+
+/// epoll_wait's timeout for `left` to go: rounded up past it.
+fn epoll_timeout(left: Duration) -> i32 {
+    i32::try_from(left.as_millis())
+        .unwrap_or(i32::MAX)
+        .saturating_add(1)
 }
 
 impl Client {
@@ -566,5 +688,78 @@ impl Client {
             self.partial_since = Some(Instant::now());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    /// A proxy whose "compositor" is a bare listener of the test's own.
+    fn proxy(limits: &str) -> (Proxy, UnixListener, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("comp");
+        let listener = UnixListener::bind(&upstream).unwrap();
+        let policy = Policy::from_toml(&format!("[limits]\n{limits}")).unwrap();
+        let cfg = Config {
+            policy: Arc::new(policy),
+            tag: None,
+            upstream,
+        };
+        (Proxy::new(cfg).unwrap(), listener, dir)
+    }
+
+    /// Review finding 5: a refused client was reported as added.
+    #[test]
+    fn a_refused_client_is_an_error() {
+        let (mut p, listener, dir) = proxy("max_clients = 1\n");
+        p.add_client(UnixStream::pair().unwrap().0).unwrap();
+        let r = p.add_client(UnixStream::pair().unwrap().0);
+        assert!(matches!(r, Err(ProxyError::Refused(_))), "{r:?}");
+        assert_eq!(p.clients(), 1);
+
+        // The compositor has gone.
+        drop(listener);
+        std::fs::remove_file(dir.path().join("comp")).unwrap();
+        let (mut q, ..) = proxy("");
+        q.cfg.upstream = dir.path().join("comp");
+        let r = q.add_client(UnixStream::pair().unwrap().0);
+        assert!(matches!(r, Err(ProxyError::Refused(_))), "{r:?}");
+        assert_eq!(q.clients(), 0);
+    }
+
+    /// Review finding 5: one client's epoll_ctl failure stopped the whole
+    /// proxy. A "stream" that is really a regular file cannot join epoll;
+    /// the proxy drops it and serves the next client.
+    #[test]
+    fn one_clients_epoll_failure_does_not_stop_the_proxy() {
+        let (mut p, listener, _dir) = proxy("");
+        let h = p.handle();
+        let t = std::thread::spawn(move || p.run());
+        let file: OwnedFd = tempfile::tempfile().unwrap().into();
+        h.add_client(UnixStream::from(file)).unwrap();
+        let (good, _peer) = UnixStream::pair().unwrap();
+        h.add_client(good).unwrap();
+        // The proxy reaches the compositor for each client it serves; the
+        // file is refused at epoll, after its upstream connection.
+        listener.set_nonblocking(false).unwrap();
+        let _a = listener.accept().unwrap();
+        let _b = listener.accept().unwrap();
+        h.stop();
+        assert!(t.join().unwrap().is_ok());
+    }
+
+    /// Review finding 5: a timeout beyond i32 milliseconds wrapped to a
+    /// negative epoll timeout (wait forever). It is capped instead.
+    #[test]
+    fn a_huge_partial_message_timeout_does_not_wrap() {
+        assert_eq!(epoll_timeout(Duration::from_millis(u64::MAX)), i32::MAX);
+        assert_eq!(
+            epoll_timeout(Duration::from_millis(3_000_000_000)),
+            i32::MAX
+        );
+        assert_eq!(epoll_timeout(Duration::from_millis(10)), 11);
+        assert_eq!(epoll_timeout(Duration::ZERO), 1);
     }
 }

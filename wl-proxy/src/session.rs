@@ -280,6 +280,9 @@ impl Session {
         if obj.iface == k.registry && h.opcode == 0 {
             self.check_bind(vals)?;
         } else if obj.iface == k.shm && h.opcode == 0 {
+            if self.pools.len() >= self.policy.limits.max_pools {
+                return Err(Violation::ShmPool("too many shm pools"));
+            }
             self.check_pool(vals, fds, None)?;
         } else if obj.iface == k.shm_pool && h.opcode == 2 {
             self.check_pool(vals, fds, Some(h.object))?;
@@ -299,6 +302,12 @@ impl Session {
                 Value::NewId(id) => {
                     let child = arg.interface.unwrap_or(obj.iface);
                     self.objects.create_client(id, child, obj.version)?;
+                }
+                Value::NewIdDyn { .. } if !(obj.iface == k.registry && h.opcode == 0) => {
+                    return Err(Violation::Malformed {
+                        object: h.object,
+                        reason: "untyped new_id outside wl_registry.bind",
+                    });
                 }
                 Value::NewIdDyn {
                     interface: name,
@@ -453,6 +462,9 @@ impl Session {
             }
         }
         for (arg, v) in msg.args.iter().zip(vals) {
+            if let Value::NewIdDyn { .. } = v {
+                return Err(Violation::Upstream("untyped new_id in an event".into()));
+            }
             if let Value::NewId(id) = *v {
                 let child = arg.interface.unwrap_or(obj.iface);
                 if id < SERVER_ID_START {

@@ -336,3 +336,40 @@ fn a_client_that_never_reads_is_bounded() {
     }
     assert!(good.roundtrip().is_some());
 }
+
+/// Review finding 4: with a desktop's soft fd limit (1024), one client that
+/// holds 990 shm pools made the proxy disconnect the next client that
+/// created pools ("cannot keep the pool fd"). Each client now has a pool
+/// budget, and the proxy raises its soft limit: the hog is cut off, the
+/// others never notice.
+#[test]
+fn one_clients_fd_hoard_does_not_touch_another() {
+    let sway = Compositor::sway();
+    let proxy = ProxyProc::start_with_nofile(&sway, "", 1024);
+
+    let pools = |c: &mut RawClient, shm_name: u32, n: u32| -> u32 {
+        let shm = c.new_id();
+        c.send(&bind(2, shm_name, "wl_shm", 1, shm), &[]);
+        for i in 0..n {
+            let id = c.new_id();
+            if !c.send(
+                &Writer::new(shm, 0).uint(id).uint(4096).finish(),
+                &[file_of(4096)],
+            ) {
+                return i;
+            }
+        }
+        n
+    };
+    let (mut hog, shown) = registered(&proxy);
+    let (shm_name, _) = find(&shown, "wl_shm");
+    pools(&mut hog, shm_name, 990);
+    let (_, _, msg) = hog.expect_error();
+    assert!(msg.contains("pools"), "{msg}");
+
+    let (mut other, _) = registered(&proxy);
+    assert_eq!(pools(&mut other, shm_name, 40), 40);
+    assert!(other.roundtrip().is_some(), "the second client was cut off");
+    let (mut third, _) = registered(&proxy);
+    assert!(third.roundtrip().is_some());
+}

@@ -222,10 +222,45 @@ pub struct ProxyProc {
 
 impl ProxyProc {
     pub fn start(comp: &Compositor, policy: &str) -> ProxyProc {
+        Self::start_with(comp, policy, Command::new(proxy_bin()))
+    }
+
+    /// Started with a soft RLIMIT_NOFILE of `soft` under this process's hard
+    /// limit, as a desktop session gives its programs (soft 1024, a higher
+    /// hard limit).
+    pub fn start_with_nofile(comp: &Compositor, policy: &str, soft: u64) -> ProxyProc {
+        use std::os::unix::process::CommandExt;
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into `l`, a valid rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        let hard = l.rlim_max;
+        assert!(hard > soft, "this test needs a hard fd limit above {soft}");
+        let mut c = Command::new(proxy_bin());
+        // SAFETY: setrlimit is async-signal-safe; the child only calls it
+        // between fork and exec, on its own stack values.
+        unsafe {
+            c.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_with(comp, policy, c)
+    }
+
+    fn start_with(comp: &Compositor, policy: &str, mut cmd: Command) -> ProxyProc {
         let pol = comp.dir.path().join("policy.toml");
         std::fs::write(&pol, policy).unwrap();
         let socket = comp.dir.path().join("proxy.sock");
-        let child = Command::new(proxy_bin())
+        let child = cmd
             .arg("--upstream")
             .arg(&comp.socket)
             .arg("--policy")
