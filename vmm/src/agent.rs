@@ -40,9 +40,11 @@ pub fn agent_socket_path(uds: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// A listening agent endpoint.
+/// A listening agent endpoint. It takes one connection, the agent's, and
+/// then stops listening: nothing else in the guest can open streams that
+/// vmapp would never read.
 pub struct AgentHost {
-    listener: UnixListener,
+    listener: Option<UnixListener>,
     path: PathBuf,
 }
 
@@ -59,30 +61,40 @@ impl AgentHost {
         let _ = std::fs::remove_file(&path);
         let listener =
             UnixListener::bind(&path).map_err(|e| AgentError::Listen(path.clone(), e))?;
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener: Some(listener),
+            path,
+        })
     }
 
     /// Waits for the agent (giving up once `vm_done` is set), sends `run`,
     /// forwards `stdin` and the command's output, and returns how the command
     /// ended — `None` if the VM stopped first.
     pub fn serve(
-        self,
+        mut self,
         run: &Run,
         vm_done: &AtomicBool,
         stdin: Option<Box<dyn Read + Send>>,
         mut stdout: impl Write,
         mut stderr: impl Write,
     ) -> Result<Option<Exit>, AgentError> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(None);
+        };
         let stream = loop {
             if vm_done.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if devices::wait_readable(&self.listener, Some(Duration::from_millis(100))) {
-                if let Ok((s, _)) = self.listener.accept() {
+            if devices::wait_readable(&listener, Some(Duration::from_millis(100))) {
+                if let Ok((s, _)) = listener.accept() {
                     break s;
                 }
             }
         };
+        // The agent is here: later connections to its port are refused
+        // (the guest gets a reset), and none waits in a backlog.
+        drop(listener);
+        let _ = std::fs::remove_file(&self.path);
         let mut r = stream.try_clone().map_err(ProtoError::from)?;
         match proto::read_frame(&mut r)? {
             Some((ty::HELLO, v)) if v.len() == 4 => {
@@ -151,4 +163,44 @@ impl AgentHost {
 
 fn lock(w: &Mutex<UnixStream>) -> std::sync::MutexGuard<'_, UnixStream> {
     w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding 3 (issue 19): the agent's listener stayed open, never
+    /// accepting again, for the whole run; a guest could connect to port
+    /// 1024 a thousand times and pin a stream buffer for each. Once the
+    /// agent is there, nothing else can connect.
+    #[test]
+    fn only_one_agent_connection_is_ever_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let host = AgentHost::listen(&uds).unwrap();
+        let path = agent_socket_path(&uds);
+        let done = AtomicBool::new(false);
+        let (second_tx, second_rx) = std::sync::mpsc::channel();
+        let agent = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            proto::write_frame(&mut s, ty::HELLO, &proto::VERSION.to_le_bytes()).unwrap();
+            // RUN and STDIN_EOF arrive: the host has accepted us.
+            assert_eq!(proto::read_frame(&mut s).unwrap().unwrap().0, ty::RUN);
+            assert_eq!(proto::read_frame(&mut s).unwrap().unwrap().0, ty::STDIN_EOF);
+            second_tx.send(UnixStream::connect(&path).is_ok()).unwrap();
+            proto::write_frame(&mut s, ty::EXIT, &Exit::Code(3).encode()).unwrap();
+        });
+        let run = Run {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: String::new(),
+            keep_running: false,
+        };
+        let exit = host
+            .serve(&run, &done, None, std::io::sink(), std::io::sink())
+            .unwrap();
+        agent.join().unwrap();
+        assert_eq!(exit, Some(Exit::Code(3)));
+        assert!(!second_rx.recv().unwrap(), "a second connection was taken");
+    }
 }

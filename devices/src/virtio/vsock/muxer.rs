@@ -15,13 +15,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
+use std::ops::Deref;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use virtio_vsock::packet::VsockPacket;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::{warn_limited, GuestMemory};
@@ -102,6 +104,7 @@ struct Conn {
     host_eof: bool,
     /// Leading bytes of `txbuf` that are ours (the `OK` line), not guest data.
     uncounted: usize,
+    /// Epoll mask registered; `u32::MAX` when not in the epoll set.
     interest: u32,
 }
 
@@ -183,6 +186,49 @@ pub fn bind(path: &PathBuf) -> Result<UnixListener, MuxerError> {
     }
 }
 
+/// Connects to a host listener without ever blocking the worker: a
+/// listener whose backlog is full refuses at once (EAGAIN), and the guest
+/// gets a reset as if nothing listened.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid sockaddr_un of the length given.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
+
 /// All streams of one device.
 pub struct Muxer {
     cid: u64,
@@ -241,6 +287,10 @@ impl Muxer {
         self.ctrl.push_back(Ctrl { key, op, flags });
     }
 
+    /// Polls the stream for what it can use now. A stream that wants
+    /// nothing leaves the epoll set altogether: epoll reports EPOLLHUP and
+    /// EPOLLERR whatever the mask, so a paused stream whose peer hung up
+    /// would wake the worker again and again.
     fn set_interest(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
@@ -252,15 +302,15 @@ impl Muxer {
         if !c.txbuf.is_empty() {
             ev |= EventSet::OUT;
         }
-        let bits = ev.bits();
+        let bits = if ev.is_empty() { u32::MAX } else { ev.bits() };
         if bits == c.interest {
             return;
         }
         let fd = c.stream.as_raw_fd();
-        let op = if c.interest == u32::MAX {
-            ControlOperation::Add
-        } else {
-            ControlOperation::Modify
+        let op = match (c.interest, bits) {
+            (_, u32::MAX) => ControlOperation::Delete,
+            (u32::MAX, _) => ControlOperation::Add,
+            _ => ControlOperation::Modify,
         };
         c.interest = bits;
         if let Err(e) = self
@@ -310,14 +360,73 @@ impl Muxer {
         let mut used = false;
         while let Some(mut chain) = q.iter(mem)?.next() {
             let head = chain.head_index();
+            let whole = chain.clone();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => self.guest_packet(&pkt),
+                Err(
+                    virtio_vsock::packet::Error::DescriptorLengthTooSmall
+                    | virtio_vsock::packet::Error::DescriptorChainTooShort,
+                ) => self.gathered_packet(mem, whole),
                 Err(e) => warn_limited!("vsock: bad tx packet: {e}"),
             }
             q.add_used(mem, head, 0)?;
             used = true;
         }
         Ok(used)
+    }
+
+    /// A tx packet split over descriptors in a way `VsockPacket` does not
+    /// take (payload over several, or the header itself split; the spec
+    /// allows any split): gathered into a copy. A chain holding less than
+    /// its header says resets the stream, so data is never lost silently.
+    fn gathered_packet<M>(&mut self, mem: &GuestMemory, chain: DescriptorChain<M>)
+    where
+        M: Deref<Target = GuestMemory>,
+    {
+        let cap = PKT_HEADER_SIZE + MAX_PKT_DATA as usize;
+        let mut bytes = Vec::new();
+        for d in chain {
+            if d.is_write_only() || bytes.len() >= cap {
+                break;
+            }
+            let start = bytes.len();
+            let take = (d.len() as usize).min(cap - start);
+            bytes.resize(start + take, 0);
+            if mem.read_slice(&mut bytes[start..], d.addr()).is_err() {
+                warn_limited!("vsock: tx descriptor outside guest memory");
+                return;
+            }
+        }
+        if bytes.len() < PKT_HEADER_SIZE {
+            warn_limited!("vsock: tx packet with a short header dropped");
+            return;
+        }
+        let (hdr, data) = bytes.split_at_mut(PKT_HEADER_SIZE);
+        let mut raw = [0u8; PKT_HEADER_SIZE];
+        raw.copy_from_slice(hdr);
+        let len = u32::from_le_bytes([raw[24], raw[25], raw[26], raw[27]]) as usize;
+        let have = data.len();
+        let short = have < len;
+        let data = &mut data[..len.min(have)];
+        // SAFETY: `hdr` and `data` outlive `pkt`, which only this call uses.
+        let Ok(mut pkt) = (unsafe { VsockPacket::new(hdr, (len > 0).then_some(data)) }) else {
+            return;
+        };
+        if pkt.set_header_from_raw(&raw).is_err() {
+            return;
+        }
+        if short {
+            warn_limited!("vsock: tx payload shorter than its header says");
+            let key = Key {
+                local: pkt.dst_port(),
+                peer: pkt.src_port(),
+            };
+            if pkt.src_cid() == self.cid && self.conns.contains_key(&key) {
+                self.reset_conn(key);
+            }
+            return;
+        }
+        self.guest_packet(&pkt);
     }
 
     fn guest_packet<B: BitmapSlice>(&mut self, pkt: &VsockPacket<B>) {
@@ -407,7 +516,7 @@ impl Muxer {
         }
         let mut path = self.uds.clone().into_os_string();
         path.push(format!("_{}", key.local));
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+        match connect_nonblocking(Path::new(&path)) {
             Ok(s) => {
                 let mut c = Conn::new(s, State::Established);
                 c.peer_buf_alloc = buf_alloc;
