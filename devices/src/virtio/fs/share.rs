@@ -20,13 +20,26 @@
 //!   uid/gid are not used to switch credentials), ownership can only be given
 //!   to that user, device nodes and set-user-ID bits cannot be created.
 //! - **Hidden paths** (host-root mode): directories whose (device, inode) is
-//!   in the hidden set cannot be looked up, so nothing below them is reachable.
+//!   in the hidden set cannot be looked up, so nothing below them is reachable
+//!   by name. Exactly what that covers: the identities are taken when the
+//!   share is created, so the same directory reached by another path (a bind
+//!   mount of it) is hidden too; a hidden path that does not exist at start,
+//!   or a directory replaced by a new one later (a new inode), is not; a file
+//!   inside a hidden directory that also has a hard link outside it is
+//!   visible through that link. `READDIRPLUS` is refused while anything is
+//!   hidden, so every entry goes through the lookup check.
+//! - **An inode budget**: every inode the guest holds is an `O_PATH` fd in
+//!   this process; past [`Share::max_inodes`] distinct inodes a lookup or a
+//!   create answers `ENFILE` to the guest, so a guest cannot starve the rest
+//!   of the VMM of fds. `READDIRPLUS` (a lookup of a whole directory at once)
+//!   is refused near the budget, and the guest falls back to `READDIR`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -55,6 +68,29 @@ fn err(code: i32) -> io::Error {
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
 
+/// Entries one `READDIRPLUS` reply can carry at most (a 128 KiB buffer of
+/// 152-byte entries, rounded up): the room it needs left in the budget.
+const READDIRPLUS_ROOM: usize = 1024;
+
+/// The default inode budget of a share: half the fd limit above a reserve
+/// for the rest of the VMM (a host-root VM has two shares: the root and the
+/// home), at least 1024. With the usual hard limit of 1,048,576 (raised to
+/// by `Fs::new`) that is over half a million inodes.
+pub fn default_max_inodes() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct; checked.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    };
+    let half = soft.saturating_sub(4096) / 2;
+    usize::try_from(half).unwrap_or(usize::MAX).max(1024)
+}
+
 /// A host directory as the guest may use it.
 pub struct Share {
     inner: PassthroughFs<()>,
@@ -62,6 +98,9 @@ pub struct Share {
     hidden: HashSet<(u64, u64)>,
     uid: u32,
     gid: u32,
+    /// Lookup counts of the inodes the guest holds (the root aside).
+    held: Mutex<HashMap<u64, u64>>,
+    max_inodes: usize,
 }
 
 impl Share {
@@ -110,7 +149,50 @@ impl Share {
             hidden,
             uid,
             gid,
+            held: Mutex::new(HashMap::new()),
+            max_inodes: default_max_inodes(),
         })
+    }
+
+    /// Sets the inode budget (see the module documentation).
+    pub fn max_inodes(mut self, n: usize) -> Self {
+        self.max_inodes = n.max(1);
+        self
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses a request that would add an inode when the budget is spent.
+    fn room(&self) -> io::Result<()> {
+        if self.held().len() >= self.max_inodes {
+            return Err(err(libc::ENFILE));
+        }
+        Ok(())
+    }
+
+    /// Counts an entry the guest now holds; past the budget, a new inode is
+    /// dropped again and the guest gets ENFILE.
+    fn admit(&self, ctx: &Context, e: Entry) -> io::Result<Entry> {
+        let mut held = self.held();
+        if !held.contains_key(&e.inode) && held.len() >= self.max_inodes {
+            drop(held);
+            self.inner.forget(ctx, e.inode, 1);
+            return Err(err(libc::ENFILE));
+        }
+        *held.entry(e.inode).or_insert(0) += 1;
+        Ok(e)
+    }
+
+    fn release(&self, inode: u64, count: u64) {
+        let mut held = self.held();
+        if let Some(n) = held.get_mut(&inode) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                held.remove(&inode);
+            }
+        }
     }
 
     /// Whether the guest may only read.
@@ -215,14 +297,19 @@ impl FileSystem for Share {
             name
         };
         let e = self.inner.lookup(ctx, parent, name)?;
-        self.visible(ctx, e)
+        let e = self.visible(ctx, e)?;
+        self.admit(ctx, e)
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.release(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        for &(inode, count) in &requests {
+            self.release(inode, count);
+        }
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -281,7 +368,9 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         component(name)?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.room()?;
+        let e = self.inner.symlink(ctx, linkname, parent, name)?;
+        self.admit(ctx, e)
     }
 
     fn mknod(
@@ -299,8 +388,11 @@ impl FileSystem for Share {
             libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
             _ => return Err(err(libc::EPERM)),
         }
-        self.inner
-            .mknod(ctx, inode, name, safe_mode(mode, false), 0, umask)
+        self.room()?;
+        let e = self
+            .inner
+            .mknod(ctx, inode, name, safe_mode(mode, false), 0, umask)?;
+        self.admit(ctx, e)
     }
 
     fn mkdir(
@@ -313,8 +405,11 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         component(name)?;
-        self.inner
-            .mkdir(ctx, parent, name, safe_mode(mode, true), umask)
+        self.room()?;
+        let e = self
+            .inner
+            .mkdir(ctx, parent, name, safe_mode(mode, true), umask)?;
+        self.admit(ctx, e)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -352,7 +447,8 @@ impl FileSystem for Share {
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
         component(newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        let e = self.inner.link(ctx, inode, newparent, newname)?;
+        self.admit(ctx, e)
     }
 
     fn open(
@@ -375,6 +471,7 @@ impl FileSystem for Share {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
         component(name)?;
+        self.room()?;
         args.mode = safe_mode(args.mode, false);
         let exclusive = args.flags & libc::O_EXCL as u32 != 0;
         let excl = CreateIn {
@@ -393,12 +490,13 @@ impl FileSystem for Share {
                 match opened {
                     Ok((h, o, p)) => Ok((entry, h, o, p)),
                     Err(e) => {
-                        self.inner.forget(ctx, entry.inode, 1);
+                        self.forget(ctx, entry.inode, 1);
                         Err(e)
                     }
                 }
             }
-            r => r,
+            Ok((entry, h, o, p)) => Ok((self.admit(ctx, entry)?, h, o, p)),
+            Err(e) => Err(e),
         }
     }
 
@@ -540,11 +638,19 @@ impl FileSystem for Share {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        if !self.hidden.is_empty() {
+        // ENOSYS makes the guest use READDIR + LOOKUP from now on.
+        if !self.hidden.is_empty() || self.held().len() + READDIRPLUS_ROOM > self.max_inodes {
             return Err(err(libc::ENOSYS));
         }
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {
+                let ino = e.inode;
+                let n = add_entry(d, e)?;
+                if n > 0 {
+                    *self.held().entry(ino).or_insert(0) += 1;
+                }
+                Ok(n)
+            })
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {

@@ -25,6 +25,7 @@ const READ: u32 = 15;
 const INIT: u32 = 26;
 const OPENDIR: u32 = 27;
 const READDIR: u32 = 28;
+const READDIRPLUS: u32 = 44;
 
 const ENTRY_OUT: usize = 128;
 
@@ -71,6 +72,11 @@ impl Reply {
 
 fn dev(dir: &Path, ro: bool, hidden: &[&Path], screen: bool) -> Dev {
     let share = Share::new(dir, ro, hidden).unwrap();
+    dev_with(share, screen)
+}
+
+fn dev_with(share: Share, screen: bool) -> Dev {
+    let ro = share.read_only();
     let mut d = Dev {
         server: Server::new(share),
         screen,
@@ -163,6 +169,12 @@ impl Dev {
 
     fn lookup(&mut self, parent: u64, n: &str) -> Reply {
         self.call(LOOKUP, parent, &name(n))
+    }
+
+    /// FORGET `nlookup` of `node` (a request without a reply).
+    fn forget(&mut self, node: u64, nlookup: u64) {
+        let (used, _) = self.raw(opcode::FORGET, node, &le64(&[nlookup]), None);
+        assert_eq!(used, 0);
     }
 
     fn open(&mut self, node: u64, flags: i32) -> Reply {
@@ -777,4 +789,48 @@ fn thousands_of_inodes_in_use_fit_in_the_open_files_limit() {
     for i in 0..3000 {
         assert_eq!(d.lookup(1, &format!("f{i}")).errno, 0, "f{i}");
     }
+}
+
+/// Review finding 6 (issue 19): every inode the guest holds is an `O_PATH`
+/// fd in the VMM, and a guest could hold as many as the process's fd limit,
+/// starving every other part of the VMM of fds. Each share now has an inode
+/// budget: past it a lookup answers ENFILE to the guest, and forgetting
+/// makes room again.
+#[test]
+fn a_share_holds_no_more_inodes_than_its_budget() {
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    let share = Share::new(t.path(), false, &[]).unwrap().max_inodes(16);
+    let mut d = dev_with(share, false);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let r = d.lookup(1, &format!("f{i}"));
+        match r.errno {
+            0 => held.push(r.nodeid()),
+            libc::ENFILE => refused += 1,
+            e => panic!("f{i}: errno {e}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (16, 24));
+    // Looking up a held inode again costs nothing.
+    assert_eq!(d.lookup(1, "f0").errno, 0);
+    // READDIRPLUS would look up a whole directory at once: refused, so the
+    // guest falls back to READDIR + LOOKUP, which the budget governs.
+    let dir = d.call(OPENDIR, 1, &le(&[0, 0])).fh(0);
+    // fuse_read_in: fh, offset, size, read_flags, lock_owner, flags, padding.
+    let body = cat(&[&le64(&[dir, 0]), &le(&[4096, 0]), &le64(&[0]), &le(&[0, 0])]);
+    let r = d.call(READDIRPLUS, 1, &body);
+    assert_eq!(r.errno, libc::ENOSYS);
+    // FORGET gives room back (f0 was looked up twice).
+    d.forget(held[0], 2);
+    d.forget(held[1], 1);
+    assert_eq!(d.lookup(1, "f30").errno, 0);
+    assert_eq!(d.lookup(1, "f31").errno, 0);
+    assert_eq!(d.lookup(1, "f32").errno, libc::ENFILE);
+    // Creating counts too.
+    assert_eq!(d.create(1, "new", libc::O_RDWR, 0o600).errno, libc::ENFILE);
+    assert!(!t.path().join("new").exists());
 }
