@@ -89,9 +89,11 @@ impl Conn {
         }
     }
 
-    /// Waits up to `t` for events and reads them (answering pings); a
-    /// compositor that went away ends the client with status 1.
+    /// Handles the events already read, then waits up to `t` for more and
+    /// handles them (answering pings, acking configures, exiting on close);
+    /// a compositor that went away ends the client with status 1.
     fn idle(&mut self, t: Duration) {
+        self.handle_buffered();
         let mut p = libc::pollfd {
             fd: self.s.as_raw_fd(),
             events: libc::POLLIN,
@@ -106,6 +108,12 @@ impl Conn {
             Ok(0) | Err(_) => die("the compositor closed the connection"),
             Ok(n) => self.buf.extend_from_slice(&b[..n]),
         }
+        self.handle_buffered();
+    }
+
+    /// Every complete event in the buffer (events that came in the same
+    /// read as the one the frame loop waited for wait here).
+    fn handle_buffered(&mut self) {
         while let Ok(h) = wire::header(&self.buf) {
             if self.buf.len() < h.size {
                 break;
