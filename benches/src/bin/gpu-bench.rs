@@ -114,16 +114,12 @@ impl Drop for Sway {
 }
 
 /// `vmapp launch --host-root` of `sh -c cmd`, with the Wayland relay in
-/// front of `sway` or (`wayland` false) without a GPU device.
-fn vmapp(a: &Args, sway: &Sway, wayland: bool, vsock: &Path, cmd: &str) -> Command {
+/// front of `sway` (both paths run in the same kind of VM).
+fn vmapp(a: &Args, sway: &Sway, vsock: &Path, cmd: &str) -> Command {
     let mut c = Command::new(&a.guest.vmapp);
     c.args(["launch", "--host-root", "--memory"])
         .arg(a.guest.memory.to_string());
-    if wayland {
-        c.arg(format!("--wayland={}", sway.socket().display()));
-    } else {
-        c.arg("--no-wayland");
-    }
+    c.arg(format!("--wayland={}", sway.socket().display()));
     c.arg("--vsock").arg(vsock).args(["--", "sh", "-c", cmd]);
     c
 }
@@ -203,10 +199,7 @@ fn run() -> Result<()> {
             format!("{wp}; {direct}")
         };
         let mut client = waypipe_client(&sway, &vsock)?;
-        let out = run_capture(
-            vmapp(&a, &sway, true, &vsock, &cmd),
-            Duration::from_secs(1200),
-        );
+        let out = run_capture(vmapp(&a, &sway, &vsock, &cmd), Duration::from_secs(1200));
         let _ = client.kill();
         let _ = client.wait();
         let out = out?;
@@ -216,12 +209,14 @@ fn run() -> Result<()> {
         theirs.push(f2);
 
         let m1 = launch_to_map(
-            vmapp(&a, &sway, true, &vsock, "foot -e sleep 60"),
+            vmapp(&a, &sway, &vsock, "foot -e sleep 60"),
             &sway,
             "\"app_id\": \"sh:foot\"",
         )?;
         let mut client = waypipe_client(&sway, &vsock)?;
-        let c = vmapp(&a, &sway, false, &vsock, &via_waypipe("foot -e sleep 60"));
+        // The same VM as the relay's (the relay's runtime directory is where
+        // waypipe's server makes its socket); only the path differs.
+        let c = vmapp(&a, &sway, &vsock, &via_waypipe("foot -e sleep 60"));
         let m2 = launch_to_map(c, &sway, "\"app_id\": \"foot\"");
         let _ = client.kill();
         let _ = client.wait();
