@@ -104,10 +104,18 @@ pub fn fds_per_client(l: &Limits) -> u64 {
     l.max_pools as u64 + 2 * queued + 2
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns
-/// the new soft limit. Process-wide, so the library never calls it itself:
-/// the `wl-proxy` binary does, before [`Proxy::new`]; an embedder may.
+/// Raises this process's `RLIMIT_NOFILE`: both limits to 1,048,576 (or
+/// `fs.nr_open` if lower) where the process may raise its hard limit
+/// (`CAP_SYS_RESOURCE`; the kernel's default hard limit is 4096), else the
+/// soft limit to the hard one. Returns the new soft limit. Process-wide, so
+/// the library never calls it itself: the `wl-proxy` binary does, before
+/// [`Proxy::new`]; an embedder may.
 pub fn raise_fd_limit() -> io::Result<u64> {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = nr_open.min(1 << 20);
     let mut l = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -116,6 +124,17 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
             return Err(io::Error::last_os_error());
+        }
+        if l.rlim_max < want {
+            let up = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // Fails with EPERM without CAP_SYS_RESOURCE: then the hard
+            // limit stays as it is.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return Ok(want);
+            }
         }
         l.rlim_cur = l.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
