@@ -787,6 +787,17 @@ fn hostile_commands_get_errors_and_the_device_keeps_serving() {
         resp_type(&a) >= resp::ERR_UNSPEC,
         "SEND size past the command"
     );
+    // Cross-domain commands that claim a size of 0 (or less than their
+    // header): rutabaga 0.1.85 steps through a buffer by each command's own
+    // size and looped on these for ever (found by the virtio_gpu fuzz target).
+    for size in [0u16, 4] {
+        let mut x = xd(3, 0, size);
+        x.extend(xd(3, 0, 8));
+        let (_, a) = r
+            .call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &x), 24)
+            .unwrap_or_else(|| panic!("cross-domain command of size {size}: the worker hung"));
+        assert!(resp_type(&a) >= resp::ERR_UNSPEC, "size {size}");
+    }
 
     // Chains the device cannot answer into: descriptors outside memory, no
     // writable part, a readable descriptor after a writable one.

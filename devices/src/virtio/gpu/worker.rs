@@ -551,6 +551,10 @@ impl Backend {
             .ok_or(resp::ERR_INVALID_PARAMETER)?;
         let mut cmd = std::mem::take(&mut self.cmd);
         let r = match cmd.get_mut(32..end) {
+            Some(data) if !cross_domain_sizes_ok(data) => {
+                warn_limited!("virtio-gpu: cross-domain command with a bad size");
+                Err(resp::ERR_INVALID_PARAMETER)
+            }
             Some(data) => self
                 .rutabaga
                 .submit_command(hdr.ctx_id, data, &[])
@@ -749,6 +753,26 @@ fn write_answer(mem: &GuestMemory, writable: &[(GuestAddress, u32)], bytes: &[u8
 }
 
 /// The worker's serving job: built on activation, run on the worker thread.
+/// Whether every cross-domain command in `data` has a size that covers at
+/// least its 8-byte header and stays inside `data`. rutabaga steps through
+/// the buffer by each command's own `cmd_size` and would loop for ever on a
+/// size of 0; it is never handed such a buffer.
+fn cross_domain_sizes_ok(data: &[u8]) -> bool {
+    const HDR: usize = 8;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(&[_, _, lo, hi]) = rest.get(..4) else {
+            return false;
+        };
+        let size = usize::from(u16::from_le_bytes([lo, hi]));
+        if size < HDR || size > rest.len() {
+            return false;
+        }
+        rest = &rest[size..];
+    }
+    true
+}
+
 pub(super) struct Job {
     socket: PathBuf,
     shm: ShmPlacement,
