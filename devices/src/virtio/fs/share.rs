@@ -101,6 +101,8 @@ pub struct Share {
     /// Lookup counts of the inodes the guest holds (the root aside).
     held: Mutex<HashMap<u64, u64>>,
     max_inodes: usize,
+    /// Open file and directory handles (each an fd), bounded like inodes.
+    handles: std::sync::atomic::AtomicUsize,
 }
 
 impl Share {
@@ -151,6 +153,7 @@ impl Share {
             gid,
             held: Mutex::new(HashMap::new()),
             max_inodes: default_max_inodes(),
+            handles: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -162,6 +165,29 @@ impl Share {
 
     fn held(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses an open when as many handles are open as inodes may be held.
+    fn handle_room(&self) -> io::Result<()> {
+        if self.handles.load(std::sync::atomic::Ordering::Relaxed) >= self.max_inodes {
+            return Err(err(libc::ENFILE));
+        }
+        Ok(())
+    }
+
+    fn took_handle(&self, h: Option<u64>) {
+        if h.is_some() {
+            self.handles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn dropped_handle(&self) {
+        let _ = self.handles.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(1)),
+        );
     }
 
     /// Refuses a request that would add an inode when the budget is spent.
@@ -459,7 +485,10 @@ impl FileSystem for Share {
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.openable(ctx, inode, flags)?;
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.handle_room()?;
+        let r = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        self.took_handle(r.0);
+        Ok(r)
     }
 
     fn create(
@@ -472,6 +501,7 @@ impl FileSystem for Share {
         self.writable()?;
         component(name)?;
         self.room()?;
+        self.handle_room()?;
         args.mode = safe_mode(args.mode, false);
         let exclusive = args.flags & libc::O_EXCL as u32 != 0;
         let excl = CreateIn {
@@ -488,14 +518,20 @@ impl FileSystem for Share {
                         .open(ctx, entry.inode, args.flags, args.fuse_flags)
                 });
                 match opened {
-                    Ok((h, o, p)) => Ok((entry, h, o, p)),
+                    Ok((h, o, p)) => {
+                        self.took_handle(h);
+                        Ok((entry, h, o, p))
+                    }
                     Err(e) => {
                         self.forget(ctx, entry.inode, 1);
                         Err(e)
                     }
                 }
             }
-            Ok((entry, h, o, p)) => Ok((self.admit(ctx, entry)?, h, o, p)),
+            Ok((entry, h, o, p)) => {
+                self.took_handle(h);
+                Ok((self.admit(ctx, entry)?, h, o, p))
+            }
             Err(e) => Err(e),
         }
     }
@@ -576,7 +612,9 @@ impl FileSystem for Share {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        self.dropped_handle();
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
@@ -613,7 +651,10 @@ impl FileSystem for Share {
         if self.kind(ctx, inode)? != libc::S_IFDIR {
             return Err(err(libc::ENOTDIR));
         }
-        self.inner.opendir(ctx, inode, flags)
+        self.handle_room()?;
+        let r = self.inner.opendir(ctx, inode, flags)?;
+        self.took_handle(r.0);
+        Ok(r)
     }
 
     fn readdir(
@@ -658,7 +699,9 @@ impl FileSystem for Share {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.inner.releasedir(ctx, inode, flags, handle)?;
+        self.dropped_handle();
+        Ok(())
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
