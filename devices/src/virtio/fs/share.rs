@@ -72,10 +72,11 @@ const RENAME_EXCHANGE: u32 = 2;
 /// 152-byte entries, rounded up): the room it needs left in the budget.
 const READDIRPLUS_ROOM: usize = 1024;
 
-/// The default inode budget of a share: half the fd limit above a reserve
-/// for the rest of the VMM (a host-root VM has two shares: the root and the
-/// home), at least 1024. With the usual hard limit of 1,048,576 (raised to
-/// by `Fs::new`) that is over half a million inodes.
+/// The default inode budget of a share: a third of the fd limit above a
+/// reserve for the rest of the VMM, at least 1024; open handles get half as
+/// many again, so two shares (a host-root VM's root and home) fit. With the
+/// usual hard limit of 1,048,576 (raised to by `Fs::new`) that is about
+/// 350,000 inodes.
 pub fn default_max_inodes() -> usize {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -87,8 +88,8 @@ pub fn default_max_inodes() -> usize {
     } else {
         1024
     };
-    let half = soft.saturating_sub(4096) / 2;
-    usize::try_from(half).unwrap_or(usize::MAX).max(1024)
+    let third = soft.saturating_sub(4096) / 3;
+    usize::try_from(third).unwrap_or(usize::MAX).max(1024)
 }
 
 /// A host directory as the guest may use it.
@@ -167,9 +168,10 @@ impl Share {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuses an open when as many handles are open as inodes may be held.
+    /// Refuses an open when half as many handles are open as inodes may be
+    /// held (so a share's fds stay within 1.5 × its inode budget).
     fn handle_room(&self) -> io::Result<()> {
-        if self.handles.load(std::sync::atomic::Ordering::Relaxed) >= self.max_inodes {
+        if self.handles.load(std::sync::atomic::Ordering::Relaxed) >= (self.max_inodes / 2).max(1) {
             return Err(err(libc::ENFILE));
         }
         Ok(())
