@@ -67,6 +67,26 @@ impl AgentHost {
         })
     }
 
+    /// Takes the agent's connection (`None` once `vm_done` is set), then
+    /// stops listening: later connections to its port are refused (the
+    /// guest gets a reset), and none waits in a backlog.
+    fn accept_agent(&mut self, vm_done: &AtomicBool) -> Option<UnixStream> {
+        let listener = self.listener.take()?;
+        let stream = loop {
+            if vm_done.load(Ordering::SeqCst) {
+                return None;
+            }
+            if devices::wait_readable(&listener, Some(Duration::from_millis(100))) {
+                if let Ok((s, _)) = listener.accept() {
+                    break s;
+                }
+            }
+        };
+        drop(listener);
+        let _ = std::fs::remove_file(&self.path);
+        Some(stream)
+    }
+
     /// Waits for the agent (giving up once `vm_done` is set), sends `run`,
     /// forwards `stdin` and the command's output, and returns how the command
     /// ended — `None` if the VM stopped first.
@@ -78,23 +98,9 @@ impl AgentHost {
         mut stdout: impl Write,
         mut stderr: impl Write,
     ) -> Result<Option<Exit>, AgentError> {
-        let Some(listener) = self.listener.take() else {
+        let Some(stream) = self.accept_agent(vm_done) else {
             return Ok(None);
         };
-        let stream = loop {
-            if vm_done.load(Ordering::SeqCst) {
-                return Ok(None);
-            }
-            if devices::wait_readable(&listener, Some(Duration::from_millis(100))) {
-                if let Ok((s, _)) = listener.accept() {
-                    break s;
-                }
-            }
-        };
-        // The agent is here: later connections to its port are refused
-        // (the guest gets a reset), and none waits in a backlog.
-        drop(listener);
-        let _ = std::fs::remove_file(&self.path);
         let mut r = stream.try_clone().map_err(ProtoError::from)?;
         match proto::read_frame(&mut r)? {
             Some((ty::HELLO, v)) if v.len() == 4 => {

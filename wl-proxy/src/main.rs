@@ -67,12 +67,9 @@ fn main() {
     }
 }
 
-fn run() -> Result<i32> {
-    let args = Args::parse();
-    if args.print_default_policy {
-        print!("{}", wl_proxy::policy::DEFAULT_POLICY);
-        return Ok(0);
-    }
+/// The proxy's configuration from the command line: the policy with the
+/// flags that override it, the compositor's socket and the tag.
+fn config(args: &Args) -> Result<Config> {
     let mut policy = match &args.policy {
         Some(p) => Policy::from_file(p)?,
         None => Policy::default(),
@@ -94,11 +91,20 @@ fn run() -> Result<i32> {
             bail!("--tag must be 1-32 printable characters");
         }
     }
-    let cfg = Config {
+    Ok(Config {
         policy: Arc::new(policy),
         tag: args.tag.clone(),
         upstream,
-    };
+    })
+}
+
+fn run() -> Result<i32> {
+    let args = Args::parse();
+    if args.print_default_policy {
+        print!("{}", wl_proxy::policy::DEFAULT_POLICY);
+        return Ok(0);
+    }
+    let cfg = config(&args)?;
     // Every client's fd budget (shm pools, queued fds) must fit under the
     // fd limit; a desktop's soft limit of 1024 holds less than one.
     if let Err(e) = wl_proxy::proxy::raise_fd_limit() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::objects::{ObjectError, Objects, State};
+use crate::objects::{Object, ObjectError, Objects, State};
 use crate::policy::Policy;
 use crate::protocol::{interface, ArgKind, IfaceId, Known, Message};
 use crate::wire::{self, Value, WireError, Writer, HEADER, SERVER_ID_START};
@@ -297,15 +297,43 @@ impl Session {
         }
 
         // Then the objects it creates.
+        self.create_objects(msg, vals, obj, h.object, h.opcode)?;
+        if obj.iface == k.shm {
+            if let (Some(Value::NewId(id)), Some(fd)) = (vals.first(), fds.first()) {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|_| Violation::ShmPool("cannot keep the pool fd"))?;
+                self.pools.insert(*id, dup);
+            }
+        }
+        if msg.destructor {
+            self.objects.kill(h.object);
+            self.pools.remove(&h.object);
+        }
+        Ok((verdict, msg.fds))
+    }
+
+    /// Records the objects a client request creates (typed new_ids take the
+    /// interface the signature names; an untyped one is `wl_registry.bind`'s
+    /// alone).
+    fn create_objects(
+        &mut self,
+        msg: &Message,
+        vals: &[Value<'_>],
+        obj: Object,
+        object: u32,
+        opcode: u16,
+    ) -> Result<(), Violation> {
+        let k = self.known;
         for (arg, v) in msg.args.iter().zip(vals) {
             match *v {
                 Value::NewId(id) => {
                     let child = arg.interface.unwrap_or(obj.iface);
                     self.objects.create_client(id, child, obj.version)?;
                 }
-                Value::NewIdDyn { .. } if !(obj.iface == k.registry && h.opcode == 0) => {
+                Value::NewIdDyn { .. } if !(obj.iface == k.registry && opcode == 0) => {
                     return Err(Violation::Malformed {
-                        object: h.object,
+                        object,
                         reason: "untyped new_id outside wl_registry.bind",
                     });
                 }
@@ -321,19 +349,7 @@ impl Session {
                 _ => {}
             }
         }
-        if obj.iface == k.shm {
-            if let (Some(Value::NewId(id)), Some(fd)) = (vals.first(), fds.first()) {
-                let dup = fd
-                    .try_clone()
-                    .map_err(|_| Violation::ShmPool("cannot keep the pool fd"))?;
-                self.pools.insert(*id, dup);
-            }
-        }
-        if msg.destructor {
-            self.objects.kill(h.object);
-            self.pools.remove(&h.object);
-        }
-        Ok((verdict, msg.fds))
+        Ok(())
     }
 
     fn check_bind(&self, vals: &[Value<'_>]) -> Result<(), Violation> {
