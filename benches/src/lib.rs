@@ -173,12 +173,10 @@ pub struct Guest {
     pub qemu: String,
 }
 
-/// Hex of the NUL-separated argv, as the guest init reads `vmapp.cmd=`.
+/// `argv` as the guest init reads `vmapp.cmd=`.
 pub fn hex(argv: &[&str]) -> String {
-    argv.join("\0")
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    sommelier_guest::proto::encode_argv(&argv)
 }
 
 impl Guest {

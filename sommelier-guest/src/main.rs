@@ -105,27 +105,13 @@ fn load_modules(list: &str) {
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The command vmapp asked for, and whether the host side is a terminal.
 fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
     let mut cmd = None;
     let mut tty = false;
     for w in cmdline.split_whitespace() {
         if let Some(h) = w.strip_prefix("vmapp.cmd=") {
-            cmd = decode_hex(h).map(|b| {
-                b.split(|&c| c == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            });
+            cmd = sommelier_guest::proto::decode_argv(h);
         } else if w.starts_with("vmapp.agent=") {
             // Handled by agent_port.
         } else if w == "vmapp.tty=1" {
@@ -312,6 +298,9 @@ fn main() {
     let (argv, tty) = command_from_cmdline(&cmdline);
     setup_console(tty);
     let plan = shares::plan(&cmdline);
+    if plan.root.is_some() {
+        load_modules("/etc/vmapp/modules-host-root");
+    }
     let home = plan.home.clone().unwrap_or_else(|| "/root".into());
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)
@@ -353,11 +342,8 @@ mod tests {
 
     #[test]
     fn parses_command_and_tty_flag() {
-        // "sh\0-c\0exit 7"
-        let hex: String = b"sh\0-c\0exit 7"
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = sommelier_guest::proto::encode_argv(&["sh".into(), "-c".into(), "exit 7".into()]);
+        assert_eq!(hex, "7368002d6300657869742037");
         let (cmd, tty) = command_from_cmdline(&format!("console=ttyS0 vmapp.cmd={hex} quiet"));
         assert_eq!(cmd.unwrap(), vec!["sh", "-c", "exit 7"]);
         assert!(!tty);

@@ -203,6 +203,40 @@ impl Exit {
     }
 }
 
+/// The kernel command line's share of the protocol: a serial-mode command
+/// (`vmapp.cmd=`) and the paths of `vmapp.mount=`, `vmapp.home=`, … travel as
+/// the hex of their bytes (a command's arguments joined by NUL), since the
+/// kernel splits its command line at spaces and passes no quoting through.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads [`encode_hex`]'s output; `None` for anything else.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A command and its arguments as `vmapp.cmd=` carries them.
+pub fn encode_argv(argv: &[String]) -> String {
+    encode_hex(argv.join("\0").as_bytes())
+}
+
+/// Reads [`encode_argv`]'s output.
+pub fn decode_argv(s: &str) -> Option<Vec<String>> {
+    let b = decode_hex(s)?;
+    Some(
+        b.split(|&c| c == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,18 +3,22 @@
 //! vmapp describes them on the kernel command line:
 //! - `vmapp.mount=TAG:HEXPATH[:ro]`: mount share TAG at the path (hex of its
 //!   bytes), read-only if asked (the device enforces it anyway);
-//! - `vmapp.root=TAG`: the host's `/`, shared read-only: the init builds a new
-//!   root from it — every top-level directory of the host bound in, except the
-//!   ones that are the guest's own (`/proc`, `/sys`, `/dev`, `/run`, `/tmp`,
-//!   `/home`, `/root`, `/mnt`: fresh file systems) — and moves into it before running
-//!   anything;
+//! - `vmapp.root=TAG`: the host's system trees (the device shows only its
+//!   allowlist), shared read-only: the init builds a new root from them — an
+//!   overlay with a tmpfs on top, so mount points can be made anywhere, made
+//!   read-only again once everything is mounted — with its own `/proc`,
+//!   `/sys`, `/dev`, `/run`, `/tmp`, `/var/tmp`, `/mnt`, `/root` and a
+//!   per-VM `/etc/machine-id`, and moves into it before running anything;
 //! - `vmapp.home=HEXPATH`: `$HOME` in the guest (a private tmpfs, or the share
-//!   `vmapp.homeshare=TAG`).
+//!   `vmapp.homeshare=TAG`), wherever it is on the host;
+//! - `vmapp.keep=HEXHOSTPATH:HEXPATH`: a host tree under `$HOME` the guest
+//!   still sees (bound read-only from the host's root over the private home),
+//!   such as the user's Flatpak installation and fonts.
 
-use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use crate::{decode_hex, log, mount};
+use crate::{log, mount};
+use sommelier_guest::proto::decode_hex;
 
 /// A share to mount.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub struct Plan {
     pub home: Option<String>,
     /// Tag of the share mounted at `$HOME`.
     pub home_share: Option<String>,
+    /// Host trees under `$HOME` that stay visible: (host path, guest path).
+    pub keep: Vec<(String, String)>,
 }
 
 fn hex_path(h: &str) -> Option<String> {
@@ -67,22 +73,71 @@ pub fn plan(cmdline: &str) -> Plan {
             p.home = hex_path(h);
         } else if let Some(t) = w.strip_prefix("vmapp.homeshare=") {
             p.home_share = Some(t.to_string());
+        } else if let Some(k) = w.strip_prefix("vmapp.keep=") {
+            match k
+                .split_once(':')
+                .and_then(|(a, b)| Some((hex_path(a)?, hex_path(b)?)))
+            {
+                Some(pair) => p.keep.push(pair),
+                None => log(&format!("ignoring malformed {w}")),
+            }
         }
     }
     p
 }
 
-/// Top-level host directories the guest replaces with its own.
-const OWN: &[&str] = &[
-    "proc",
-    "sys",
-    "dev",
-    "run",
-    "tmp",
-    "home",
-    "root",
-    "mnt",
-    "lost+found",
+/// Directories of the new root that are the guest's own: fresh file
+/// systems over whatever the host shows there.
+const OWN: &[(&str, &str, &str, libc::c_ulong)] = &[
+    (
+        "proc",
+        "proc",
+        "",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    ),
+    (
+        "sys",
+        "sysfs",
+        "",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    ),
+    ("dev", "devtmpfs", "mode=0755", libc::MS_NOSUID),
+    (
+        "dev/pts",
+        "devpts",
+        "gid=5,mode=620",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+    ),
+    (
+        "tmp",
+        "tmpfs",
+        "mode=1777",
+        libc::MS_NOSUID | libc::MS_NODEV,
+    ),
+    (
+        "var/tmp",
+        "tmpfs",
+        "mode=1777",
+        libc::MS_NOSUID | libc::MS_NODEV,
+    ),
+    (
+        "run",
+        "tmpfs",
+        "mode=0755",
+        libc::MS_NOSUID | libc::MS_NODEV,
+    ),
+    (
+        "mnt",
+        "tmpfs",
+        "mode=0755",
+        libc::MS_NOSUID | libc::MS_NODEV,
+    ),
+    (
+        "root",
+        "tmpfs",
+        "mode=0700",
+        libc::MS_NOSUID | libc::MS_NODEV,
+    ),
 ];
 
 fn virtiofs(tag: &str, path: &str, read_only: bool) -> bool {
@@ -93,75 +148,83 @@ fn virtiofs(tag: &str, path: &str, read_only: bool) -> bool {
     mount(tag, path, "virtiofs", flags, "")
 }
 
-/// Builds the new root from the host's (mounted at `host`) under `new`.
-fn build_root(host: &Path, new: &Path) -> bool {
-    if !mount(
-        "tmpfs",
-        &new.display().to_string(),
-        "tmpfs",
-        libc::MS_NODEV,
-        "mode=0755",
-    ) {
+/// The new root at `new`: the host's trees (mounted at `host`) under a
+/// tmpfs, so mount points can be made anywhere, and the guest's own
+/// directories.
+fn build_root(host: &str, new: &str) -> bool {
+    let scratch = "/vmapp-scratch";
+    if !(mount("tmpfs", scratch, "tmpfs", libc::MS_NODEV, "mode=0755")
+        && std::fs::create_dir_all(format!("{scratch}/upper")).is_ok()
+        && std::fs::create_dir_all(format!("{scratch}/work")).is_ok()
+        && mount(
+            "overlay",
+            new,
+            "overlay",
+            libc::MS_NODEV,
+            &format!("lowerdir={host},upperdir={scratch}/upper,workdir={scratch}/work"),
+        ))
+    {
         return false;
     }
-    let Ok(entries) = std::fs::read_dir(host) else {
-        log("host root: cannot list /");
+    OWN.iter()
+        .all(|(dir, fs, opts, flags)| mount(fs, &format!("{new}/{dir}"), fs, *flags, opts))
+        && machine_id(new)
+}
+
+/// A machine id of this VM's own (the host's is hidden by the device).
+fn machine_id(new: &str) -> bool {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        log("host root: no random bytes for the machine id");
         return false;
+    }
+    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(format!("{new}/etc/machine-id"), format!("{id}\n")).is_ok()
+}
+
+/// `$HOME` at `root` + the plan's home: a private tmpfs or the home share,
+/// then the host trees under it that stay visible (from `host`).
+fn mount_home(p: &Plan, root: &str, host: &str) {
+    let Some(home) = &p.home else { return };
+    let at = format!("{root}{home}");
+    let ok = match &p.home_share {
+        Some(tag) => virtiofs(tag, &at, false),
+        None => mount("tmpfs", &at, "tmpfs", libc::MS_NODEV, "mode=0700"),
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if OWN.contains(&n.as_ref()) {
-            continue;
-        }
-        let (src, dst) = (host.join(&name), new.join(&name));
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_symlink() {
-            if let Ok(t) = std::fs::read_link(&src) {
-                let _ = symlink(t, &dst);
-            }
-        } else if ft.is_dir() {
-            let _ = std::fs::create_dir(&dst);
+    if !ok {
+        log(&format!("cannot mount $HOME at {home}"));
+        return;
+    }
+    for (src, dst) in p
+        .keep
+        .iter()
+        .filter(|k| k.1.starts_with(&format!("{home}/")))
+    {
+        let (src, dst) = (format!("{host}{src}"), format!("{root}{dst}"));
+        if mount(&src, &dst, "", libc::MS_BIND | libc::MS_REC, "") {
+            // A bind takes the read-only flag only on a remount.
             mount(
-                &src.display().to_string(),
-                &dst.display().to_string(),
                 "",
-                libc::MS_BIND,
+                &dst,
+                "",
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
                 "",
             );
         }
     }
-    let n = new.display().to_string();
-    let nodev = libc::MS_NOSUID | libc::MS_NODEV;
+}
+
+/// Makes the mount at `path` read-only (its submounts keep their flags).
+fn read_only(path: &str) -> bool {
     mount(
-        "proc",
-        &format!("{n}/proc"),
-        "proc",
-        nodev | libc::MS_NOEXEC,
         "",
-    ) && mount(
-        "sysfs",
-        &format!("{n}/sys"),
-        "sysfs",
-        nodev | libc::MS_NOEXEC,
+        path,
         "",
-    ) && mount(
-        "devtmpfs",
-        &format!("{n}/dev"),
-        "devtmpfs",
-        libc::MS_NOSUID,
-        "mode=0755",
-    ) && mount(
-        "devpts",
-        &format!("{n}/dev/pts"),
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "gid=5,mode=620",
-    ) && mount("tmpfs", &format!("{n}/tmp"), "tmpfs", nodev, "mode=1777")
-        && mount("tmpfs", &format!("{n}/run"), "tmpfs", nodev, "mode=0755")
-        && mount("tmpfs", &format!("{n}/home"), "tmpfs", nodev, "mode=0755")
-        && mount("tmpfs", &format!("{n}/root"), "tmpfs", nodev, "mode=0700")
-        && mount("tmpfs", &format!("{n}/mnt"), "tmpfs", nodev, "mode=0755")
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+        "",
+    )
 }
 
 /// Moves this process into `new` as its root.
@@ -181,32 +244,28 @@ fn enter(new: &Path) -> bool {
 /// runs in the new root. Returns false if host-root mode failed (the guest
 /// then runs nothing: better than running the command in the wrong place).
 pub fn apply(p: &Plan) -> bool {
-    if let Some(tag) = &p.root {
-        let host = Path::new("/vmapp-host");
-        let new = Path::new("/vmapp-root");
-        if !(virtiofs(tag, &host.display().to_string(), true) && build_root(host, new)) {
-            log("host root: could not build the root file system");
-            return false;
+    let Some(tag) = &p.root else {
+        for m in &p.mounts {
+            virtiofs(&m.tag, &m.path, m.read_only);
         }
-        if !enter(new) {
-            log(&format!(
-                "host root: cannot enter it: {}",
-                std::io::Error::last_os_error()
-            ));
-            return false;
-        }
+        mount_home(p, "", "");
+        return true;
+    };
+    let (host, new) = ("/vmapp-host", "/vmapp-root");
+    if !(virtiofs(tag, host, true) && build_root(host, new)) {
+        log("host root: could not build the root file system");
+        return false;
     }
+    mount_home(p, new, host);
     for m in &p.mounts {
-        virtiofs(&m.tag, &m.path, m.read_only);
+        virtiofs(&m.tag, &format!("{new}{}", m.path), m.read_only);
     }
-    if let Some(home) = &p.home {
-        let ok = match &p.home_share {
-            Some(tag) => virtiofs(tag, home, false),
-            None => mount("tmpfs", home, "tmpfs", libc::MS_NODEV, "mode=0700"),
-        };
-        if !ok {
-            log(&format!("cannot mount $HOME at {home}"));
-        }
+    if !(read_only(new) && enter(Path::new(new))) {
+        log(&format!(
+            "host root: cannot enter it: {}",
+            std::io::Error::last_os_error()
+        ));
+        return false;
     }
     true
 }
@@ -222,11 +281,15 @@ mod tests {
     #[test]
     fn reads_the_plan_from_the_command_line() {
         let c = format!(
-            "console=ttyS0 vmapp.mount=data:{}:ro vmapp.mount=w:{} vmapp.root=vmapp-root vmapp.home={} vmapp.homeshare=h vmapp.mount=bad vmapp.mount=x:{}",
+            "console=ttyS0 vmapp.mount=data:{}:ro vmapp.mount=w:{} vmapp.root=vmapp-root vmapp.home={} vmapp.homeshare=h vmapp.mount=bad vmapp.mount=x:{} vmapp.keep={}:{} vmapp.keep={}:{} vmapp.keep=zz",
             hex("/data"),
             hex("/mnt/w"),
             hex("/home/me"),
             hex("relative"),
+            hex("/var/home/me/.fonts"),
+            hex("/home/me/.fonts"),
+            hex("/x"),
+            hex("rel/x"),
         );
         let p = plan(&c);
         assert_eq!(
@@ -247,6 +310,13 @@ mod tests {
         assert_eq!(p.root.as_deref(), Some("vmapp-root"));
         assert_eq!(p.home.as_deref(), Some("/home/me"));
         assert_eq!(p.home_share.as_deref(), Some("h"));
+        assert_eq!(
+            p.keep,
+            [(
+                "/var/home/me/.fonts".to_string(),
+                "/home/me/.fonts".to_string()
+            )]
+        );
         assert_eq!(plan("quiet"), Plan::default());
     }
 }

@@ -433,6 +433,39 @@ mod tests {
         assert!(matches!(r, Err(BootError::Load { .. })), "{:?}", r.err());
     }
 
+    /// A newc archive of `(name, mode, data)` entries (the last one the
+    /// trailer), written by hand as the format says.
+    fn newc(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(4) * 4, 0);
+        for (i, (name, mode, data)) in entries.iter().enumerate() {
+            let fields = [
+                i as u32 + 1,
+                *mode,
+                0,
+                0,
+                1,
+                0,
+                data.len() as u32,
+                0,
+                0,
+                0,
+                0,
+            ];
+            out.extend_from_slice(b"070701");
+            for f in fields {
+                out.extend_from_slice(format!("{f:08x}").as_bytes());
+            }
+            out.extend_from_slice(format!("{:08x}{:08x}", name.len() + 1, 0).as_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            pad(&mut out);
+            out.extend_from_slice(data);
+            pad(&mut out);
+        }
+        out
+    }
+
     #[test]
     fn initrd_magic_and_placement() {
         let m = mem();
@@ -444,10 +477,7 @@ mod tests {
         let bad = tmp("bad-initrd", b"not an archive");
         assert!(matches!(read_initrd(&bad), Err(BootError::NotAnInitrd(_))));
         std::fs::remove_file(bad).unwrap();
-        let mut c = crate::image::Cpio::new();
-        c.file("init", 0o755, b"#!/bin/sh\n");
-        let mut cpio = Vec::new();
-        c.finish(&mut cpio).unwrap();
+        let cpio = newc(&[("init", 0o100755, b"#!/bin/sh\n"), ("TRAILER!!!", 0, b"")]);
         assert!(newc_complete(&cpio));
         for cut in [1, 6, 50, 110, 115, cpio.len() - 4] {
             assert!(!newc_complete(&cpio[..cut]), "cut at {cut}");

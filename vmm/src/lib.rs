@@ -3,8 +3,8 @@
 //! with ACPI-described virtio-mmio devices.
 //!
 //! Embedders build a VM with [`VmBuilder`] and call [`Vm::run`]; see
-//! `examples/boot.rs`. The [`image`] module prepares the default guest (a
-//! Debian kernel plus an initramfs whose `/init` is `sommelier-guest`).
+//! `examples/boot.rs`. The `vmapp` crate builds the CLI and the default
+//! guest image on top of it.
 #![deny(missing_docs)]
 
 pub mod acpi;
@@ -13,7 +13,6 @@ pub mod boot;
 pub mod console;
 pub mod cpu;
 pub mod fuzzing;
-pub mod image;
 pub mod kvm_check;
 pub mod layout;
 pub mod memory;
@@ -22,7 +21,7 @@ pub mod wayland;
 
 pub use console::Console;
 pub use devices::virtio::block::DiskConfig;
-pub use devices::virtio::fs::ShareConfig;
+pub use devices::virtio::fs::{Exposure, ShareConfig};
 pub use devices::virtio::gpu::GpuConfig;
 pub use devices::virtio::vsock::VsockConfig;
 pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -410,35 +410,181 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::VmIoctl { what, source }
 }
 
+/// Refuses a configuration that cannot run, before anything is created.
+fn check(cfg: &VmBuilder) -> Result<usize, VmError> {
+    if cfg.vcpus == 0 || cfg.vcpus > 254 {
+        return Err(VmError::Config(format!(
+            "invalid vCPU count {}: must be 1 to 254",
+            cfg.vcpus
+        )));
+    }
+    let slots_n = cfg.devices.len().max(cfg.empty_slots);
+    if slots_n > MAX_VIRTIO_SLOTS {
+        return Err(VmError::Config(format!(
+            "{slots_n} virtio-mmio slots requested; at most {MAX_VIRTIO_SLOTS}"
+        )));
+    }
+    boot::check_kernel(&cfg.kernel)?;
+    if cfg.mem_mib < 32 {
+        return Err(MemoryError::TooSmall(cfg.mem_mib).into());
+    }
+    if let Some(host) = memory::host_mem_mib().filter(|h| cfg.mem_mib > *h) {
+        return Err(MemoryError::MoreThanHost {
+            requested: cfg.mem_mib,
+            host,
+        }
+        .into());
+    }
+    Ok(slots_n)
+}
+
+/// The VM with its interrupt controller, PIT and RAM.
+fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(ioctl("KVM_CREATE_PIT2"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which the Vm
+        // keeps for as long as the VM fd exists.
+        unsafe { vm.set_user_memory_region(r) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(vm)
+}
+
+/// Loads the kernel and initramfs and writes the ACPI tables and boot
+/// information for `slots`.
+fn load_guest(
+    cfg: &VmBuilder,
+    mem: &GuestMemoryMmap,
+    initrd_data: Option<Vec<u8>>,
+    slots: &[MmioSlot],
+) -> Result<boot::LoadedKernel, VmError> {
+    let kernel = boot::load_kernel(mem, &cfg.kernel)?;
+    let initrd = match &initrd_data {
+        Some(d) => Some(boot::place_initrd(mem, d, &kernel)?),
+        None => None,
+    };
+    drop(initrd_data);
+    let rsdp = acpi::write_tables(mem, cfg.vcpus, slots)?;
+    boot::write_reset_stub(mem)?;
+    let mut cmdline = cfg.cmdline.clone();
+    let devs = virtio_mmio_cmdline(&slots[..cfg.devices.len()]);
+    if !devs.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&devs);
+    }
+    let map = memory::memory_map(cfg.mem_mib << 20);
+    boot::write_boot_info(mem, &kernel, &cmdline, initrd, &map, rsdp)?;
+    Ok(kernel)
+}
+
+/// The legacy port-I/O devices: serial, i8042 reset, boot status, pvpanic,
+/// ACPI PM.
+struct PortIo {
+    bus: Bus,
+    serial: Arc<Mutex<Serial>>,
+    boot_status: Arc<Mutex<BootStatusState>>,
+}
+
+fn port_io(vm: &VmFd, cfg: &mut VmBuilder, guest_stop: &Arc<GuestStop>) -> Result<PortIo, VmError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(ioctl("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, cfg.console.writer()?)));
+    let (boot_port, boot_status) = BootStatus::new(cfg.start);
+    let mut bus = Bus::new();
+    bus.insert(serial.clone(), SERIAL_PORT.into(), 8)?;
+    bus.insert(
+        Arc::new(Mutex::new(I8042Reset::new(guest_stop.clone()))),
+        I8042_PORT.into(),
+        1,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(boot_port)),
+        BOOT_STATUS_PORT.into(),
+        BOOT_STATUS_LEN,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(PvPanic::new(guest_stop.clone()))),
+        PVPANIC_PORT.into(),
+        1,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(AcpiPm::new(guest_stop.clone()))),
+        ACPI_PM_PORT.into(),
+        ACPI_PM_LEN,
+    )?;
+    Ok(PortIo {
+        bus,
+        serial,
+        boot_status,
+    })
+}
+
+/// Places the devices' shared-memory windows (virtio-gpu's host-visible
+/// region) above RAM, each filled with one KVM slot per mapping.
+fn place_shm_windows(kvm: &Kvm, vm: &Arc<VmFd>, mem: &GuestMemoryMmap, cfg: &mut VmBuilder) {
+    let ram_slots = mem.iter().count() as u32;
+    let free = (kvm.get_nr_memslots() as u32).saturating_sub(ram_slots) as usize;
+    let mapper: Arc<dyn GuestMapper> = Arc::new(KvmMapper {
+        vm: vm.clone(),
+        first: ram_slots,
+        slots: Mutex::new(vec![false; free]),
+    });
+    let mut shm_next = shm_windows_base(cfg.mem_mib);
+    for d in cfg.devices.iter_mut() {
+        let size = d.shm_size();
+        if size > 0 {
+            d.place_shm(shm_next, mapper.clone());
+            shm_next = (shm_next + size).div_ceil(1 << 30) << 30;
+        }
+    }
+}
+
+/// The virtio-mmio bus: each device (then empty slots) behind its
+/// transport, with its irqfd and queue-notify ioeventfds.
+fn mmio_bus(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    slots: &[MmioSlot],
+) -> Result<Bus, VmError> {
+    let mut mmio = Bus::new();
+    let mut devices = devices.into_iter();
+    for s in slots {
+        let dev: Box<dyn VirtioDevice> = devices.next().unwrap_or_else(|| Box::new(EmptySlot));
+        let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&irq, s.irq).map_err(ioctl("KVM_IRQFD"))?;
+        let t = MmioTransport::new(dev, mem.clone(), irq)?;
+        for (idx, evt) in t.queue_notify_eventfds() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(s.base + reg::QUEUE_NOTIFY), idx)
+                .map_err(ioctl("KVM_IOEVENTFD"))?;
+        }
+        mmio.insert(Arc::new(Mutex::new(t)), s.base, s.size)?;
+    }
+    Ok(mmio)
+}
+
 impl Vm {
     fn new(mut cfg: VmBuilder) -> Result<Self, VmError> {
-        if cfg.vcpus == 0 || cfg.vcpus > 254 {
-            return Err(VmError::Config(format!(
-                "invalid vCPU count {}: must be 1 to 254",
-                cfg.vcpus
-            )));
-        }
-        let slots_n = cfg.devices.len().max(cfg.empty_slots);
-        if slots_n > MAX_VIRTIO_SLOTS {
-            return Err(VmError::Config(format!(
-                "{slots_n} virtio-mmio slots requested; at most {MAX_VIRTIO_SLOTS}"
-            )));
-        }
-        boot::check_kernel(&cfg.kernel)?;
+        let slots_n = check(&cfg)?;
         let initrd_data = match &cfg.initramfs {
             Some(p) => Some(boot::read_initrd(p)?),
             None => None,
         };
-        if cfg.mem_mib < 32 {
-            return Err(MemoryError::TooSmall(cfg.mem_mib).into());
-        }
-        if let Some(host) = memory::host_mem_mib().filter(|h| cfg.mem_mib > *h) {
-            return Err(MemoryError::MoreThanHost {
-                requested: cfg.mem_mib,
-                host,
-            }
-            .into());
-        }
         let kvm = kvm_check::open()?;
         let max = kvm.get_max_vcpus();
         if usize::from(cfg.vcpus) > max {
@@ -448,35 +594,7 @@ impl Vm {
             )));
         }
         let mem = memory::create(cfg.mem_mib)?;
-        let vm = Arc::new(kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?);
-        vm.set_tss_address(0xfffb_d000)
-            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(ioctl("KVM_CREATE_PIT2"))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which the Vm
-            // keeps for as long as the VM fd exists.
-            unsafe { vm.set_user_memory_region(r) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
-        // Kernel, initramfs, ACPI, boot information.
-        let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
-        let initrd = match &initrd_data {
-            Some(d) => Some(boot::place_initrd(&mem, d, &kernel)?),
-            None => None,
-        };
-        drop(initrd_data);
+        let vm = Arc::new(create_vm(&kvm, &mem)?);
         let slots: Vec<MmioSlot> = (0..slots_n)
             .map(|i| MmioSlot {
                 base: VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE,
@@ -484,89 +602,13 @@ impl Vm {
                 irq: VIRTIO_IRQ_BASE + i as u32,
             })
             .collect();
-        let rsdp = acpi::write_tables(&mem, cfg.vcpus, &slots)?;
-        boot::write_reset_stub(&mem)?;
-        let cmdline = {
-            let devs = virtio_mmio_cmdline(&slots[..cfg.devices.len()]);
-            let mut c = cfg.cmdline.clone();
-            if !devs.is_empty() {
-                c.push(' ');
-                c.push_str(&devs);
-            }
-            c
-        };
-        let map = memory::memory_map(cfg.mem_mib << 20);
-        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, &map, rsdp)?;
-
-        // Port-I/O devices.
+        let kernel = load_guest(&cfg, &mem, initrd_data, &slots)?;
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
         let guest_stop = GuestStop::new(wake.try_clone()?);
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
-        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-            .map_err(ioctl("KVM_IRQFD"))?;
         let stdin_input = matches!(cfg.console, Console::Stdio);
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, cfg.console.writer()?)));
-        let (boot_port, boot_status) = BootStatus::new(cfg.start);
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), SERIAL_PORT.into(), 8)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042Reset::new(guest_stop.clone()))),
-            I8042_PORT.into(),
-            1,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(boot_port)),
-            BOOT_STATUS_PORT.into(),
-            BOOT_STATUS_LEN,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(PvPanic::new(guest_stop.clone()))),
-            PVPANIC_PORT.into(),
-            1,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPm::new(guest_stop.clone()))),
-            ACPI_PM_PORT.into(),
-            ACPI_PM_LEN,
-        )?;
-
-        // Shared-memory windows (virtio-gpu's host-visible region) above RAM,
-        // filled with one KVM slot per mapping.
-        let ram_slots = mem.iter().count() as u32;
-        let mapper: Arc<dyn GuestMapper> = Arc::new(KvmMapper {
-            vm: vm.clone(),
-            first: ram_slots,
-            slots: Mutex::new(vec![
-                false;
-                (kvm.get_nr_memslots() as u32).saturating_sub(ram_slots)
-                    as usize
-            ]),
-        });
-        let mut shm_next = shm_windows_base(cfg.mem_mib);
-        for d in cfg.devices.iter_mut() {
-            let size = d.shm_size();
-            if size > 0 {
-                d.place_shm(shm_next, mapper.clone());
-                shm_next = (shm_next + size).div_ceil(1 << 30) << 30;
-            }
-        }
-
-        // virtio-mmio slots.
-        let mut mmio = Bus::new();
-        let mut devices = std::mem::take(&mut cfg.devices).into_iter();
-        for s in &slots {
-            let dev: Box<dyn VirtioDevice> = devices.next().unwrap_or_else(|| Box::new(EmptySlot));
-            let irq = EventFd::new(libc::EFD_NONBLOCK)?;
-            vm.register_irqfd(&irq, s.irq).map_err(ioctl("KVM_IRQFD"))?;
-            let t = MmioTransport::new(dev, mem.clone(), irq)?;
-            for (idx, evt) in t.queue_notify_eventfds() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(s.base + reg::QUEUE_NOTIFY), idx)
-                    .map_err(ioctl("KVM_IOEVENTFD"))?;
-            }
-            mmio.insert(Arc::new(Mutex::new(t)), s.base, s.size)?;
-        }
-
-        // vCPUs.
+        let pio = port_io(&vm, &mut cfg, &guest_stop)?;
+        place_shm_windows(&kvm, &vm, &mem, &mut cfg);
+        let mmio = mmio_bus(&vm, &mem, std::mem::take(&mut cfg.devices), &slots)?;
         let mut vcpus = Vec::new();
         for id in 0..cfg.vcpus {
             let vcpu = vm
@@ -579,13 +621,13 @@ impl Vm {
             vm,
             mem,
             vcpus,
-            pio,
+            pio: pio.bus,
             mmio,
-            serial,
+            serial: pio.serial,
             stdin_input,
             guest_stop,
             wake,
-            boot_status,
+            boot_status: pio.boot_status,
             seccomp: cfg.seccomp,
         })
     }
@@ -612,23 +654,7 @@ impl Vm {
 
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Result<VcpuStop, CpuError>>();
-        let mut threads = Vec::new();
-        for (id, mut vcpu) in vcpus.into_iter().enumerate() {
-            let (pio, mmio, stop, tx) = (pio.clone(), mmio.clone(), stop.clone(), tx.clone());
-            let wake = wake.try_clone()?;
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("vcpu{id}"))
-                    .spawn(move || {
-                        // The filter goes on before the first guest instruction runs.
-                        let r = seccomp_policies::install(ThreadKind::Vcpu, seccomp)
-                            .map_err(CpuError::from)
-                            .and_then(|()| cpu::run_loop(id as u8, &mut vcpu, &pio, &mmio, &stop));
-                        let _ = tx.send(r);
-                        let _ = wake.write(1);
-                    })?,
-            );
-        }
+        let threads = spawn_vcpus(vcpus, &pio, &mmio, &stop, &tx, &wake, seccomp)?;
         drop(tx);
 
         let raw = if stdin_input {
@@ -649,54 +675,9 @@ impl Vm {
         // stops vCPUs and tears the VM down.
         seccomp_policies::install(ThreadKind::Vmm, seccomp)?;
 
-        let result = loop {
-            // Block until something happens (the fd is non-blocking: poll).
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&wake),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: pfd is a valid pollfd array of length 1.
-            unsafe { libc::poll(&mut pfd, 1, -1) };
-            let _ = wake.read();
-            if let Some(reason) = guest_stop.reason() {
-                break Ok(match reason {
-                    StopReason::PowerOff => ExitReason::PowerOff,
-                    StopReason::Reset => ExitReason::Reset,
-                    StopReason::Panic => ExitReason::Panic,
-                });
-            }
-            match rx.try_recv() {
-                Ok(Ok(VcpuStop::TripleFault)) => break Ok(ExitReason::TripleFault),
-                Ok(Ok(VcpuStop::SystemEvent(kind))) => {
-                    break Ok(match kind {
-                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
-                        kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::Panic,
-                        _ => ExitReason::PowerOff,
-                    })
-                }
-                Ok(Ok(VcpuStop::Kicked)) | Err(mpsc::TryRecvError::Empty) => continue,
-                Ok(Err(e)) => break Err(VmError::Cpu(e)),
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    break Err(VmError::Config("all vCPU threads ended".into()))
-                }
-            }
-        };
+        let result = wait_for_stop(&wake, &guest_stop, &rx);
 
-        // Stop every vCPU: set the flag, then signal until each thread is out
-        // of KVM_RUN (a signal that lands before KVM_RUN is retried).
-        stop.store(true, Ordering::Release);
-        use std::os::unix::thread::JoinHandleExt;
-        while threads.iter().any(|t| !t.is_finished()) {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                // SAFETY: the pthread is alive (not finished, not joined).
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_sig) };
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for t in threads {
-            let _ = t.join();
-        }
+        stop_vcpus(threads, &stop, kick_sig);
         if let Some(t) = input {
             let _ = t.join();
         }
@@ -709,5 +690,95 @@ impl Vm {
             app_exit_status: st.exit_status,
             boot_time: st.boot_time,
         })
+    }
+}
+
+/// Starts one thread per vCPU, each under its seccomp filter before the
+/// first guest instruction; each reports how it stopped on `tx` and wakes
+/// the main thread.
+fn spawn_vcpus(
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    pio: &Bus,
+    mmio: &Bus,
+    stop: &Arc<AtomicBool>,
+    tx: &mpsc::Sender<Result<VcpuStop, CpuError>>,
+    wake: &EventFd,
+    seccomp: Mode,
+) -> Result<Vec<std::thread::JoinHandle<()>>, VmError> {
+    let mut threads = Vec::new();
+    for (id, mut vcpu) in vcpus.into_iter().enumerate() {
+        let (pio, mmio, stop, tx) = (pio.clone(), mmio.clone(), stop.clone(), tx.clone());
+        let wake = wake.try_clone()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let r = seccomp_policies::install(ThreadKind::Vcpu, seccomp)
+                        .map_err(CpuError::from)
+                        .and_then(|()| cpu::run_loop(id as u8, &mut vcpu, &pio, &mmio, &stop));
+                    let _ = tx.send(r);
+                    let _ = wake.write(1);
+                })?,
+        );
+    }
+    Ok(threads)
+}
+
+/// Waits until the guest stops (a platform register) or a vCPU does.
+fn wait_for_stop(
+    wake: &EventFd,
+    guest_stop: &GuestStop,
+    rx: &mpsc::Receiver<Result<VcpuStop, CpuError>>,
+) -> Result<ExitReason, VmError> {
+    loop {
+        // Block until something happens (the fd is non-blocking: poll).
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(wake),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd array of length 1.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        let _ = wake.read();
+        if let Some(reason) = guest_stop.reason() {
+            break Ok(match reason {
+                StopReason::PowerOff => ExitReason::PowerOff,
+                StopReason::Reset => ExitReason::Reset,
+                StopReason::Panic => ExitReason::Panic,
+            });
+        }
+        match rx.try_recv() {
+            Ok(Ok(VcpuStop::TripleFault)) => break Ok(ExitReason::TripleFault),
+            Ok(Ok(VcpuStop::SystemEvent(kind))) => {
+                break Ok(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                    kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::Panic,
+                    _ => ExitReason::PowerOff,
+                })
+            }
+            Ok(Ok(VcpuStop::Kicked)) | Err(mpsc::TryRecvError::Empty) => continue,
+            Ok(Err(e)) => break Err(VmError::Cpu(e)),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                break Err(VmError::Config("all vCPU threads ended".into()))
+            }
+        }
+    }
+}
+
+/// Stops every vCPU: sets the flag, then signals until each thread is out
+/// of KVM_RUN (a signal that lands before KVM_RUN is retried), and joins
+/// them.
+fn stop_vcpus(threads: Vec<std::thread::JoinHandle<()>>, stop: &AtomicBool, kick_sig: i32) {
+    stop.store(true, Ordering::Release);
+    use std::os::unix::thread::JoinHandleExt;
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the pthread is alive (not finished, not joined).
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_sig) };
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in threads {
+        let _ = t.join();
     }
 }

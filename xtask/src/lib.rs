@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmm::image::{self, Cpio};
+use vmapp::image::{self, Cpio};
 use vmm::kvm_check::{self, KvmError};
 
 /// Modules the L1 host loads, in this order (with their dependencies).
@@ -61,15 +61,22 @@ script=$(sed -n 's/.*xtask\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
 # The script's own deadline comes before the host's, so that a script that
 # overruns still reports what it printed (and status 124).
 limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
-chroot /host timeout -k 10 "${limit:-3600}" /bin/sh "$script" </dev/null >/host/tmp/xtask.out 2>/host/tmp/xtask.err
+# The script runs with this machine's / as the root of its mount namespace,
+# as on a real host (not in a chroot: user namespaces, which vmapp's jail
+# uses, refuse a chrooted caller). switch_root moves /host (with what is
+# mounted under it) to / and frees the initramfs.
+exec switch_root /host /bin/sh -c '
+timeout -k 10 "$1" /bin/sh "$2" </dev/null >/tmp/xtask.out 2>/tmp/xtask.err
 rc=$?
-[ $rc = 124 ] && echo "xtask: the script overran its ${limit}s and was stopped" >> /host/tmp/xtask.err
+[ $rc = 124 ] && echo "xtask: the script overran its $1 s and was stopped" >> /tmp/xtask.err
 echo "@@XTASK-STDOUT"
-cat /host/tmp/xtask.out
+cat /tmp/xtask.out
 echo "@@XTASK-STDERR"
-cat /host/tmp/xtask.err
+cat /tmp/xtask.err
 echo "@@XTASK-EXIT $rc"
-poweroff -f
+sync
+echo o > /proc/sysrq-trigger
+sleep 60' sh "${limit:-3600}" "$script"
 "#;
 
 /// How commands that need KVM run on this machine.

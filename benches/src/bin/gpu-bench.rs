@@ -124,6 +124,10 @@ fn vmapp(a: &Args, sway: &Sway, vsock: &Path, cmd: &str) -> Command {
     let mut c = Command::new(&a.guest.vmapp);
     c.args(["launch", "--host-root", "--memory"])
         .arg(a.guest.memory.to_string());
+    // wl-color sits beside vmapp, in a directory host-root mode does not show.
+    if let Some(bins) = Path::new(&a.guest.vmapp).parent() {
+        c.arg("--expose").arg(bins);
+    }
     c.arg(format!("--wayland={}", sway.socket().display()));
     c.arg("--vsock").arg(vsock).args(["--", "sh", "-c", cmd]);
     c

@@ -14,8 +14,9 @@
 pub mod share;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
@@ -31,6 +32,7 @@ use crate::{warn_limited, GuestMemory};
 use seccomp_policies::ThreadKind;
 
 pub use share::{Share, ShareError};
+pub use view::Exposure;
 
 /// Virtio device id of a file-system device.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -154,8 +156,8 @@ pub struct ShareConfig {
     pub read_only: bool,
     /// Where vmapp's default guest mounts it (default `/mnt/TAG`).
     pub guest_path: Option<String>,
-    /// Host directories below `host_dir` the guest may not enter.
-    pub hidden: Vec<PathBuf>,
+    /// What of `host_dir` the guest sees (`None`: all of it).
+    pub expose: Option<Exposure>,
 }
 
 impl ShareConfig {
@@ -166,7 +168,7 @@ impl ShareConfig {
             tag: tag.into(),
             read_only: false,
             guest_path: None,
-            hidden: Vec::new(),
+            expose: None,
         }
     }
 
@@ -359,13 +361,23 @@ pub struct FsFuzz {
 
 impl FsFuzz {
     /// A share with a file, a directory and a symlink to `/etc`, after
-    /// FUSE_INIT.
+    /// FUSE_INIT; the read-only one shows them through a view (as host-root
+    /// mode does) that hides a fourth entry, `secret`, and `dir/secret`.
     pub fn new(read_only: bool) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         std::fs::write(dir.path().join("file"), b"fuzz").ok()?;
         std::fs::create_dir(dir.path().join("dir")).ok()?;
+        std::fs::write(dir.path().join("secret"), b"hidden").ok()?;
+        std::fs::write(dir.path().join("dir/secret"), b"hidden").ok()?;
         std::os::unix::fs::symlink("/etc", dir.path().join("etc")).ok()?;
-        let share = Share::new(dir.path(), read_only, &[]).ok()?;
+        let mut share = Share::new(dir.path(), read_only).ok()?;
+        if read_only {
+            share = share.expose(&Exposure {
+                allow: ["/file", "/dir", "/etc"].map(PathBuf::from).to_vec(),
+                deny: vec!["/dir/secret".into()],
+                public_only: true,
+            });
+        }
         let server = Server::new(share);
         let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x4000)])
             .ok()?;
@@ -483,8 +495,10 @@ impl Fs {
             spec: cfg.tag.clone(),
             why,
         })?;
-        let hidden: Vec<&Path> = cfg.hidden.iter().map(PathBuf::as_path).collect();
-        let share = Share::new(&cfg.host_dir, cfg.read_only, &hidden)?;
+        let mut share = Share::new(&cfg.host_dir, cfg.read_only)?;
+        if let Some(e) = &cfg.expose {
+            share = share.expose(e);
+        }
         // struct virtio_fs_config: tag[36], num_request_queues.
         let mut c = vec![0u8; TAG_MAX + 4];
         c[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());

@@ -19,25 +19,21 @@
 //! - **Identity**: every request runs as the user running vmapp (the guest's
 //!   uid/gid are not used to switch credentials), ownership can only be given
 //!   to that user, device nodes and set-user-ID bits cannot be created.
-//! - **Hidden paths** (host-root mode): directories whose (device, inode) is
-//!   in the hidden set cannot be looked up, so nothing below them is reachable
-//!   by name. Exactly what that covers: the identities are taken when the
-//!   share is created, so the same directory reached by another path (a bind
-//!   mount of it) is hidden too; a hidden path that does not exist at start,
-//!   or a directory replaced by a new one later (a new inode), is not; a file
-//!   inside a hidden directory that also has a hard link outside it is
-//!   visible through that link. `READDIRPLUS` is refused while anything is
-//!   hidden, so every entry goes through the lookup check.
+//! - **A view** (host-root mode, see `view.rs`): only allowed trees are
+//!   shown; a lookup of any other name is `ENOENT` before the host is asked,
+//!   listings of the directories on the way show only the way, and nothing
+//!   can be created there. `READDIRPLUS` is refused with a view, so every
+//!   entry goes through the lookup check.
 //! - **An inode budget**: every inode the guest holds is an `O_PATH` fd in
 //!   this process; past [`Share::max_inodes`] distinct inodes a lookup or a
 //!   create answers `ENFILE` to the guest, so a guest cannot starve the rest
 //!   of the VMM of fds. `READDIRPLUS` (a lookup of a whole directory at once)
 //!   is refused near the budget, and the guest falls back to `READDIR`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,6 +45,8 @@ use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, ZeroCopyReader, ZeroCopyWriter, ROOT_ID,
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+use super::view::{identity, Exposure, Identity, View};
 
 /// Errors setting up a share.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +94,8 @@ pub fn default_max_inodes() -> usize {
 pub struct Share {
     inner: PassthroughFs<()>,
     read_only: bool,
-    hidden: HashSet<(u64, u64)>,
+    root: std::path::PathBuf,
+    view: Option<View>,
     uid: u32,
     gid: u32,
     /// Lookup counts of the inodes the guest holds (the root aside).
@@ -107,9 +106,8 @@ pub struct Share {
 }
 
 impl Share {
-    /// Serves `dir` (`hidden`: host directories the guest must not enter;
-    /// those that do not exist are ignored).
-    pub fn new(dir: &Path, read_only: bool, hidden: &[&Path]) -> Result<Self, ShareError> {
+    /// Serves all of `dir` (see [`Share::expose`] for less).
+    pub fn new(dir: &Path, read_only: bool) -> Result<Self, ShareError> {
         let name = dir.display().to_string();
         let md = std::fs::metadata(dir).map_err(|e| ShareError::Dir(name.clone(), e))?;
         if !md.is_dir() {
@@ -139,23 +137,26 @@ impl Share {
             ..Config::default()
         };
         let inner = PassthroughFs::new(cfg).map_err(|e| ShareError::Backend(name.clone(), e))?;
-        let hidden = hidden
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect();
         // SAFETY: geteuid/getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         Ok(Self {
             inner,
             read_only,
-            hidden,
+            root,
+            view: None,
             uid,
             gid,
             held: Mutex::new(HashMap::new()),
             max_inodes: default_max_inodes(),
             handles: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Shows the guest only what `e` allows (see `view.rs`), resolved
+    /// against the directory as it is now.
+    pub fn expose(mut self, e: &Exposure) -> Self {
+        self.view = Some(View::new(&self.root, e));
+        self
     }
 
     /// Sets the inode budget (see the module documentation).
@@ -240,13 +241,71 @@ impl Share {
         Ok(self.inner.getattr(ctx, inode, None)?.0.st_mode & libc::S_IFMT)
     }
 
-    /// Refuses an entry the guest must not see, dropping the lookup it cost.
-    fn visible(&self, ctx: &Context, e: Entry) -> io::Result<Entry> {
-        if !self.hidden.is_empty() && self.hidden.contains(&(e.attr.st_dev, e.attr.st_ino)) {
+    /// An `O_PATH` fd of `inode` of this process's own, opened by the path
+    /// the file server's fd has now and checked to be the same file (device
+    /// and inode): a path changed meanwhile cannot lead elsewhere.
+    fn reopen(&self, ctx: &Context, inode: u64, dir: bool) -> io::Result<OwnedFd> {
+        let want = self.identity(ctx, inode)?;
+        let path = self.inner.readlinkat_proc_file(inode)?;
+        let c = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())
+            .map_err(|_| err(libc::EINVAL))?;
+        let mut flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        if dir {
+            flags |= libc::O_DIRECTORY;
+        }
+        // SAFETY: a valid path; the fd is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd this function owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: stat64 is plain data, filled by fstat64.
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and out pointer.
+        if unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if identity(&st) != want {
+            return Err(err(libc::ENOENT));
+        }
+        Ok(fd)
+    }
+
+    fn identity(&self, ctx: &Context, inode: u64) -> io::Result<Identity> {
+        Ok(identity(&self.inner.getattr(ctx, inode, None)?.0))
+    }
+
+    /// Looks `name` up in `parent` if the view shows it (the host is not
+    /// asked for a name a way does not show), dropping the lookup of an
+    /// entry the view hides.
+    fn look_up_visible(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let Some(view) = &self.view else {
+            return self.inner.lookup(ctx, parent, name);
+        };
+        let p = self.identity(ctx, parent)?;
+        if !view.may_look_up(p, name.to_bytes()) {
+            return Err(err(libc::ENOENT));
+        }
+        let e = self.inner.lookup(ctx, parent, name)?;
+        if !view.may_show(p, &e.attr) {
             self.inner.forget(ctx, e.inode, 1);
             return Err(err(libc::ENOENT));
         }
         Ok(e)
+    }
+
+    /// Refuses to create, remove or rename `name` in `parent` where the
+    /// view forbids it: in a way directory, or a hidden name.
+    fn may_change(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let Some(view) = &self.view else {
+            return Ok(());
+        };
+        let p = self.identity(ctx, parent)?;
+        if view.is_way(p) || !view.may_look_up(p, name.to_bytes()) {
+            return Err(err(libc::EACCES));
+        }
+        Ok(())
     }
 
     /// Opens only regular files; in a read-only share only for reading.
@@ -301,8 +360,8 @@ impl FileSystem for Share {
             | FsOptions::ASYNC_READ
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::AUTO_INVAL_DATA;
-        if !self.hidden.is_empty() {
-            // READDIRPLUS hands out entries without a lookup: not with hidden paths.
+        if self.view.is_some() {
+            // READDIRPLUS hands out entries without a lookup: not with a view.
             o.remove(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO);
         }
         Ok(o)
@@ -324,8 +383,7 @@ impl FileSystem for Share {
         } else {
             name
         };
-        let e = self.inner.lookup(ctx, parent, name)?;
-        let e = self.visible(ctx, e)?;
+        let e = self.look_up_visible(ctx, parent, name)?;
         self.admit(ctx, e)
     }
 
@@ -396,6 +454,7 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, parent, name)?;
         self.room()?;
         let e = self.inner.symlink(ctx, linkname, parent, name)?;
         self.admit(ctx, e)
@@ -412,6 +471,7 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, inode, name)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
             _ => return Err(err(libc::EPERM)),
@@ -433,6 +493,7 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, parent, name)?;
         self.room()?;
         let e = self
             .inner
@@ -443,12 +504,14 @@ impl FileSystem for Share {
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, parent, name)?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, parent, name)?;
         self.inner.rmdir(ctx, parent, name)
     }
 
@@ -464,6 +527,8 @@ impl FileSystem for Share {
         self.writable()?;
         component(oldname)?;
         component(newname)?;
+        self.may_change(ctx, olddir, oldname)?;
+        self.may_change(ctx, newdir, newname)?;
         // RENAME_WHITEOUT would create a device node.
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(err(libc::EINVAL));
@@ -475,7 +540,29 @@ impl FileSystem for Share {
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
         component(newname)?;
-        let e = self.inner.link(ctx, inode, newparent, newname)?;
+        self.may_change(ctx, newparent, newname)?;
+        // Not PassthroughFs's link: its linkat(AT_EMPTY_PATH) needs
+        // CAP_DAC_READ_SEARCH on the host (before Linux 6.10), which a
+        // user's or a jailed vmapp does not have. Through /proc/self/fd, as
+        // virtiofsd does, it needs nothing.
+        let src = self.reopen(ctx, inode, false)?;
+        let dir = self.reopen(ctx, newparent, true)?;
+        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", src.as_raw_fd()))
+            .map_err(|_| err(libc::EINVAL))?;
+        // SAFETY: valid strings and fds; the return value is checked.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                dir.as_raw_fd(),
+                newname.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let e = self.inner.lookup(ctx, newparent, newname)?;
         self.admit(ctx, e)
     }
 
@@ -502,6 +589,7 @@ impl FileSystem for Share {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
         component(name)?;
+        self.may_change(ctx, parent, name)?;
         self.room()?;
         self.handle_room()?;
         args.mode = safe_mode(args.mode, false);
@@ -668,8 +756,21 @@ impl FileSystem for Share {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let Some(view) = &self.view else {
+            return self
+                .inner
+                .readdir(ctx, inode, handle, size, offset, add_entry);
+        };
+        // A hidden entry is skipped (its offset still moves the listing on).
+        let dir = self.identity(ctx, inode)?;
         self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+            .readdir(ctx, inode, handle, size, offset, &mut |d| {
+                if view.may_look_up(dir, d.name) {
+                    add_entry(d)
+                } else {
+                    Ok(1)
+                }
+            })
     }
 
     fn readdirplus(
@@ -682,7 +783,7 @@ impl FileSystem for Share {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         // ENOSYS makes the guest use READDIR + LOOKUP from now on.
-        if !self.hidden.is_empty() || self.held().len() + READDIRPLUS_ROOM > self.max_inodes {
+        if self.view.is_some() || self.held().len() + READDIRPLUS_ROOM > self.max_inodes {
             return Err(err(libc::ENOSYS));
         }
         self.inner

@@ -71,8 +71,8 @@ impl Reply {
     }
 }
 
-fn dev(dir: &Path, ro: bool, hidden: &[&Path], screen: bool) -> Dev {
-    let share = Share::new(dir, ro, hidden).unwrap();
+fn dev(dir: &Path, ro: bool, screen: bool) -> Dev {
+    let share = Share::new(dir, ro).unwrap();
     dev_with(share, screen)
 }
 
@@ -260,7 +260,7 @@ fn tree() -> tempfile::TempDir {
 #[test]
 fn create_write_read_rename_unlink_round_trip() {
     let t = tree();
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     let c = d.create(1, "new", libc::O_RDWR, 0o644);
     let node = c.nodeid();
     let fh = c.fh(ENTRY_OUT);
@@ -407,7 +407,7 @@ fn modifying_requests(d: &mut Dev, file: u64, dir: u64, fh: u64) -> Vec<(&'stati
 fn read_only_refuses_everything(screen: bool) {
     let t = tree();
     let before = snapshot(t.path());
-    let mut d = dev(t.path(), true, &[], screen);
+    let mut d = dev(t.path(), true, screen);
     let file = d.lookup(1, "file").nodeid();
     let dir = d.lookup(1, "dir").nodeid();
     let fh = d.open(file, libc::O_RDONLY).fh(0);
@@ -445,7 +445,7 @@ fn read_only_share_refuses_every_modification_in_the_file_system_too() {
 #[test]
 fn names_cannot_leave_the_share() {
     let t = tree();
-    let mut d = dev(&t.path().join("dir"), false, &[], true);
+    let mut d = dev(&t.path().join("dir"), false, true);
     // `..` of the root is the root.
     assert_eq!(d.lookup(1, "..").nodeid(), 1);
     assert_eq!(
@@ -486,7 +486,7 @@ fn names_cannot_leave_the_share() {
 #[test]
 fn symlinks_are_never_followed_on_the_host() {
     let t = tree();
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     let l = d.lookup(1, "to-passwd");
     assert_eq!(l.entry_mode_uid().0 & libc::S_IFMT, libc::S_IFLNK);
     let node = l.nodeid();
@@ -515,7 +515,7 @@ fn symlinks_are_never_followed_on_the_host() {
 #[test]
 fn forged_nodeids_and_handles_reach_nothing() {
     let t = tree();
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     let file = d.lookup(1, "file").nodeid();
     let fh = d.open(file, libc::O_RDONLY).fh(0);
     for forged in [0u64, 2 + file, 0x7fff_ffff, u64::MAX] {
@@ -548,7 +548,7 @@ fn special_files_are_neither_created_nor_opened() {
     let fifo = CString::new(t.path().join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a valid path string.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     let node = d.lookup(1, "fifo").nodeid();
     // Opening a FIFO would block the worker: refused, at once.
     assert_eq!(d.open(node, libc::O_RDONLY).errno, libc::EACCES);
@@ -582,7 +582,7 @@ fn special_files_are_neither_created_nor_opened() {
 #[test]
 fn ownership_stays_with_the_user_running_the_vmm() {
     let t = tree();
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     let file = d.lookup(1, "file").nodeid();
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -592,24 +592,187 @@ fn ownership_stays_with_the_user_running_the_vmm() {
     d.setattr(file, 2, 0, 0, me).ok();
 }
 
+/// The names READDIR lists in `node` (after OPENDIR).
+fn list(d: &mut Dev, node: u64) -> Vec<String> {
+    let fh = d.call(OPENDIR, node, &le(&[0, 0])).fh(0);
+    let mut b = le64(&[fh, 0]);
+    b.extend(le(&[64 * 1024, 0]));
+    b.extend(le64(&[0]));
+    b.extend(le(&[0, 0]));
+    let r = d.call(READDIR, node, &b);
+    let (mut at, body, mut names) = (0, r.ok().to_vec(), Vec::new());
+    // fuse_dirent: ino, off, namelen, type, name padded to 8 bytes.
+    while at + 24 <= body.len() {
+        let len = u32::from_le_bytes(body[at + 16..at + 20].try_into().unwrap()) as usize;
+        names.push(String::from_utf8_lossy(&body[at + 24..at + 24 + len]).into_owned());
+        at += (24 + len).div_ceil(8) * 8;
+    }
+    names.sort();
+    names
+}
+
+/// A host root in miniature: system trees, private files, a private home.
+fn host_like() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    for d in [
+        "usr/bin",
+        "etc/ssl/private",
+        "srv",
+        "var/tmp/other",
+        "var/lib/flatpak/app",
+        "var/lib/private",
+        "home/me/.local/share/fonts",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    for (f, mode) in [
+        ("usr/bin/prog", 0o755),
+        ("etc/passwd", 0o644),
+        ("etc/shadow", 0o640),
+        ("etc/machine-id", 0o444),
+        ("etc/ssh_host_key", 0o600),
+        ("srv/secret", 0o644),
+        ("var/tmp/other/notes", 0o644),
+        ("var/lib/flatpak/app/data", 0o644),
+        ("home/me/notes", 0o644),
+        ("home/me/.local/share/fonts/f.ttf", 0o644),
+    ] {
+        std::fs::write(r.join(f), f).unwrap();
+        std::fs::set_permissions(r.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for (d, mode) in [("etc/ssl/private", 0o710), ("home/me", 0o700)] {
+        std::fs::set_permissions(r.join(d), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("/srv/secret", r.join("usr/bin/to-secret")).unwrap();
+    t
+}
+
+fn host_view() -> Exposure {
+    Exposure {
+        allow: [
+            "/usr",
+            "/etc",
+            "/opt",
+            "/var/lib/flatpak",
+            "/home/me/.local/share/fonts",
+        ]
+        .map(std::path::PathBuf::from)
+        .to_vec(),
+        deny: vec!["/etc/machine-id".into(), "/etc/shadow".into()],
+        public_only: true,
+    }
+}
+
+/// Follows `path` from the root by lookups: the last reply.
+fn walk(d: &mut Dev, path: &str) -> Reply {
+    let mut node = 1;
+    let mut last = d.lookup(1, ".");
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        last = d.lookup(node, c);
+        if last.errno != 0 {
+            return last;
+        }
+        node = last.nodeid();
+    }
+    last
+}
+
 #[test]
-fn hidden_directories_cannot_be_entered() {
-    let t = tree();
-    let mut d = dev(t.path(), true, &[&t.path().join("dir")], true);
-    assert_eq!(d.lookup(1, "dir").errno, libc::ENOENT);
-    assert_eq!(d.lookup(1, "file").errno, 0);
-    // Nothing hands out entries without a lookup.
+fn a_view_shows_only_the_allowed_trees() {
+    let t = host_like();
+    let share = Share::new(t.path(), true).unwrap().expose(&host_view());
+    let mut d = dev_with(share, true);
+    for shown in [
+        "usr/bin/prog",
+        "etc/passwd",
+        "var/lib/flatpak/app/data",
+        "home/me/.local/share/fonts/f.ttf",
+        "usr/bin/to-secret",
+    ] {
+        assert_eq!(walk(&mut d, shown).errno, 0, "{shown}");
+    }
+    for hidden in [
+        "srv",
+        "srv/secret",
+        "var/tmp",
+        "var/lib/private",
+        "home/me/notes",
+        "home/me/.local/share/other",
+        "etc/shadow",
+        "etc/machine-id",
+        "etc/ssh_host_key",
+        "etc/ssl/private",
+        "opt",
+        // `..` leads back to a way, which shows only the way.
+        "usr/../srv",
+        "var/lib/flatpak/../private",
+        "var/lib/flatpak/../../tmp",
+        "home/me/.local/share/fonts/../../../notes",
+        "usr/bin/../../var/tmp/other/notes",
+    ] {
+        assert_eq!(walk(&mut d, hidden).errno, libc::ENOENT, "{hidden}");
+    }
+    // Listings of ways show the way; inside trees, no denied name.
+    assert_eq!(list(&mut d, 1), ["etc", "home", "usr", "var"]);
+    let var = walk(&mut d, "var").nodeid();
+    assert_eq!(list(&mut d, var), ["lib"]);
+    let etc = walk(&mut d, "etc").nodeid();
+    let names = list(&mut d, etc);
+    assert!(names.contains(&"passwd".to_string()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "shadow" || n == "machine-id"),
+        "{names:?}"
+    );
+    // A link is text the guest resolves in its own tree: the host never
+    // follows it.
+    let l = walk(&mut d, "usr/bin/to-secret").nodeid();
+    assert_eq!(d.open(l, libc::O_RDONLY).errno, libc::ELOOP);
+    assert_eq!(d.call(READDIRPLUS, 1, &le(&[0; 10])).errno, libc::ENOSYS);
+}
+
+#[test]
+fn nothing_is_made_or_removed_outside_the_trees_of_a_view() {
+    let t = host_like();
+    let share = Share::new(t.path(), false).unwrap().expose(&host_view());
+    let mut d = dev_with(share, true);
+    let etc = walk(&mut d, "etc").nodeid();
+    let var = walk(&mut d, "var").nodeid();
+    let usr = walk(&mut d, "usr").nodeid();
+    assert_eq!(d.create(1, "new", libc::O_RDWR, 0o644).errno, libc::EACCES);
     assert_eq!(
-        d.call(44, 1, &le(&[0; 10])).errno,
-        libc::ENOSYS,
-        "READDIRPLUS"
+        d.call(opcode::MKDIR, var, &cat(&[&le(&[0o755, 0]), &name("tmp")]))
+            .errno,
+        libc::EACCES
+    );
+    assert_eq!(d.call(opcode::UNLINK, 1, &name("srv")).errno, libc::EACCES);
+    assert_eq!(d.call(opcode::RMDIR, var, &name("lib")).errno, libc::EACCES);
+    assert_eq!(
+        d.create(etc, "shadow", libc::O_RDWR, 0o644).errno,
+        libc::EACCES
+    );
+    let r = d.call(
+        opcode::RENAME,
+        usr,
+        &cat(&[&le64(&[etc]), &name("bin"), &name("shadow")]),
+    );
+    assert_eq!(r.errno, libc::EACCES);
+    let r = d.call(opcode::SYMLINK, 1, &cat(&[&name("srv2"), &name("/srv")]));
+    assert_eq!(r.errno, libc::EACCES);
+    // Inside a tree a writable view is a writable share.
+    d.create(usr, "made", libc::O_RDWR, 0o644).ok();
+    assert!(t.path().join("usr/made").exists());
+    assert!(!t.path().join("new").exists() && t.path().join("srv").exists());
+    assert_eq!(
+        std::fs::read(t.path().join("etc/shadow")).unwrap(),
+        b"etc/shadow"
     );
 }
 
 #[test]
 fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     let t = tree();
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     // Unknown opcodes.
     for op in [0u32, 99, 4096, u32::MAX] {
         assert_eq!(d.call(op, 1, &[]).errno, libc::ENOSYS, "opcode {op}");
@@ -673,7 +836,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
 #[test]
 fn a_flood_of_requests_is_served_in_one_pass() {
     let t = tree();
-    let d = dev(t.path(), false, &[], true);
+    let d = dev(t.path(), false, true);
     let q = MockSplitQueue::new(&d.mem, 256);
     let mut descs = Vec::new();
     for i in 0..128u64 {
@@ -786,7 +949,7 @@ fn thousands_of_inodes_in_use_fit_in_the_open_files_limit() {
             assert_eq!(r.rlim_cur, hard);
         }
     }
-    let mut d = dev(t.path(), false, &[], true);
+    let mut d = dev(t.path(), false, true);
     for i in 0..3000 {
         assert_eq!(d.lookup(1, &format!("f{i}")).errno, 0, "f{i}");
     }
@@ -803,7 +966,7 @@ fn a_share_holds_no_more_inodes_than_its_budget() {
     for i in 0..40 {
         std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
     }
-    let share = Share::new(t.path(), false, &[]).unwrap().max_inodes(16);
+    let share = Share::new(t.path(), false).unwrap().max_inodes(16);
     let mut d = dev_with(share, false);
     let mut held = Vec::new();
     let mut refused = 0;
@@ -843,7 +1006,7 @@ fn a_share_holds_no_more_inodes_than_its_budget() {
 fn open_handles_are_bounded_too() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("f"), b"x").unwrap();
-    let share = Share::new(t.path(), false, &[]).unwrap().max_inodes(4);
+    let share = Share::new(t.path(), false).unwrap().max_inodes(4);
     let mut d = dev_with(share, false);
     let f = d.lookup(1, "f").nodeid();
     let mut fhs = Vec::new();
@@ -857,4 +1020,99 @@ fn open_handles_are_bounded_too() {
     let body = cat(&[&le64(&[fhs[0]]), &le(&[0, 0]), &le64(&[0])]);
     assert_eq!(d.call(RELEASE, f, &body).errno, 0);
     assert_eq!(d.open(f, libc::O_RDONLY).errno, 0);
+}
+
+/// Runs `f` in a forked child that has no capability on the host (a user
+/// namespace of its own, as vmapp's jail); its exit status.
+fn unprivileged(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child runs `f` and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: unshare takes flags; _exit ends the child.
+        let code = if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 {
+            f()
+        } else {
+            99
+        };
+        // SAFETY: leaves the child without the harness's exit path.
+        unsafe { libc::_exit(code) };
+    }
+    let mut st = 0;
+    // SAFETY: our child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    libc::WEXITSTATUS(st)
+}
+
+/// Makes `linkat(…, AT_EMPTY_PATH)` fail with ENOENT in this thread, as
+/// kernels before 6.10 do without CAP_DAC_READ_SEARCH.
+fn refuse_linkat_empty_path() -> bool {
+    const AT_EMPTY_PATH: u32 = 0x1000;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    // seccomp_data: nr at 0, args at 16 (linkat's flags: args[4], low word).
+    let mut prog = [
+        stmt(ld, 0),
+        jeq(libc::SYS_linkat as u32, 0, 3),
+        stmt(ld, 16 + 4 * 8),
+        stmt(
+            (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16,
+            AT_EMPTY_PATH,
+        ),
+        jeq(0, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOENT as u32),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: a valid filter program that outlives the calls.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) == 0
+    }
+}
+
+#[test]
+fn hard_links_need_no_privilege() {
+    // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH on the host (before
+    // Linux 6.10): a user's vmapp, or a jailed one, has none.
+    let t = tree();
+    let code = unprivileged(|| {
+        if !refuse_linkat_empty_path() {
+            return 97;
+        }
+        let mut d = dev(t.path(), false, true);
+        let file = d.lookup(1, "file").nodeid();
+        let dir = d.lookup(1, "dir").nodeid();
+        let r = d.call(opcode::LINK, dir, &cat(&[&le64(&[file]), &name("hard")]));
+        if r.errno != 0 {
+            return r.errno;
+        }
+        let same = std::fs::metadata(t.path().join("dir/hard"))
+            .map(|m| m.ino())
+            .ok()
+            == std::fs::metadata(t.path().join("file"))
+                .map(|m| m.ino())
+                .ok();
+        if same {
+            0
+        } else {
+            98
+        }
+    });
+    assert_eq!(code, 0, "LINK failed with {code}");
 }

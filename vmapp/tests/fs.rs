@@ -56,7 +56,8 @@ echo t2=$(date +%s)
 {VMAPP} launch --memory 256 --share $d/rw:data -- sh -c 'echo @@ready; while [ ! -e /mnt/data/later ]; do sleep 0.2; done; echo later=$(cat /mnt/data/later)' > $d/out2 2>&1 &
 pid=$!
 wait_for @@ready $d/out2 || echo "guest never ready: $(cat $d/out2)"
-echo from-the-host > $d/rw/later
+# Made whole, then renamed in: the guest's loop may see the name at once.
+echo from-the-host > $d/rw/later.part && mv $d/rw/later.part $d/rw/later
 wait $pid; echo rc2=$?
 grep later= $d/out2
 
@@ -188,6 +189,7 @@ echo x > /usr/vmapp-write-test 2>/dev/null; echo usr-write-rc=$?
 echo home=$HOME pwd=$(pwd)
 echo private > $HOME/made-in-guest && echo homewrite=ok
 ls /proc/1/exe >/dev/null && echo guestproc=$(cat /proc/1/comm)
+foot --version >/dev/null && echo foot=runs
 '
 echo rc2=$?
 echo hostpysha=$(sha256sum /usr/bin/python3.11 | cut -d' ' -f1)
@@ -213,10 +215,141 @@ rm -rf $d /tmp/vmapp-hostroot-marker.$$
     assert_ne!(value(&out, "usr-write-rc="), "0", "{all}");
     assert_eq!(value(&out, "homewrite="), "ok", "{all}");
     assert_eq!(value(&out, "guestproc="), "init", "{all}");
+    assert_eq!(value(&out, "foot="), "runs", "{all}");
     let home = value(&out, "home=");
     let (h, pwd) = home.split_once(" pwd=").unwrap();
     assert_eq!(h, pwd, "the command starts in $HOME: {all}");
     assert!(!out.contains("leaked-home=yes"), "{all}");
     assert_eq!(value(&out, "rc3="), "0", "{all}");
     assert_eq!(value(&out, "kept="), "persisted", "{all}");
+}
+
+/// What a host-root guest must not see, looked for from inside (through its
+/// root and through a second mount of the same share) and from a home under
+/// /var and under /home.
+const ALLOWLIST_PROBE: &str = r#"
+r=/mnt/again; mkdir -p $r; mount -t virtiofs vmapp-root $r && echo remount=ok
+echo top=$(ls $r | tr "\n" " ")
+for p in $S/secret $D/notes.txt /etc/shadow /etc/gshadow /root/vmapp-root-secret /home/vmapp-allow/notes.txt; do
+  test -e $p && echo visible=$p; test -e $r$p && echo visible-again=$p
+done
+cat /opt/vmapp-link 2>/dev/null && echo visible=through-link
+cat $r/usr/../srv/$(basename $S)/secret 2>/dev/null && echo visible=dotdot
+(cd /usr/../srv 2>/dev/null && echo visible=cd-dotdot)
+echo shadow-listed=$(ls /etc $r/etc | grep -c "^shadow$")
+echo passwd=$(grep -c "^root:" /etc/passwd)
+[ "$(cat /etc/machine-id)" != "$HOSTID" ] && [ -n "$(cat /etc/machine-id)" ] && echo machine-id=own
+echo home=$HOME pwd=$(pwd)
+echo w > $HOME/new && touch /tmp/a /run/a /var/tmp/a /mnt/a && echo own-dirs=writable
+cat $HOME/notes.txt 2>/dev/null; echo home-notes-rc=$?
+echo font=$(cat $HOME/.local/share/fonts/f.txt 2>&1)
+echo x > /etc/vmapp-write-test 2>/dev/null; echo etc-write-rc=$?
+echo py=$(python3 -c "print(6*7)")
+"#;
+
+#[test]
+fn host_root_shows_the_guest_only_the_allowlist() {
+    let v = format!("timeout {T} {VMAPP} launch --memory 512 --host-root");
+    // The host's private places are made in a mount namespace of the test's
+    // own (tmpfs over /srv, /opt, /var/tmp, /home and /root), so the test
+    // writes nothing outside it, here or on a developer's machine.
+    let script = format!(
+        r#"
+cat > /tmp/vmapp-allow-$$.sh <<'INNER'
+export XDG_CACHE_HOME=${{XDG_CACHE_HOME:-$HOME/.cache}}
+for m in /srv /opt /var/tmp /home /root; do mount -t tmpfs tmpfs $m || echo cannot-mount=$m; done
+D=$(mktemp -d /var/tmp/vmapp-allow.XXXXXX)
+S=/srv/vmapp-allow
+mkdir -p $S $D/home/.local/share/fonts $D/exposed $D/exposed-ro /home/vmapp-allow
+echo srv-secret > $S/secret
+echo other > $D/notes.txt
+echo private > $D/home/notes.txt
+echo private > /home/vmapp-allow/notes.txt
+echo font > $D/home/.local/share/fonts/f.txt
+echo ro > $D/exposed-ro/file
+echo root-secret > /root/vmapp-root-secret
+ln -s $S/secret /opt/vmapp-link
+HOSTID=$(cat /etc/machine-id 2>/dev/null)
+probe='{ALLOWLIST_PROBE}'
+env="--env S=$S --env D=$D --env HOSTID=$HOSTID"
+echo ===var
+HOME=$D/home {v} $env --expose $D/exposed-ro --expose $D/exposed,rw -- sh -c "$probe
+cat $D/exposed-ro/file > /dev/null && echo exposed-ro=readable
+echo x > $D/exposed-ro/new 2>/dev/null; echo exposed-ro-write-rc=\$?
+echo from-guest > $D/exposed/made && echo exposed-rw=written"
+echo rc-var=$?
+echo ===home
+HOME=/home/vmapp-allow {v} $env -- sh -c "$probe"
+echo rc-home=$?
+echo ===end
+echo made=$(cat $D/exposed/made)
+echo ro-files=$(ls $D/exposed-ro)
+INNER
+if [ "$(id -u)" = 0 ]; then unshare -m sh /tmp/vmapp-allow-$$.sh; else unshare -rm sh /tmp/vmapp-allow-$$.sh; fi
+rm -f /tmp/vmapp-allow-$$.sh
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    let var = out
+        .split("===var")
+        .nth(1)
+        .unwrap()
+        .split("===home")
+        .next()
+        .unwrap();
+    let home = out
+        .split("===home")
+        .nth(1)
+        .unwrap()
+        .split("===end")
+        .next()
+        .unwrap();
+    for (name, run, rc) in [("var", var, "rc-var="), ("home", home, "rc-home=")] {
+        assert_eq!(value(run, rc), "0", "{name}: {all}");
+        assert_eq!(value(run, "remount="), "ok", "{name}: {all}");
+        let top = value(run, "top=");
+        for t in top.split_whitespace() {
+            assert!(
+                [
+                    "bin", "etc", "home", "lib", "lib32", "lib64", "libx32", "nix", "opt", "root",
+                    "sbin", "usr", "var"
+                ]
+                .contains(&t),
+                "{name}: {t} is not on the allowlist: {all}"
+            );
+        }
+        assert!(top.contains("usr") && top.contains("etc"), "{name}: {all}");
+        assert!(!run.contains("visible"), "{name}: {all}");
+        assert_eq!(value(run, "shadow-listed="), "0", "{name}: {all}");
+        assert_eq!(value(run, "passwd="), "1", "{name}: {all}");
+        assert_eq!(value(run, "machine-id="), "own", "{name}: {all}");
+        assert_eq!(value(run, "own-dirs="), "writable", "{name}: {all}");
+        assert_ne!(
+            value(run, "home-notes-rc="),
+            "0",
+            "{name}: a private home: {all}"
+        );
+        assert_ne!(value(run, "etc-write-rc="), "0", "{name}: {all}");
+        assert_eq!(value(run, "py="), "42", "{name}: {all}");
+        let h = value(run, "home=");
+        let (h, pwd) = h.split_once(" pwd=").unwrap();
+        assert_eq!(h, pwd, "{name}: {all}");
+    }
+    assert!(
+        value(var, "home=").starts_with("/var/tmp/vmapp-allow."),
+        "{all}"
+    );
+    assert!(
+        value(home, "home=").starts_with("/home/vmapp-allow"),
+        "{all}"
+    );
+    // The user's fonts under $HOME stay visible over the private home.
+    assert_eq!(value(var, "font="), "font", "{all}");
+    assert_eq!(value(var, "exposed-ro="), "readable", "{all}");
+    assert_ne!(value(var, "exposed-ro-write-rc="), "0", "{all}");
+    assert_eq!(value(var, "exposed-rw="), "written", "{all}");
+    assert_eq!(value(&out, "made="), "from-guest", "{all}");
+    assert_eq!(value(&out, "ro-files="), "file", "{all}");
+    assert!(!out.contains("cannot-mount"), "{all}");
 }

@@ -33,6 +33,10 @@ pub const GUEST_MODULES: &[&str] = &[
 /// Modules the default guest loads when it shows windows (`vmapp.wayland=1`).
 pub const GPU_MODULES: &[&str] = &["virtio_gpu"];
 
+/// Modules the default guest loads in host-root mode (`vmapp.root=`): the
+/// guest's root is an overlay on the host's.
+pub const HOST_ROOT_MODULES: &[&str] = &["overlay"];
+
 /// Kernel-package directories unpacked into the cache (all that the default
 /// guest and the emulated KVM host need).
 const MODULE_DIRS: &[&str] = &[
@@ -58,7 +62,7 @@ const MODULE_DIRS: &[&str] = &[
 ];
 
 /// Bump when the layout of the built image changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Errors preparing the guest.
 #[derive(Debug, thiserror::Error)]
@@ -536,7 +540,12 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
     }
     let tree = kernel_tree(cache, packages)?;
     eprintln!("vmapp: building the guest initramfs ({})", tree.release);
-    let wanted: Vec<&str> = GUEST_MODULES.iter().chain(GPU_MODULES).copied().collect();
+    let wanted: Vec<&str> = GUEST_MODULES
+        .iter()
+        .chain(GPU_MODULES)
+        .chain(HOST_ROOT_MODULES)
+        .copied()
+        .collect();
     let mods = modules::resolve(&tree.moddir, &wanted)?;
     let mut c = Cpio::new();
     add_base(&mut c, &tree, &mods)?;
@@ -551,6 +560,11 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
         "etc/vmapp/modules-gpu",
         0o644,
         format!("{}\n", GPU_MODULES.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-host-root",
+        0o644,
+        format!("{}\n", HOST_ROOT_MODULES.join("\n")).as_bytes(),
     );
     c.file("init", 0o755, &init_data);
     std::fs::create_dir_all(&gdir).map_err(io_err(gdir.display()))?;

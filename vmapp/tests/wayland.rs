@@ -31,9 +31,12 @@ waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i
 fn guest_windows_pixels_keyboard_and_denied_clients() {
     let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
     let c = wl_color.display();
+    // Our test client lives in the build's directory, which host-root mode
+    // does not show unless exposed.
+    let bins = std::path::Path::new(VMAPP).parent().unwrap().display();
     let script = format!(
         r#"{SWAY}
-V="timeout {T} {VMAPP} launch --memory 512 --host-root"
+V="timeout {T} {VMAPP} launch --memory 512 --host-root --expose {bins}"
 
 # 1. The allowed globals, none of the denied or relay-hidden ones.
 $V -- wayland-info > $RT/wi 2>&1; echo wi-rc=$?
@@ -134,9 +137,12 @@ kill $HOLDER $SWAYPID 2>/dev/null; true
 fn clipboard_both_ways_deny_a_stuck_reader_and_a_compositor_that_goes() {
     let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
     let c = wl_color.display();
+    // Our test client lives in the build's directory, which host-root mode
+    // does not show unless exposed.
+    let bins = std::path::Path::new(VMAPP).parent().unwrap().display();
     let script = format!(
         r#"{SWAY}
-V="timeout {T} {VMAPP} launch --memory 512 --host-root"
+V="timeout {T} {VMAPP} launch --memory 512 --host-root --expose {bins}"
 big() {{ head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576; }}
 
 # Host -> guest: text, then 1 MiB.

@@ -1,0 +1,652 @@
+//! `vmapp`: run a command (or a shell) in a microVM booted from the
+//! distribution's own kernel.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sommelier_guest::proto;
+use vmapp::image;
+use vmm::agent::{AgentHost, Run, AGENT_PORT};
+use vmm::wayland::{self, ProxyConfig, ProxyProcess};
+use vmm::{
+    Console, DiskConfig, ExitReason, Exposure, GpuConfig, ShareConfig, VmBuilder, VsockConfig,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vmapp",
+    version,
+    about = "Run an application isolated in its own microVM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a VM and run COMMAND in it (an interactive shell without one).
+    Launch(Box<Launch>),
+    /// Build or refresh the default guest (kernel and initramfs) in the cache.
+    Prepare {
+        /// Re-resolve the Debian package versions even if an image is cached.
+        #[arg(long)]
+        refresh: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct Launch {
+    /// Kernel to boot (ELF vmlinux or bzImage); default: the prepared Debian kernel.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs; default: the prepared one (none when --kernel is given).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Extra kernel command-line arguments, appended to the defaults.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u64,
+    /// Where the serial console goes: stdio, none, or a file path. Default:
+    /// stdio for an interactive guest; stderr when the default guest runs a
+    /// command through its agent (stdout is then the command's alone).
+    #[arg(long)]
+    console: Option<String>,
+    /// Environment for the command, KEY=VALUE (repeatable; default guest).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    envs: Vec<String>,
+    /// Working directory of the command in the guest (default guest).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Keep the VM running after the command exits (default guest).
+    #[arg(long)]
+    keep_running: bool,
+    /// What a syscall outside a thread's seccomp filter does: kill (the
+    /// process stops, naming the thread and syscall), log, or off.
+    #[arg(long, default_value = "kill", value_name = "kill|log|off")]
+    seccomp: seccomp_policies::Mode,
+    /// A virtio-blk disk, PATH[,ro][,serial=ID]; repeat for more (vda, vdb, …).
+    /// Writable images are locked exclusively, read-only ones shared.
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
+    disks: Vec<String>,
+    /// A virtio-vsock device whose host side is this Unix socket (Firecracker's
+    /// protocol: connect, send `CONNECT <port>\n`; guest connections to port P
+    /// go to PATH_P).
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 3)]
+    cid: u64,
+    /// Share a host directory (virtio-fs), HOSTDIR:TAG[,ro][,path=GUESTDIR];
+    /// repeatable. The default guest mounts it at GUESTDIR (default
+    /// /mnt/TAG); other guests `mount -t virtiofs TAG DIR`. `ro` is enforced
+    /// by the device.
+    #[arg(long = "share", value_name = "HOSTDIR:TAG[,ro][,path=GUESTDIR]")]
+    shares: Vec<String>,
+    /// Run the command from the host's system trees, shared read-only
+    /// (default guest): any program installed on the host runs isolated in
+    /// the VM. The guest sees /usr, /etc (without secrets), /opt, Flatpak
+    /// installations, fonts and themes, nothing else of the host; /tmp,
+    /// /run, /var/tmp and $HOME are its own.
+    #[arg(long)]
+    host_root: bool,
+    /// With --host-root: show the guest this host directory too, at the same
+    /// path, read-only unless `,rw`; repeatable.
+    #[arg(long = "expose", value_name = "HOSTDIR[,rw]")]
+    expose: Vec<String>,
+    /// With --host-root: share DIR (writable) as the guest's $HOME instead of
+    /// an empty private one.
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Show the app's windows on the host's Wayland desktop, through a
+    /// validating wl-proxy (virtio-gpu cross-domain). On by default when
+    /// WAYLAND_DISPLAY is set; SOCKET overrides the compositor's socket.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
+    wayland: Option<String>,
+    /// No Wayland, even with WAYLAND_DISPLAY set.
+    #[arg(long, conflicts_with = "wayland")]
+    no_wayland: bool,
+    /// wl-proxy policy file (TOML) for this VM's apps.
+    #[arg(long, value_name = "FILE")]
+    wl_policy: Option<PathBuf>,
+    /// Clipboard and drag-and-drop for this VM's apps.
+    #[arg(long, value_name = "allow|deny", value_parser = ["allow", "deny"])]
+    clipboard: Option<String>,
+    /// Label for the VM's windows ("[NAME] title"); default: the command's name.
+    #[arg(long, value_name = "NAME")]
+    tag: Option<String>,
+    /// Run the VM in vmapp's jail (own user, mount, PID, IPC and network
+    /// namespaces, a root with only this VM's files, no_new_privs,
+    /// Landlock); `off` for debugging.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    jail: String,
+    /// Boot the bzImage of the default guest instead of its vmlinux.
+    #[arg(long)]
+    bzimage: bool,
+    /// The command to run in the guest, and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// A private (0700) directory for the agent's sockets, removed on drop.
+fn socket_dir() -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new().prefix("vmapp-").tempdir_in(base)
+}
+
+/// A path as the default guest's command line carries it.
+fn hex(path: &str) -> String {
+    proto::encode_hex(path.as_bytes())
+}
+
+/// The tag of the host's root in `--host-root` mode, and of `--home`.
+const ROOT_TAG: &str = "vmapp-root";
+const HOME_TAG: &str = "vmapp-home";
+
+/// `$HOME` in the guest: the host's, so programs find their usual paths.
+fn guest_home() -> String {
+    std::env::var("HOME")
+        .ok()
+        .filter(|h| h.starts_with('/') && h != "/" && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "/root".into())
+}
+
+/// The host trees a host-root guest sees, read-only (where they exist).
+const HOST_TREES: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/var/lib/flatpak",
+    "/var/cache/fontconfig",
+    "/nix/store",
+];
+
+/// Trees under the user's `$HOME` it sees too: Flatpak apps, fonts, icons
+/// and themes.
+const HOME_TREES: &[&str] = &[
+    ".local/share/flatpak",
+    ".local/share/fonts",
+    ".local/share/icons",
+    ".local/share/themes",
+    ".fonts",
+    ".icons",
+    ".themes",
+];
+
+/// Hidden in those trees even when others may read them (what others may
+/// not read is hidden anyway); the guest writes its own machine id.
+const HOST_DENY: &[&str] = &[
+    "/etc/machine-id",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/NetworkManager/system-connections",
+];
+
+/// The host's system trees (the device shows only these) and the kernel
+/// command line words that tell the guest which trees under `$HOME` to keep.
+fn host_root_share(home: &str) -> (ShareConfig, Vec<String>) {
+    let mut s = ShareConfig::new("/", ROOT_TAG);
+    s.read_only = true;
+    // The host's home may be reached through a symlink (/home → var/home):
+    // the device takes real directories only.
+    let real_home = std::fs::canonicalize(home).unwrap_or_else(|_| PathBuf::from(home));
+    let mut allow: Vec<PathBuf> = HOST_TREES.iter().map(PathBuf::from).collect();
+    let mut keep = Vec::new();
+    for t in HOME_TREES {
+        let src = real_home.join(t);
+        if src.is_dir() {
+            keep.push(format!(
+                "vmapp.keep={}:{}",
+                hex(&src.display().to_string()),
+                hex(&format!("{home}/{t}"))
+            ));
+            allow.push(src);
+        }
+    }
+    s.expose = Some(Exposure {
+        allow,
+        deny: HOST_DENY.iter().map(PathBuf::from).collect(),
+        public_only: true,
+    });
+    (s, keep)
+}
+
+/// `--expose HOSTDIR[,rw]`: a share of its own, mounted at the same path.
+fn exposed_share(spec: &str, i: usize) -> anyhow::Result<ShareConfig> {
+    let (path, rw) = match spec.strip_suffix(",rw") {
+        Some(p) => (p, true),
+        None => (spec.strip_suffix(",ro").unwrap_or(spec), false),
+    };
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("--expose {spec}: cannot resolve {path}"))?;
+    if !real.is_dir() {
+        anyhow::bail!("--expose {spec}: {} is not a directory", real.display());
+    }
+    let mut s = ShareConfig::new(&real, format!("vmapp-x{i}"));
+    s.read_only = !rw;
+    s.guest_path = Some(real.display().to_string());
+    Ok(s)
+}
+
+/// This VM's wl-proxy in front of the compositor (its socket is set once
+/// the VM's private directory exists).
+fn proxy_config(a: &Launch) -> anyhow::Result<ProxyConfig> {
+    let upstream = wayland::compositor_socket(a.wayland.as_deref())?;
+    let tag = a.tag.clone().unwrap_or_else(|| {
+        a.command
+            .first()
+            .and_then(|c| std::path::Path::new(c).file_name())
+            .map(|n| n.to_string_lossy().chars().take(32).collect())
+            .unwrap_or_else(|| "vm".into())
+    });
+    let cfg = ProxyConfig {
+        binary: wayland::proxy_binary(),
+        upstream,
+        listen: PathBuf::new(),
+        policy: a.wl_policy.clone(),
+        clipboard: a.clipboard.clone(),
+        tag,
+        seccomp: match a.seccomp {
+            seccomp_policies::Mode::Kill => "kill",
+            seccomp_policies::Mode::Log => "log",
+            seccomp_policies::Mode::Off => "off",
+        }
+        .into(),
+    };
+    Ok(cfg)
+}
+
+/// The user's shares and `--expose` directories, checked before the
+/// (possibly slow) guest preparation.
+fn user_shares(a: &Launch) -> anyhow::Result<Vec<ShareConfig>> {
+    let mut shares = a
+        .shares
+        .iter()
+        .map(|s| ShareConfig::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(s) = shares.iter().find(|s| s.tag.starts_with("vmapp-")) {
+        anyhow::bail!(
+            "the share tag {:?}: tags starting with vmapp- are vmapp's own",
+            s.tag
+        );
+    }
+    if (a.home.is_some() || !a.expose.is_empty()) && !a.host_root {
+        anyhow::bail!("--home and --expose need --host-root");
+    }
+    if a.host_root && a.kernel.is_some() {
+        anyhow::bail!("--host-root needs the default guest (no --kernel)");
+    }
+    for (i, e) in a.expose.iter().enumerate() {
+        shares.push(exposed_share(e, i)?);
+    }
+    Ok(shares)
+}
+
+/// The kernel, the initramfs, and whether they are the default guest's.
+fn guest(a: &Launch) -> anyhow::Result<(PathBuf, Option<PathBuf>, bool)> {
+    if let Some(k) = &a.kernel {
+        return Ok((k.clone(), a.initramfs.clone(), false));
+    }
+    let init = image::default_init_path()?;
+    let img =
+        image::prepare(&image::cache_dir(), &init, false).context("preparing the default guest")?;
+    let k = if a.bzimage { img.bzimage } else { img.vmlinux };
+    Ok((k, a.initramfs.clone().or(Some(img.initramfs)), true))
+}
+
+/// Every share of this VM (the user's, then host-root mode's), and the
+/// kernel command line words that tell the default guest where to mount
+/// them and how to build its root.
+fn all_shares(
+    a: &Launch,
+    mut shares: Vec<ShareConfig>,
+    home: &str,
+    default_guest: bool,
+) -> (Vec<ShareConfig>, Vec<String>) {
+    let mut words = Vec::new();
+    if default_guest {
+        for s in &shares {
+            words.push(format!(
+                "vmapp.mount={}:{}{}",
+                s.tag,
+                hex(&s.mount_point()),
+                if s.read_only { ":ro" } else { "" }
+            ));
+        }
+    }
+    if a.host_root {
+        let (root, keep) = host_root_share(home);
+        shares.push(root);
+        words.push(format!("vmapp.root={ROOT_TAG} vmapp.home={}", hex(home)));
+        words.extend(keep);
+        if let Some(h) = &a.home {
+            shares.push(ShareConfig::new(h, HOME_TAG));
+            words.push(format!("vmapp.homeshare={HOME_TAG}"));
+        }
+    }
+    (shares, words)
+}
+
+/// What the jail holds: the files this VM uses, at their host paths.
+fn jail_spec(
+    kernel: &std::path::Path,
+    initramfs: Option<&std::path::Path>,
+    disks: &[DiskConfig],
+    shares: &[ShareConfig],
+    runtime: Vec<PathBuf>,
+    scratch: PathBuf,
+) -> vmapp::jail::Spec {
+    let mut paths = vec![(kernel.to_path_buf(), false)];
+    paths.extend(initramfs.map(|i| (i.to_path_buf(), false)));
+    paths.extend(disks.iter().map(|d| (d.path.clone(), !d.read_only)));
+    for s in shares {
+        match &s.expose {
+            // A view shows only its trees: the jail holds only those.
+            Some(e) => paths.extend(
+                e.allow
+                    .iter()
+                    .map(|t| s.host_dir.join(t.strip_prefix("/").unwrap_or(t)))
+                    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                    .map(|p| (p, false)),
+            ),
+            None => paths.push((s.host_dir.clone(), !s.read_only)),
+        }
+    }
+    // The host's root itself is the jail's root.
+    paths.retain(|(p, _)| p != std::path::Path::new("/"));
+    vmapp::jail::Spec {
+        paths,
+        runtime,
+        scratch,
+    }
+}
+
+/// Where the serial console goes.
+fn console(a: &Launch, agent: bool) -> Console {
+    match a.console.as_deref() {
+        Some("stdio") => Console::Stdio,
+        None if !agent => Console::Stdio,
+        None => Console::Writer(Box::new(std::io::stderr())),
+        Some("none") => Console::None,
+        Some(p) => Console::File(PathBuf::from(p)),
+    }
+}
+
+/// A console file opened now (the jail does not hold its directory).
+fn open_console(c: Console) -> anyhow::Result<Console> {
+    Ok(match c {
+        Console::File(p) => Console::Writer(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .with_context(|| format!("console file {}", p.display()))?,
+        )),
+        c => c,
+    })
+}
+
+/// Starts this VM's wl-proxy (listening in `dir`) and adds the gpu device
+/// that connects to it.
+fn add_wayland(
+    b: VmBuilder,
+    mut cfg: ProxyConfig,
+    dir: &std::path::Path,
+    default_guest: bool,
+) -> anyhow::Result<(VmBuilder, ProxyProcess)> {
+    cfg.listen = dir.join("wayland-0");
+    let p = ProxyProcess::start(&cfg)?;
+    let mut b = b.gpu(GpuConfig {
+        wayland_socket: p.socket().to_path_buf(),
+        shm_size: wayland::DEFAULT_WINDOW,
+    });
+    if default_guest {
+        b = b.append_cmdline("vmapp.wayland=1");
+    }
+    Ok((b, p))
+}
+
+/// The `agent` thread: runs the command through the guest's agent.
+fn start_agent(
+    h: AgentHost,
+    run: Run,
+    done: &Arc<AtomicBool>,
+) -> std::io::Result<
+    std::thread::JoinHandle<Result<Option<vmm::agent::Exit>, vmm::agent::AgentError>>,
+> {
+    let done = done.clone();
+    std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            // Before anything from the guest arrives.
+            seccomp_policies::install_default(seccomp_policies::ThreadKind::Agent)?;
+            let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+            h.serve(
+                &run,
+                &done,
+                Some(stdin),
+                std::io::stdout(),
+                std::io::stderr(),
+            )
+        })
+}
+
+fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
+    // Bad descriptions fail before the (possibly slow) guest preparation.
+    let disks = a
+        .disks
+        .iter()
+        .map(|d| DiskConfig::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shares = user_shares(&a)?;
+    let home = guest_home();
+    let want_wayland =
+        !a.no_wayland && (a.wayland.is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some());
+    let proxy_cfg = want_wayland.then(|| proxy_config(&a)).transpose()?;
+    let (kernel, initramfs, default_guest) = guest(&a)?;
+    // The default guest runs a command through its vsock agent (separate
+    // stdout/stderr, binary-safe stdin); a terminal session and other guests
+    // use the serial console.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let agent = default_guest && !a.command.is_empty() && !interactive;
+    let jailed = a.jail == "on";
+    let mut b = VmBuilder::new(&kernel)
+        .seccomp(a.seccomp)
+        .memory_mib(a.memory)
+        .vcpus(a.cpus)
+        .console(open_console(console(&a, agent))?)
+        .start_time(start)
+        .min_mmio_slots(4);
+    let (shares, words) = all_shares(&a, shares, &home, default_guest);
+    for w in words {
+        b = b.append_cmdline(&w);
+    }
+    let mut tmp = (agent || want_wayland || jailed)
+        .then(socket_dir)
+        .transpose()?;
+    let jail = tmp.as_ref().filter(|_| jailed).map(|t| {
+        let mut runtime = vec![t.path().to_path_buf()];
+        runtime.extend(
+            a.vsock
+                .as_ref()
+                .and_then(|v| v.parent())
+                .map(|p| p.to_path_buf()),
+        );
+        jail_spec(
+            &kernel,
+            initramfs.as_deref(),
+            &disks,
+            &shares,
+            runtime,
+            t.path().join("jail"),
+        )
+    });
+    for d in disks {
+        b = b.disk(d);
+    }
+    for s in shares {
+        b = b.share(s);
+    }
+    let vsock = match (a.vsock.clone(), agent, &tmp) {
+        (Some(p), _, _) => Some(p),
+        (None, true, Some(d)) => Some(d.path().join("v.sock")),
+        _ => None,
+    };
+    let mut proxy = None;
+    if let (Some(d), Some(cfg)) = (&tmp, proxy_cfg) {
+        let (nb, p) = add_wayland(b, cfg, d.path(), default_guest)?;
+        (b, proxy) = (nb, Some(p));
+    }
+    if let Some(p) = &vsock {
+        b = b.vsock(VsockConfig {
+            cid: a.cid,
+            uds_path: p.clone(),
+        });
+    }
+    if let Some(i) = initramfs {
+        b = b.initramfs(i);
+    }
+    if default_guest {
+        b = b.append_cmdline("quiet loglevel=0");
+    }
+    let host = match (&vsock, agent) {
+        (Some(p), true) => {
+            b = b.append_cmdline(&format!("vmapp.agent={AGENT_PORT}"));
+            Some(AgentHost::listen(p)?)
+        }
+        _ => {
+            if !a.command.is_empty() {
+                b = b.append_cmdline(&format!("vmapp.cmd={}", proto::encode_argv(&a.command)));
+            }
+            None
+        }
+    };
+    if a.console.as_deref().unwrap_or("stdio") == "stdio" && interactive {
+        b = b.append_cmdline("vmapp.tty=1");
+    }
+    let b = b.append_cmdline(&a.cmdline);
+    if let Some(spec) = &jail {
+        match vmapp::jail::enter(spec)? {
+            vmapp::jail::Side::Parent(code) => {
+                drop((host, proxy, tmp));
+                return Ok(ExitCode::from(code));
+            }
+            // The parent stops this VM's wl-proxy and removes the runtime
+            // directory: its process is not in this PID namespace.
+            vmapp::jail::Side::Child => {
+                std::mem::forget(proxy.take());
+                std::mem::forget(tmp.take());
+            }
+        }
+    }
+    let vm = b.build()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let run = Run {
+        argv: a.command.clone(),
+        env: a.envs.clone(),
+        cwd: a
+            .workdir
+            .clone()
+            .or_else(|| a.host_root.then(|| home.clone()))
+            .unwrap_or_default(),
+        keep_running: a.keep_running,
+    };
+    let agent_thread = host.map(|h| start_agent(h, run, &done)).transpose()?;
+    let exit = vm.run();
+    done.store(true, Ordering::SeqCst);
+    let agent_result = agent_thread.map(|t| t.join());
+    drop(proxy);
+    drop(tmp);
+    let exit = exit?;
+    if let Some(Ok(r)) = agent_result {
+        match r {
+            Ok(Some(e))
+                if exit.reason != ExitReason::Panic && exit.reason != ExitReason::TripleFault =>
+            {
+                return Ok(ExitCode::from(e.status()));
+            }
+            Err(e) => eprintln!("vmapp: error: {e}"),
+            _ => {}
+        }
+    }
+    Ok(exit_code(&exit))
+}
+
+/// vmapp's status for a VM that stopped without an agent's answer.
+fn exit_code(exit: &vmm::VmExit) -> ExitCode {
+    match exit.reason {
+        ExitReason::PowerOff => ExitCode::from(exit.app_exit_status.unwrap_or(0)),
+        ExitReason::Reset => {
+            match exit.app_exit_status {
+                // The application finished; the guest rebooting after that is a stop.
+                Some(code) => ExitCode::from(code),
+                None => {
+                    eprintln!("vmapp: error: the guest rebooted (or panicked before it could report a panic)");
+                    ExitCode::from(70)
+                }
+            }
+        }
+        ExitReason::Panic => {
+            eprintln!("vmapp: error: the guest kernel panicked");
+            ExitCode::from(70)
+        }
+        ExitReason::TripleFault => {
+            eprintln!("vmapp: error: the guest triple-faulted");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Launch(a) => launch(*a, start),
+        Cmd::Prepare { refresh } => (|| {
+            let init = image::default_init_path()?;
+            let img = image::prepare(&image::cache_dir(), &init, refresh)?;
+            println!("release={}", img.release);
+            println!("vmlinux={}", img.vmlinux.display());
+            println!("bzimage={}", img.bzimage.display());
+            println!("initramfs={}", img.initramfs.display());
+            Ok(ExitCode::SUCCESS)
+        })(),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmapp: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! vmapp's jail, looked at from outside while a VM runs: the process that
+//! runs it has namespaces of its own, a root with only the VM's files (no
+//! compositor socket, no host file outside its set), no_new_privs; a stop
+//! signal to vmapp stops it; `--jail=off` runs without.
+
+mod common;
+
+use common::{in_kvm, value, T, VMAPP};
+
+#[test]
+fn the_vm_runs_jailed_and_cannot_reach_the_compositor() {
+    let script = format!(
+        r#"
+RT=$(mktemp -d /tmp/vmapp-jail.XXXXXX); export XDG_RUNTIME_DIR=$RT
+wait_for() {{ i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1200 ] && return 1; sleep 0.2; done; }}
+# A stand-in for the user's compositor: only the VM's wl-proxy may reach it.
+socat UNIX-LISTEN:$RT/wayland-host,fork /dev/null & sock=$!
+while [ ! -S $RT/wayland-host ]; do sleep 0.1; done
+echo host-secret > /tmp/vmapp-jail-secret.$$
+K=$({VMAPP} prepare | sed -n 's/^vmlinux=//p')
+echo allowed-top=dev proc $(echo $K | cut -d/ -f2) $(echo $RT | cut -d/ -f2)
+RUST_LOG=vmapp::jail=info timeout {T} {VMAPP} launch --memory 256 --wayland=$RT/wayland-host -- sh -c 'echo up; sleep 30; echo done' > $RT/out 2>&1 &
+t=$!
+wait_for up $RT/out || echo "never up: $(cat $RT/out)"
+parent=$(pgrep -P $t -x vmapp)
+child=$(pgrep -P $parent -x vmapp)
+echo have-child=$([ -n "$child" ] && echo yes)
+R=/proc/$child/root
+echo top=$(ls -A $R | sort | tr '\n' ' ')
+[ -e $R$RT/wayland-host ] && echo visible=compositor
+[ -e $R/tmp/vmapp-jail-secret.$$ ] && echo visible=secret
+[ -e $R/etc/passwd ] && echo visible=etc
+[ -e $R/usr/bin ] && echo visible=usr
+echo proxy-socket=$(ls $R$RT/vmapp-*/wayland-0 >/dev/null 2>&1 && echo reachable)
+echo kvm=$([ -c $R/dev/kvm ] && echo yes)
+echo nnp=$(awk '/^NoNewPrivs/{{print $2}}' /proc/$child/status)
+echo pid-in-ns=$(awk '/^NSpid/{{print $3}}' /proc/$child/status)
+for ns in user mnt pid ipc net; do
+  [ "$(readlink /proc/$child/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo ns-$ns=own
+done
+wait $t; echo rc=$?
+echo out=$(grep -cx up $RT/out) $(grep -cx done $RT/out)
+echo landlock=$(grep -o "Landlock ABI [0-9]*\|no Landlock" $RT/out)
+
+# A stop signal to vmapp stops the jailed VM at once.
+timeout {T} {VMAPP} launch --memory 256 -- sh -c 'echo up; sleep 200' > $RT/out2 2>&1 &
+t=$!
+wait_for up $RT/out2
+parent=$(pgrep -P $t -x vmapp)
+kill -TERM $parent; wait $t; echo term-rc=$?
+sleep 1; echo left=$(pgrep -x vmapp | wc -l)
+
+# --jail=off: one process, the caller's namespaces.
+timeout {T} {VMAPP} launch --memory 256 --jail=off -- sh -c 'echo up; sleep 20' > $RT/out3 2>&1 &
+t=$!
+wait_for up $RT/out3
+parent=$(pgrep -P $t -x vmapp)
+echo off-children=$(pgrep -P $parent -x vmapp | wc -l)
+echo off-ns=$([ "$(readlink /proc/$parent/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo same)
+wait $t; echo off-rc=$?
+kill $sock; rm -rf $RT /tmp/vmapp-jail-secret.$$
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "have-child="), "yes", "{all}");
+    assert!(!out.contains("visible="), "{all}");
+    // The root holds /dev, /proc and the way to the runtime directory and the
+    // guest's kernel and initramfs: nothing of the host's system.
+    let allowed: Vec<&str> = value(&out, "allowed-top=").split_whitespace().collect();
+    let top = value(&out, "top=");
+    assert!(top.contains("dev") && top.contains("proc"), "{all}");
+    for t in top.split_whitespace() {
+        assert!(allowed.contains(&t), "{t} in the jail's root: {all}");
+    }
+    assert_eq!(value(&out, "proxy-socket="), "reachable", "{all}");
+    assert_eq!(value(&out, "kvm="), "yes", "{all}");
+    assert_eq!(value(&out, "nnp="), "1", "{all}");
+    assert_eq!(value(&out, "pid-in-ns="), "1", "{all}");
+    for ns in ["user", "mnt", "pid", "ipc", "net"] {
+        assert_eq!(value(&out, &format!("ns-{ns}=")), "own", "{all}");
+    }
+    assert_eq!(value(&out, "rc="), "0", "{all}");
+    assert_eq!(
+        value(&out, "out="),
+        "1 1",
+        "the command ran to its end: {all}"
+    );
+    assert_eq!(value(&out, "term-rc="), "143", "{all}");
+    assert_eq!(value(&out, "left="), "0", "{all}");
+    assert_eq!(value(&out, "off-children="), "0", "{all}");
+    assert_eq!(value(&out, "off-ns="), "same", "{all}");
+    assert_eq!(value(&out, "off-rc="), "0", "{all}");
+}
