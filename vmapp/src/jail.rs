@@ -232,10 +232,14 @@ fn kept_flags(p: &Path) -> libc::c_ulong {
 /// Binds `src` at `dst` (made first in the new root), read-only unless
 /// `writable`, with what is mounted below it if `recursive`.
 fn bind(src: &Path, dst: &Path, writable: bool, recursive: bool) -> Result<(), JailError> {
+    // A path that is not there is left out: the VMM reports it as the
+    // missing disk, share or kernel it is.
+    let Ok(lmd) = std::fs::symlink_metadata(src) else {
+        return Ok(());
+    };
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(step(format!("mkdir {}", parent.display())))?;
     }
-    let lmd = std::fs::symlink_metadata(src).map_err(step(format!("{}", src.display())))?;
     if lmd.file_type().is_symlink() {
         let target = std::fs::read_link(src).map_err(step(format!("{}", src.display())))?;
         return std::os::unix::fs::symlink(target, dst)

@@ -453,6 +453,86 @@ fn start_agent(
         })
 }
 
+/// How the command reaches the guest: through the agent (its host side
+/// listening on the vsock device's socket), or on the kernel command line.
+fn command_channel(
+    mut b: VmBuilder,
+    a: &Launch,
+    vsock: Option<&PathBuf>,
+    agent: bool,
+    interactive: bool,
+) -> anyhow::Result<(VmBuilder, Option<AgentHost>)> {
+    let host = match (vsock, agent) {
+        (Some(p), true) => {
+            b = b.append_cmdline(&format!("vmapp.agent={AGENT_PORT}"));
+            Some(AgentHost::listen(p)?)
+        }
+        _ => {
+            if !a.command.is_empty() {
+                b = b.append_cmdline(&format!("vmapp.cmd={}", proto::encode_argv(&a.command)));
+            }
+            None
+        }
+    };
+    if a.console.as_deref().unwrap_or("stdio") == "stdio" && interactive {
+        b = b.append_cmdline("vmapp.tty=1");
+    }
+    Ok((b.append_cmdline(&a.cmdline), host))
+}
+
+/// Builds and runs the VM (with the agent thread, if any): vmapp's status.
+fn run_vm(b: VmBuilder, host: Option<AgentHost>, run: Run) -> anyhow::Result<ExitCode> {
+    let vm = b.build()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let agent_thread = host.map(|h| start_agent(h, run, &done)).transpose()?;
+    let exit = vm.run();
+    done.store(true, Ordering::SeqCst);
+    let agent_result = agent_thread.map(|t| t.join());
+    let exit = exit?;
+    if let Some(Ok(r)) = agent_result {
+        match r {
+            Ok(Some(e))
+                if exit.reason != ExitReason::Panic && exit.reason != ExitReason::TripleFault =>
+            {
+                return Ok(ExitCode::from(e.status()));
+            }
+            Err(e) => eprintln!("vmapp: error: {e}"),
+            _ => {}
+        }
+    }
+    Ok(exit_code(&exit))
+}
+
+/// What the agent asks the guest to run.
+fn run_request(a: &Launch, home: &str) -> Run {
+    Run {
+        argv: a.command.clone(),
+        env: a.envs.clone(),
+        cwd: a
+            .workdir
+            .clone()
+            .or_else(|| a.host_root.then(|| home.to_string()))
+            .unwrap_or_default(),
+        keep_running: a.keep_running,
+    }
+}
+
+/// The VM's builder with its size, console and seccomp mode.
+fn builder(
+    a: &Launch,
+    kernel: &std::path::Path,
+    agent: bool,
+    start: Instant,
+) -> anyhow::Result<VmBuilder> {
+    Ok(VmBuilder::new(kernel)
+        .seccomp(a.seccomp)
+        .memory_mib(a.memory)
+        .vcpus(a.cpus)
+        .console(open_console(console(a, agent))?)
+        .start_time(start)
+        .min_mmio_slots(4))
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     // Bad descriptions fail before the (possibly slow) guest preparation.
     let disks = a
@@ -472,13 +552,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let agent = default_guest && !a.command.is_empty() && !interactive;
     let jailed = a.jail == "on";
-    let mut b = VmBuilder::new(&kernel)
-        .seccomp(a.seccomp)
-        .memory_mib(a.memory)
-        .vcpus(a.cpus)
-        .console(open_console(console(&a, agent))?)
-        .start_time(start)
-        .min_mmio_slots(4);
+    let mut b = builder(&a, &kernel, agent, start)?;
     let (shares, words) = all_shares(&a, shares, &home, default_guest);
     for w in words {
         b = b.append_cmdline(&w);
@@ -487,28 +561,20 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         .then(socket_dir)
         .transpose()?;
     let jail = tmp.as_ref().filter(|_| jailed).map(|t| {
-        let mut runtime = vec![t.path().to_path_buf()];
-        runtime.extend(
-            a.vsock
-                .as_ref()
-                .and_then(|v| v.parent())
-                .map(|p| p.to_path_buf()),
-        );
+        let vsock_dir = a.vsock.as_ref().and_then(|v| v.parent());
+        let runtime = [t.path()].into_iter().chain(vsock_dir).map(PathBuf::from);
+        let scratch = t.path().join("jail");
         jail_spec(
             &kernel,
             initramfs.as_deref(),
             &disks,
             &shares,
-            runtime,
-            t.path().join("jail"),
+            runtime.collect(),
+            scratch,
         )
     });
-    for d in disks {
-        b = b.disk(d);
-    }
-    for s in shares {
-        b = b.share(s);
-    }
+    b = disks.into_iter().fold(b, VmBuilder::disk);
+    b = shares.into_iter().fold(b, VmBuilder::share);
     let vsock = match (a.vsock.clone(), agent, &tmp) {
         (Some(p), _, _) => Some(p),
         (None, true, Some(d)) => Some(d.path().join("v.sock")),
@@ -519,10 +585,10 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         let (nb, p) = add_wayland(b, cfg, d.path(), default_guest)?;
         (b, proxy) = (nb, Some(p));
     }
-    if let Some(p) = &vsock {
+    if let Some(uds_path) = vsock.clone() {
         b = b.vsock(VsockConfig {
             cid: a.cid,
-            uds_path: p.clone(),
+            uds_path,
         });
     }
     if let Some(i) = initramfs {
@@ -531,23 +597,11 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     if default_guest {
         b = b.append_cmdline("quiet loglevel=0");
     }
-    let host = match (&vsock, agent) {
-        (Some(p), true) => {
-            b = b.append_cmdline(&format!("vmapp.agent={AGENT_PORT}"));
-            Some(AgentHost::listen(p)?)
-        }
-        _ => {
-            if !a.command.is_empty() {
-                b = b.append_cmdline(&format!("vmapp.cmd={}", proto::encode_argv(&a.command)));
-            }
-            None
-        }
-    };
-    if a.console.as_deref().unwrap_or("stdio") == "stdio" && interactive {
-        b = b.append_cmdline("vmapp.tty=1");
-    }
-    let b = b.append_cmdline(&a.cmdline);
+    let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
     if let Some(spec) = &jail {
+        // Bad input and an unusable KVM are reported from here, where the
+        // host can be looked at (/sys for a PVM host, for one).
+        b = b.check()?;
         match vmapp::jail::enter(spec)? {
             vmapp::jail::Side::Parent(code) => {
                 drop((host, proxy, tmp));
@@ -561,37 +615,10 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let vm = b.build()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let run = Run {
-        argv: a.command.clone(),
-        env: a.envs.clone(),
-        cwd: a
-            .workdir
-            .clone()
-            .or_else(|| a.host_root.then(|| home.clone()))
-            .unwrap_or_default(),
-        keep_running: a.keep_running,
-    };
-    let agent_thread = host.map(|h| start_agent(h, run, &done)).transpose()?;
-    let exit = vm.run();
-    done.store(true, Ordering::SeqCst);
-    let agent_result = agent_thread.map(|t| t.join());
+    let code = run_vm(b, host, run_request(&a, &home));
     drop(proxy);
     drop(tmp);
-    let exit = exit?;
-    if let Some(Ok(r)) = agent_result {
-        match r {
-            Ok(Some(e))
-                if exit.reason != ExitReason::Panic && exit.reason != ExitReason::TripleFault =>
-            {
-                return Ok(ExitCode::from(e.status()));
-            }
-            Err(e) => eprintln!("vmapp: error: {e}"),
-            _ => {}
-        }
-    }
-    Ok(exit_code(&exit))
+    code
 }
 
 /// vmapp's status for a VM that stopped without an agent's answer.

@@ -1,7 +1,8 @@
 //! vmapp's jail, looked at from outside while a VM runs: the process that
 //! runs it has namespaces of its own, a root with only the VM's files (no
 //! compositor socket, no host file outside its set), no_new_privs; a stop
-//! signal to vmapp stops it; `--jail=off` runs without.
+//! signal to vmapp stops it; `--jail=off` runs without; a user who is not
+//! root runs a jailed VM.
 
 mod common;
 
@@ -58,7 +59,16 @@ parent=$(pgrep -P $t -x vmapp)
 echo off-children=$(pgrep -P $parent -x vmapp | wc -l)
 echo off-ns=$([ "$(readlink /proc/$parent/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo same)
 wait $t; echo off-rc=$?
-kill $sock; rm -rf $RT /tmp/vmapp-jail-secret.$$
+
+# Not root: a user with access to /dev/kvm runs a jailed VM and its share.
+chmod 0666 /dev/kvm
+U=$(mktemp -d /tmp/vmapp-user.XXXXXX); mkdir $U/rt $U/share; chmod 0700 $U/rt; chown -R 65534:65534 $U
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$U XDG_RUNTIME_DIR=$U/rt \
+  timeout {T} {VMAPP} launch --memory 256 --share $U/share:data -- sh -c 'echo from-guest > /mnt/data/f; ln /mnt/data/f /mnt/data/g && echo user-guest-ok' > $U/out 2>&1
+echo user-rc=$?
+echo user-out=$(grep -x user-guest-ok $U/out || cat $U/out)
+echo user-file=$(stat -c %u $U/share/f):$(cat $U/share/f)
+kill $sock; rm -rf $RT $U /tmp/vmapp-jail-secret.$$
 "#
     );
     let (out, err) = in_kvm(&script);
@@ -91,4 +101,8 @@ kill $sock; rm -rf $RT /tmp/vmapp-jail-secret.$$
     assert_eq!(value(&out, "off-children="), "0", "{all}");
     assert_eq!(value(&out, "off-ns="), "same", "{all}");
     assert_eq!(value(&out, "off-rc="), "0", "{all}");
+    // vmapp needs no root.
+    assert_eq!(value(&out, "user-rc="), "0", "{all}");
+    assert_eq!(value(&out, "user-out="), "user-guest-ok", "{all}");
+    assert_eq!(value(&out, "user-file="), "65534:from-guest", "{all}");
 }

@@ -142,6 +142,8 @@ pub struct VmExit {
 pub struct VmBuilder {
     kernel: PathBuf,
     initramfs: Option<PathBuf>,
+    /// The initramfs as [`VmBuilder::check`] read it.
+    initrd_data: Option<Vec<u8>>,
     mem_mib: u64,
     vcpus: u8,
     cmdline: String,
@@ -163,6 +165,7 @@ impl VmBuilder {
         Self {
             kernel: kernel.into(),
             initramfs: None,
+            initrd_data: None,
             mem_mib: 512,
             vcpus: 1,
             cmdline: BASE_CMDLINE.to_string(),
@@ -191,7 +194,32 @@ impl VmBuilder {
     /// The initramfs (cpio, optionally compressed).
     pub fn initramfs(mut self, path: impl Into<PathBuf>) -> Self {
         self.initramfs = Some(path.into());
+        self.initrd_data = None;
         self
+    }
+
+    /// Checks what [`VmBuilder::build`] checks first — the disks and shared
+    /// directories open, the vCPU count, the kernel, the memory size, the
+    /// initramfs (read now and kept for `build`) — and that KVM can run the
+    /// VM. For embedders that confine
+    /// themselves before `build` (vmapp's jail) and report bad input first.
+    pub fn check(mut self) -> Result<Self, VmError> {
+        // In build's order: the devices' files first (opened and closed
+        // again; no device thread starts here).
+        for d in &self.disks {
+            devices::virtio::block::Disk::open(d)?;
+        }
+        for s in &self.shares {
+            devices::virtio::fs::Share::new(&s.host_dir, s.read_only).map_err(FsError::from)?;
+        }
+        check_config(&self)?;
+        if self.initrd_data.is_none() {
+            if let Some(p) = &self.initramfs {
+                self.initrd_data = Some(boot::read_initrd(p)?);
+            }
+        }
+        kvm_check::open()?;
+        Ok(self)
     }
 
     /// Guest RAM in MiB.
@@ -411,7 +439,7 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 }
 
 /// Refuses a configuration that cannot run, before anything is created.
-fn check(cfg: &VmBuilder) -> Result<usize, VmError> {
+fn check_config(cfg: &VmBuilder) -> Result<usize, VmError> {
     if cfg.vcpus == 0 || cfg.vcpus > 254 {
         return Err(VmError::Config(format!(
             "invalid vCPU count {}: must be 1 to 254",
@@ -580,10 +608,11 @@ fn mmio_bus(
 
 impl Vm {
     fn new(mut cfg: VmBuilder) -> Result<Self, VmError> {
-        let slots_n = check(&cfg)?;
-        let initrd_data = match &cfg.initramfs {
-            Some(p) => Some(boot::read_initrd(p)?),
-            None => None,
+        let slots_n = check_config(&cfg)?;
+        let initrd_data = match (cfg.initrd_data.take(), &cfg.initramfs) {
+            (Some(d), _) => Some(d),
+            (None, Some(p)) => Some(boot::read_initrd(p)?),
+            (None, None) => None,
         };
         let kvm = kvm_check::open()?;
         let max = kvm.get_max_vcpus();
