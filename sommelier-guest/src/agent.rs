@@ -3,7 +3,7 @@
 //! `sommelier_guest::proto`).
 
 use std::io::{Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -64,7 +64,9 @@ pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, 
     cmd.current_dir(if run.cwd.is_empty() { "/" } else { &run.cwd })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group, which the power button stops as a whole.
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -108,7 +110,10 @@ pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, 
             }
         }
     });
-    let st = child.wait()?;
+    crate::power::set_app(child.id() as i32);
+    let st = child.wait();
+    crate::power::set_app(0);
+    let st = st?;
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();
     }

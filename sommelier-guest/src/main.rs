@@ -8,8 +8,10 @@
 
 mod agent;
 mod bench;
+mod power;
 mod shares;
 mod vsock;
+mod vsock_load;
 
 use std::ffi::CString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -256,7 +258,16 @@ fn run(argv: Option<Vec<String>>, home: &str, wayland: bool) -> u8 {
     if wayland {
         cmd.envs(WAYLAND_ENV.iter().copied());
     }
-    match cmd.status() {
+    if matches!(&argv, Some(a) if !a.is_empty()) {
+        // Its own process group, which the power button stops as a whole.
+        cmd.process_group(0);
+    }
+    match cmd.spawn().and_then(|mut child| {
+        power::set_app(child.id() as i32);
+        let st = child.wait();
+        power::set_app(0);
+        st
+    }) {
         Ok(st) => status_code(st),
         Err(e) => {
             log(&format!("cannot run {:?}: {e}", argv.unwrap_or_default()));
@@ -290,6 +301,7 @@ fn main() {
     mount("tmpfs", "/run", "tmpfs", nodev, "mode=0755");
     outb(BOOT_STATUS_PORT, BOOT_DONE_MAGIC);
     load_modules("/etc/vmapp/modules");
+    power::watch();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let wayland = cmdline.split_whitespace().any(|w| w == "vmapp.wayland=1");
     if wayland {

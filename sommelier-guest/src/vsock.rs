@@ -7,6 +7,8 @@
 //! - `vsock listen PORT`: accepts one connection and relays it the same way.
 //! - `vsock echo PORT`: prints `@@listening`, then echoes every connection
 //!   back to its sender, concurrently, forever.
+//! - `vsock flood|storm|hold|sink …`: load for the hostile-guest tests
+//!   (`vsock_load`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -67,7 +69,10 @@ fn num(s: Option<&String>) -> Option<u32> {
 /// Runs the tool with `args` (after `vsock`); returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let usage = || {
-        eprintln!("usage: vsock connect CID PORT | vsock listen PORT | vsock echo PORT");
+        eprintln!(
+            "usage: vsock connect CID PORT | listen PORT | echo PORT | flood CID PORT CONNS MIB \
+             | storm CID PORT N | hold CID PORT N | sink PORT"
+        );
         2
     };
     match args.first().map(String::as_str) {
@@ -128,6 +133,6 @@ pub fn main(args: &[String]) -> i32 {
                 }
             }
         }
-        _ => usage(),
+        _ => crate::vsock_load::main(args).unwrap_or_else(usage),
     }
 }

@@ -5,8 +5,9 @@
 //! with `no_new_privs` and, where the kernel has it, Landlock (no program can
 //! be executed, nothing written outside the VM's writable paths).
 //!
-//! [`enter`] forks: the parent stays outside, waits, stops the child on
-//! SIGINT/SIGTERM/SIGHUP/SIGQUIT and returns its status; the child (PID 1 of
+//! [`enter`] forks: the parent stays outside, waits, passes stop signals on
+//! (the first SIGINT/SIGTERM/SIGHUP as SIGTERM, a second one or SIGQUIT as
+//! SIGKILL) and returns the child's status; the child (PID 1 of
 //! the new PID namespace) builds the root, moves into it and goes on to run
 //! the VM. The compositor's socket is not in the root and abstract sockets
 //! belong to the network namespace, so only the wl-proxy process (started
@@ -73,25 +74,13 @@ pub enum Side {
 
 const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
-    for &s in signals {
-        // SAFETY: as above; `s` is a valid signal number.
-        unsafe { libc::sigaddset(&mut set, s) };
-    }
-    set
-}
-
 /// Enters the jail (see the module documentation).
 pub fn enter(spec: &Spec) -> Result<Side, JailError> {
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut waited = STOP_SIGNALS.to_vec();
     waited.push(libc::SIGCHLD);
-    let set = sigset(&waited);
+    let set = crate::stop::sigset(&waited);
     // SAFETY: a blank sigset_t for the old mask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid set pointers.
@@ -143,10 +132,12 @@ pub fn enter(spec: &Spec) -> Result<Side, JailError> {
     Ok(Side::Child)
 }
 
-/// The parent's side: waits for the child, stopping it (hard: it is PID 1 of
-/// its namespace) on the first stop signal.
+/// The parent's side: waits for the child and passes stop signals on: the
+/// first SIGINT, SIGTERM or SIGHUP as SIGTERM (the jailed vmapp then stops
+/// its VM gracefully, see `stop`), a second one or SIGQUIT as SIGKILL.
 fn wait_child(pid: libc::pid_t, set: &libc::sigset_t) -> u8 {
     let mut stopped_by = None;
+    let mut asked = false;
     loop {
         let mut status = 0;
         // SAFETY: waits for our own child.
@@ -168,10 +159,14 @@ fn wait_child(pid: libc::pid_t, set: &libc::sigset_t) -> u8 {
         let mut sig = 0;
         // SAFETY: valid set and out pointer.
         unsafe { libc::sigwait(set, &mut sig) };
-        if STOP_SIGNALS.contains(&sig) {
+        if sig == libc::SIGQUIT || (asked && STOP_SIGNALS.contains(&sig)) {
             stopped_by.get_or_insert(sig);
             // SAFETY: our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        } else if STOP_SIGNALS.contains(&sig) {
+            asked = true;
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
 }

@@ -7,3 +7,5 @@
 
 pub mod image;
 pub mod jail;
+pub mod profile;
+pub mod stop;

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod apps;
 use sommelier_guest::proto;
 use vmapp::image;
 use vmm::agent::{AgentHost, Run, AGENT_PORT};
@@ -32,7 +34,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a VM and run COMMAND in it (an interactive shell without one).
+    /// `vmapp launch NAME [options] [-- COMMAND…]` runs the app profile NAME,
+    /// the options given here overriding (or adding to) the profile's.
+    #[command(args_override_self = true)]
     Launch(Box<Launch>),
+    /// Save an app profile ($XDG_CONFIG_HOME/vmapp/apps/NAME.toml):
+    /// `vmapp create NAME [launch options] -- COMMAND [ARGS…]`.
+    Create {
+        /// The app's name: letters, digits, '.', '_', '-'.
+        name: String,
+        /// Launch options, then `--` and the command.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+    /// Remove an app profile.
+    Destroy {
+        /// The app's name.
+        name: String,
+        /// Remove its data directory too ($XDG_DATA_HOME/vmapp/NAME, the
+        /// guest's $HOME in host-root mode).
+        #[arg(long)]
+        data: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Build or refresh the default guest (kernel and initramfs) in the cache.
     Prepare {
         /// Re-resolve the Debian package versions even if an image is cached.
@@ -481,11 +507,21 @@ fn command_channel(
 }
 
 /// Builds and runs the VM (with the agent thread, if any): vmapp's status.
-fn run_vm(b: VmBuilder, host: Option<AgentHost>, run: Run) -> anyhow::Result<ExitCode> {
+fn run_vm(
+    b: VmBuilder,
+    host: Option<AgentHost>,
+    run: Run,
+    seccomp: seccomp_policies::Mode,
+) -> anyhow::Result<ExitCode> {
     let vm = b.build()?;
     let done = Arc::new(AtomicBool::new(false));
     let agent_thread = host.map(|h| start_agent(h, run, &done)).transpose()?;
-    let exit = vm.run();
+    let handle = vm.start()?;
+    vmapp::stop::watch(handle.stopper(), seccomp)?;
+    // The library leaves the caller's thread alone; vmapp's main thread
+    // only waits from here on, so it takes the event loop's filter too.
+    seccomp_policies::install(seccomp_policies::ThreadKind::Vmm, seccomp)?;
+    let exit = handle.wait();
     done.store(true, Ordering::SeqCst);
     let agent_result = agent_thread.map(|t| t.join());
     let exit = exit?;
@@ -533,7 +569,45 @@ fn builder(
         .min_mmio_slots(4))
 }
 
+/// Adds the VM's vsock device (the user's socket, or the agent's in the
+/// runtime directory) and its Wayland path (a wl-proxy process and the gpu
+/// device); returns the vsock socket's path and the proxy.
+fn add_channels(
+    mut b: VmBuilder,
+    a: &Launch,
+    runtime: Option<&std::path::Path>,
+    agent: bool,
+    proxy_cfg: Option<ProxyConfig>,
+    default_guest: bool,
+) -> anyhow::Result<(VmBuilder, Option<PathBuf>, Option<ProxyProcess>)> {
+    let vsock = match (a.vsock.clone(), agent, runtime) {
+        (Some(p), _, _) => Some(p),
+        (None, true, Some(d)) => Some(d.join("v.sock")),
+        _ => None,
+    };
+    let mut proxy = None;
+    if let (Some(d), Some(cfg)) = (runtime, proxy_cfg) {
+        let (nb, p) = add_wayland(b, cfg, d, default_guest)?;
+        (b, proxy) = (nb, Some(p));
+    }
+    if let Some(uds_path) = vsock.clone() {
+        b = b.vsock(VsockConfig {
+            cid: a.cid,
+            uds_path,
+        });
+    }
+    if default_guest {
+        b = b.append_cmdline("quiet loglevel=0");
+    }
+    Ok((b, vsock, proxy))
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
+    // Stop signals go to one thread (`stop`); every thread inherits the mask.
+    vmapp::stop::block();
+    // Shares hold an fd per inode the guest caches (and vsock an fd per
+    // stream): vmapp takes all the open files it may have.
+    vmm::raise_open_files_limit();
     // Bad descriptions fail before the (possibly slow) guest preparation.
     let disks = a
         .disks
@@ -575,28 +649,12 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     });
     b = disks.into_iter().fold(b, VmBuilder::disk);
     b = shares.into_iter().fold(b, VmBuilder::share);
-    let vsock = match (a.vsock.clone(), agent, &tmp) {
-        (Some(p), _, _) => Some(p),
-        (None, true, Some(d)) => Some(d.path().join("v.sock")),
-        _ => None,
+    let runtime = tmp.as_ref().map(|t| t.path());
+    let (b, vsock, mut proxy) = add_channels(b, &a, runtime, agent, proxy_cfg, default_guest)?;
+    let b = match initramfs {
+        Some(i) => b.initramfs(i),
+        None => b,
     };
-    let mut proxy = None;
-    if let (Some(d), Some(cfg)) = (&tmp, proxy_cfg) {
-        let (nb, p) = add_wayland(b, cfg, d.path(), default_guest)?;
-        (b, proxy) = (nb, Some(p));
-    }
-    if let Some(uds_path) = vsock.clone() {
-        b = b.vsock(VsockConfig {
-            cid: a.cid,
-            uds_path,
-        });
-    }
-    if let Some(i) = initramfs {
-        b = b.initramfs(i);
-    }
-    if default_guest {
-        b = b.append_cmdline("quiet loglevel=0");
-    }
     let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
     if let Some(spec) = &jail {
         // Bad input and an unusable KVM are reported from here, where the
@@ -615,7 +673,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let code = run_vm(b, host, run_request(&a, &home));
+    let code = run_vm(b, host, run_request(&a, &home), a.seccomp);
     drop(proxy);
     drop(tmp);
     code
@@ -643,6 +701,10 @@ fn exit_code(exit: &vmm::VmExit) -> ExitCode {
             eprintln!("vmapp: error: the guest triple-faulted");
             ExitCode::from(70)
         }
+        ExitReason::Stopped => {
+            eprintln!("vmapp: the VM was stopped");
+            ExitCode::from(143)
+        }
     }
 }
 
@@ -656,10 +718,33 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    let cli = Cli::parse();
-    let r = match cli.cmd {
+    let args: Vec<String> = std::env::args().collect();
+    let r = match (args.get(1).map(String::as_str), apps::app_name(&args)) {
+        (Some("create"), Some(name)) => apps::create(&args, name).map(|()| ExitCode::SUCCESS),
+        (Some("destroy"), Some(name)) => apps::destroy(&args, name).map(|()| ExitCode::SUCCESS),
+        (Some("launch"), Some(name)) => {
+            apps::expand_launch(&args, name).and_then(|a| run(Cli::parse_from(a), start))
+        }
+        _ => run(Cli::parse(), start),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmapp: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
         Cmd::Launch(a) => launch(*a, start),
-        Cmd::Prepare { refresh } => (|| {
+        // Reached only when NAME is missing or looks like an option.
+        Cmd::Create { name, .. } | Cmd::Destroy { name, .. } => {
+            vmapp::profile::check_name(&name)?;
+            anyhow::bail!("usage: vmapp create NAME [options] -- COMMAND… | vmapp destroy NAME [--data] [--yes]")
+        }
+        Cmd::Prepare { refresh } => {
             let init = image::default_init_path()?;
             let img = image::prepare(&image::cache_dir(), &init, refresh)?;
             println!("release={}", img.release);
@@ -667,13 +752,6 @@ fn main() -> ExitCode {
             println!("bzimage={}", img.bzimage.display());
             println!("initramfs={}", img.initramfs.display());
             Ok(ExitCode::SUCCESS)
-        })(),
-    };
-    match r {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vmapp: error: {e:#}");
-            ExitCode::from(1)
         }
     }
 }

@@ -57,5 +57,6 @@ fn main() -> ExitCode {
     match exit.reason {
         ExitReason::PowerOff => ExitCode::from(exit.app_exit_status.unwrap_or(0)),
         ExitReason::Reset | ExitReason::Panic | ExitReason::TripleFault => ExitCode::from(70),
+        ExitReason::Stopped => ExitCode::from(143),
     }
 }

@@ -76,10 +76,31 @@ pub fn dsdt_aml(slots: &[MmioSlot]) -> Vec<u8> {
     let hid = aml::Name::new("_HID".into(), &"QEMU0001");
     let crs = aml::Name::new("_CRS".into(), &crs);
     aml::Device::new("_SB_.PEVT".into(), vec![&hid, &crs]).to_aml_bytes(&mut body);
+    power_button(&mut body);
     let zero = 0u8;
     let s5 = aml::Package::new(vec![&SLEEP_TYPE_S5, &SLEEP_TYPE_S5, &zero, &zero]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
     body
+}
+
+/// The power button of a hardware-reduced machine: a control-method button
+/// (`PNP0C0C`, Linux's `button` driver reports it as KEY_POWER) notified by
+/// the Generic Event Device (`ACPI0013`, built into Linux) when its
+/// interrupt [`GED_IRQ`] fires: `_EVT` has one event, so it does not read
+/// anything back.
+fn power_button(body: &mut Vec<u8>) {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid = aml::Name::new("_UID".into(), &0u8);
+    aml::Device::new("_SB_.PWRB".into(), vec![&hid, &uid]).to_aml_bytes(body);
+    let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let button = aml::Path::new("\\_SB_.PWRB");
+    let pressed = 0x80u8;
+    let notify = aml::Notify::new(&button, &pressed);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    aml::Device::new("_SB_.GED0".into(), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(body);
 }
 
 fn dsdt(slots: &[MmioSlot]) -> Sdt {

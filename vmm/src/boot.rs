@@ -297,77 +297,99 @@ pub fn write_boot_info(
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
-    let merr = |e: &dyn std::fmt::Display| BootError::Memory(e.to_string());
     vm_memory::Bytes::write_slice(mem, &bytes, GuestAddress(CMDLINE_ADDR)).map_err(|e| merr(&e))?;
 
     match kernel.entry {
-        EntryPoint::Pvh(_) => {
-            let mut info = hvm_start_info {
-                magic: 0x336e_c578,
-                version: 1,
-                cmdline_paddr: CMDLINE_ADDR,
-                rsdp_paddr: rsdp.0,
-                memmap_paddr: PVH_MEMMAP_ADDR,
-                memmap_entries: map.len() as u32,
-                ..Default::default()
-            };
-            let memmap: Vec<hvm_memmap_table_entry> = map
-                .iter()
-                .map(|e| hvm_memmap_table_entry {
-                    addr: e.addr,
-                    size: e.size,
-                    type_: e.kind,
-                    reserved: 0,
-                })
-                .collect();
-            let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
-            if let Some((addr, size)) = initrd {
-                info.nr_modules = 1;
-                info.modlist_paddr = PVH_MODLIST_ADDR;
-                params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
-                params.set_modules(
-                    &[hvm_modlist_entry {
-                        paddr: addr.0,
-                        size,
-                        ..Default::default()
-                    }],
-                    GuestAddress(PVH_MODLIST_ADDR),
-                );
-            }
-            params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_ADDR));
-            PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| merr(&e))
-        }
-        EntryPoint::Linux64(_) => {
-            let mut bp = boot_params::default();
-            if let Some(h) = kernel.setup_header {
-                bp.hdr = h;
-            } else {
-                // A bare ELF: the header fields the kernel checks.
-                bp.hdr.boot_flag = 0xaa55;
-                bp.hdr.header = 0x5372_6448;
-                bp.hdr.kernel_alignment = 0x0100_0000;
-            }
-            bp.hdr.type_of_loader = 0xff;
-            bp.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-            bp.hdr.cmdline_size = bytes.len() as u32;
-            if let Some((addr, size)) = initrd {
-                bp.hdr.ramdisk_image = addr.0 as u32;
-                bp.hdr.ramdisk_size = size as u32;
-            }
-            bp.acpi_rsdp_addr = rsdp.0;
-            if map.len() > bp.e820_table.len() {
-                return Err(BootError::Memory("too many e820 entries".into()));
-            }
-            for (slot, e) in bp.e820_table.iter_mut().zip(map) {
-                slot.addr = e.addr;
-                slot.size = e.size;
-                slot.type_ = e.kind;
-            }
-            bp.e820_entries = map.len() as u8;
-            let params = BootParams::new(&bp, GuestAddress(ZERO_PAGE_ADDR));
-            LinuxBootConfigurator::write_bootparams(&params, mem).map_err(|e| merr(&e))
-        }
+        EntryPoint::Pvh(_) => write_pvh_info(mem, initrd, map, rsdp),
+        EntryPoint::Linux64(_) => write_zero_page(mem, kernel, bytes.len(), initrd, map, rsdp),
     }
+}
+
+fn merr(e: &dyn std::fmt::Display) -> BootError {
+    BootError::Memory(e.to_string())
+}
+
+/// The PVH start info, its module list (the initrd) and memory map.
+fn write_pvh_info(
+    mem: &GuestMemoryMmap,
+    initrd: Option<(GuestAddress, u64)>,
+    map: &[MapEntry],
+    rsdp: GuestAddress,
+) -> Result<(), BootError> {
+    let mut info = hvm_start_info {
+        magic: 0x336e_c578,
+        version: 1,
+        cmdline_paddr: CMDLINE_ADDR,
+        rsdp_paddr: rsdp.0,
+        memmap_paddr: PVH_MEMMAP_ADDR,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    let memmap: Vec<hvm_memmap_table_entry> = map
+        .iter()
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        })
+        .collect();
+    let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
+    if let Some((addr, size)) = initrd {
+        info.nr_modules = 1;
+        info.modlist_paddr = PVH_MODLIST_ADDR;
+        params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
+        params.set_modules(
+            &[hvm_modlist_entry {
+                paddr: addr.0,
+                size,
+                ..Default::default()
+            }],
+            GuestAddress(PVH_MODLIST_ADDR),
+        );
+    }
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_ADDR));
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| merr(&e))
+}
+
+/// The zero page: the kernel's setup header (or the fields a bare ELF
+/// needs), the command line's place and size, the initrd and the e820 map.
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline_len: usize,
+    initrd: Option<(GuestAddress, u64)>,
+    map: &[MapEntry],
+    rsdp: GuestAddress,
+) -> Result<(), BootError> {
+    let mut bp = boot_params::default();
+    if let Some(h) = kernel.setup_header {
+        bp.hdr = h;
+    } else {
+        // A bare ELF: the header fields the kernel checks.
+        bp.hdr.boot_flag = 0xaa55;
+        bp.hdr.header = 0x5372_6448;
+        bp.hdr.kernel_alignment = 0x0100_0000;
+    }
+    bp.hdr.type_of_loader = 0xff;
+    bp.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    bp.hdr.cmdline_size = cmdline_len as u32;
+    if let Some((addr, size)) = initrd {
+        bp.hdr.ramdisk_image = addr.0 as u32;
+        bp.hdr.ramdisk_size = size as u32;
+    }
+    bp.acpi_rsdp_addr = rsdp.0;
+    if map.len() > bp.e820_table.len() {
+        return Err(BootError::Memory("too many e820 entries".into()));
+    }
+    for (slot, e) in bp.e820_table.iter_mut().zip(map) {
+        slot.addr = e.addr;
+        slot.size = e.size;
+        slot.type_ = e.kind;
+    }
+    bp.e820_entries = map.len() as u8;
+    let params = BootParams::new(&bp, GuestAddress(ZERO_PAGE_ADDR));
+    LinuxBootConfigurator::write_bootparams(&params, mem).map_err(|e| merr(&e))
 }
 
 #[cfg(test)]

@@ -57,5 +57,7 @@ pub const PVPANIC_PORT: u16 = 0x505;
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// IRQ of virtio-mmio slot 0; slot `i` uses `VIRTIO_IRQ_BASE + i`.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
-/// Most virtio-mmio slots (IOAPIC pins 5..=23).
-pub const MAX_VIRTIO_SLOTS: usize = 19;
+/// Most virtio-mmio slots (IOAPIC pins 5..=22).
+pub const MAX_VIRTIO_SLOTS: usize = 18;
+/// The ACPI Generic Event Device's IOAPIC pin: the power button.
+pub const GED_IRQ: u32 = 23;

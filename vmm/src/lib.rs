@@ -21,7 +21,7 @@ pub mod wayland;
 
 pub use console::Console;
 pub use devices::virtio::block::DiskConfig;
-pub use devices::virtio::fs::{Exposure, ShareConfig};
+pub use devices::virtio::fs::{raise_open_files_limit, Exposure, ShareConfig};
 pub use devices::virtio::gpu::GpuConfig;
 pub use devices::virtio::vsock::VsockConfig;
-pub use vm::{ExitReason, Vm, VmBuilder, VmError, VmExit, BASE_CMDLINE};
+pub use vm::{ExitReason, Stopper, Vm, VmBuilder, VmError, VmExit, VmHandle, BASE_CMDLINE};

@@ -1,9 +1,12 @@
-//! The VM: built from a [`VmBuilder`], run to completion by [`Vm::run`].
+//! The VM: built from a [`VmBuilder`], started by [`Vm::start`] (a
+//! [`VmHandle`] to stop it and wait for it) or run to completion by
+//! [`Vm::run`].
 //!
-//! Threads: the caller's thread runs the event loop (waits for a stop request
-//! or a vCPU exit); one thread per vCPU (`vcpuN`) runs KVM_RUN and dispatches
-//! port-I/O and MMIO exits to the buses; `console-in` forwards stdin to the
-//! UART when the console is the terminal.
+//! Threads: `vmm` runs the event loop (waits for a stop from the guest, the
+//! host or a vCPU exit, then tears the VM down); one thread per vCPU
+//! (`vcpuN`) runs KVM_RUN and dispatches port-I/O and MMIO exits to the
+//! buses; `console-in` forwards stdin to the UART when the console is the
+//! terminal. The caller's thread gets no seccomp filter and no signal mask.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +114,8 @@ pub enum ExitReason {
     Panic,
     /// The guest triple-faulted.
     TripleFault,
+    /// The host stopped it ([`VmHandle::stop`]).
+    Stopped,
 }
 
 /// How a VM run ended.
@@ -276,7 +281,11 @@ impl VmBuilder {
     /// Shares a host directory with the guest (virtio-fs, after the disks and
     /// the vsock device). The guest mounts it by its tag
     /// (`mount -t virtiofs TAG DIR`); a read-only share is enforced by the
-    /// device. The directory is opened by [`build`](Self::build).
+    /// device. The directory is opened by [`build`](Self::build). The device
+    /// holds an fd for each inode the guest keeps cached, within a budget
+    /// taken from the fd limit when it is built: call
+    /// [`raise_open_files_limit`](crate::raise_open_files_limit) first (a
+    /// process-wide change the library leaves to the embedder; vmapp does).
     pub fn share(mut self, cfg: ShareConfig) -> Self {
         self.shares.push(cfg);
         self
@@ -432,6 +441,80 @@ pub struct Vm {
     wake: EventFd,
     boot_status: Arc<Mutex<BootStatusState>>,
     seccomp: Mode,
+    host_stop: Arc<AtomicBool>,
+    power_button: Arc<EventFd>,
+}
+
+/// A running VM (from [`Vm::start`]): stop it, ask whether it ended, wait
+/// for why it stopped.
+pub struct VmHandle {
+    thread: std::thread::JoinHandle<Result<VmExit, VmError>>,
+    stopper: Stopper,
+    started: Instant,
+}
+
+/// Stops a running VM from any thread ([`VmHandle::stopper`]); cloneable.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+    power_button: Arc<EventFd>,
+}
+
+impl Stopper {
+    /// Asks the guest to shut down: presses the ACPI power button (a Generic
+    /// Event Device interrupt that notifies a `PNP0C0C` button; Linux's
+    /// `button` driver reports KEY_POWER). The default guest then ends its
+    /// application (SIGTERM, a grace period, SIGKILL), syncs and powers
+    /// off; another guest does what its OS does on the power key (systemd
+    /// powers off; a guest without the `button` driver does nothing, so
+    /// pair this with a deadline and [`Stopper::stop`]).
+    pub fn shutdown(&self) {
+        let _ = self.power_button.write(1);
+    }
+
+    /// Stops the VM now: vCPUs leave KVM_RUN, devices are torn down, and
+    /// [`VmHandle::wait`] returns [`ExitReason::Stopped`] (unless the guest
+    /// stopped first). The guest gets no notice. Idempotent.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+    }
+}
+
+impl VmHandle {
+    /// See [`Stopper::stop`].
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// See [`Stopper::shutdown`].
+    pub fn shutdown(&self) {
+        self.stopper.shutdown();
+    }
+
+    /// A [`Stopper`] for another thread (a signal watcher, a control
+    /// socket) while this one waits.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Whether the VM has stopped ([`VmHandle::wait`] will not block).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Time since [`Vm::start`].
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the VM has stopped and its threads are gone; returns why.
+    pub fn wait(self) -> Result<VmExit, VmError> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(VmError::Config("the VMM thread panicked".into())))
+    }
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -525,6 +608,7 @@ struct PortIo {
     bus: Bus,
     serial: Arc<Mutex<Serial>>,
     boot_status: Arc<Mutex<BootStatusState>>,
+    power_button: EventFd,
 }
 
 fn port_io(vm: &VmFd, cfg: &mut VmBuilder, guest_stop: &Arc<GuestStop>) -> Result<PortIo, VmError> {
@@ -532,6 +616,9 @@ fn port_io(vm: &VmFd, cfg: &mut VmBuilder, guest_stop: &Arc<GuestStop>) -> Resul
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(ioctl("KVM_IRQFD"))?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, cfg.console.writer()?)));
+    let power_button = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&power_button, GED_IRQ)
+        .map_err(ioctl("KVM_IRQFD"))?;
     let (boot_port, boot_status) = BootStatus::new(cfg.start);
     let mut bus = Bus::new();
     bus.insert(serial.clone(), SERIAL_PORT.into(), 8)?;
@@ -559,6 +646,7 @@ fn port_io(vm: &VmFd, cfg: &mut VmBuilder, guest_stop: &Arc<GuestStop>) -> Resul
         bus,
         serial,
         boot_status,
+        power_button,
     })
 }
 
@@ -658,11 +746,43 @@ impl Vm {
             wake,
             boot_status: pio.boot_status,
             seccomp: cfg.seccomp,
+            host_stop: Arc::new(AtomicBool::new(false)),
+            power_button: Arc::new(pio.power_button),
         })
     }
 
-    /// Runs the guest until it powers off, reboots, panics or faults.
+    /// Runs the guest until it powers off, reboots, panics or faults, on the
+    /// `vmm` thread; the caller's thread only waits ([`Vm::start`]).
     pub fn run(self) -> Result<VmExit, VmError> {
+        self.start()?.wait()
+    }
+
+    /// Starts the guest on a thread of its own (`vmm`, under its seccomp
+    /// filter) and returns a handle to stop it and wait for it.
+    ///
+    /// Process-wide effects: a handler that does nothing is installed for
+    /// `SIGRTMIN` (the signal that kicks vCPU threads out of KVM_RUN; it
+    /// replaces any other handler of that signal), and with
+    /// [`Console::Stdio`] and a terminal on stdin, the terminal is in raw
+    /// mode while the VM runs. Nothing else of the caller's is changed.
+    pub fn start(self) -> Result<VmHandle, VmError> {
+        let stopper = Stopper {
+            flag: self.host_stop.clone(),
+            wake: Arc::new(self.wake.try_clone()?),
+            power_button: self.power_button.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || self.run_here())?;
+        Ok(VmHandle {
+            thread,
+            stopper,
+            started: Instant::now(),
+        })
+    }
+
+    /// The event loop, on the `vmm` thread.
+    fn run_here(self) -> Result<VmExit, VmError> {
         let Vm {
             vm,
             mem,
@@ -675,6 +795,8 @@ impl Vm {
             wake,
             boot_status,
             seccomp,
+            host_stop,
+            power_button: _,
         } = self;
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         let kick_sig = SIGRTMIN();
@@ -704,7 +826,7 @@ impl Vm {
         // stops vCPUs and tears the VM down.
         seccomp_policies::install(ThreadKind::Vmm, seccomp)?;
 
-        let result = wait_for_stop(&wake, &guest_stop, &rx);
+        let result = wait_for_stop(&wake, &guest_stop, &host_stop, &rx);
 
         stop_vcpus(threads, &stop, kick_sig);
         if let Some(t) = input {
@@ -753,10 +875,12 @@ fn spawn_vcpus(
     Ok(threads)
 }
 
-/// Waits until the guest stops (a platform register) or a vCPU does.
+/// Waits until the guest stops (a platform register), the host stops it
+/// ([`Stopper::stop`]) or a vCPU does.
 fn wait_for_stop(
     wake: &EventFd,
     guest_stop: &GuestStop,
+    host_stop: &AtomicBool,
     rx: &mpsc::Receiver<Result<VcpuStop, CpuError>>,
 ) -> Result<ExitReason, VmError> {
     loop {
@@ -775,6 +899,9 @@ fn wait_for_stop(
                 StopReason::Reset => ExitReason::Reset,
                 StopReason::Panic => ExitReason::Panic,
             });
+        }
+        if host_stop.load(Ordering::Acquire) {
+            break Ok(ExitReason::Stopped);
         }
         match rx.try_recv() {
             Ok(Ok(VcpuStop::TripleFault)) => break Ok(ExitReason::TripleFault),

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 Ok(o.status)
             }
             Some("test") => {
-                cargo(&["build", "--workspace", "--bins"])?;
+                cargo(&["build", "--workspace", "--bins", "--examples"])?;
                 let mut a = vec!["test", "--workspace"];
                 a.extend(args[1..].iter().map(String::as_str));
                 cargo(&a)?;

@@ -369,6 +369,15 @@ impl MmioTransport {
     }
 
     fn write_queue_ready(&mut self, v: u32) {
+        // Turning off a queue that is not on changes nothing: Linux does it
+        // for every queue when its driver is removed, after the reset.
+        let off_already = self
+            .queues
+            .get(self.queue_sel as usize)
+            .is_some_and(|q| !q.ready());
+        if v == 0 && off_already && self.status & DRIVER_OK == 0 {
+            return;
+        }
         if !self.queue_setup_allowed() {
             return self.needs_reset("queue ready written outside queue setup");
         }

@@ -28,6 +28,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "virtiofs",
     "pvpanic_mmio",
+    // The ACPI power button (graceful stop) and its input events.
+    "button",
+    "evdev",
 ];
 
 /// Modules the default guest loads when it shows windows (`vmapp.wayland=1`).
@@ -59,10 +62,12 @@ const MODULE_DIRS: &[&str] = &[
     "drivers/gpu/drm/drm_kms_helper.ko",
     "drivers/gpu/drm/drm_shmem_helper.ko",
     "drivers/gpu/drm/virtio",
+    "drivers/acpi/button.ko",
+    "drivers/input/evdev.ko",
 ];
 
 /// Bump when the layout of the built image changes.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// Errors preparing the guest.
 #[derive(Debug, thiserror::Error)]
@@ -484,6 +489,41 @@ pub fn default_init_path() -> Result<PathBuf, ImageError> {
     )))
 }
 
+/// The default guest's initramfs: busybox, the modules (with the lists
+/// its init loads: always, for the gpu, for host-root mode) and `init`.
+fn guest_initramfs(tree: &KernelTree, init_data: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let wanted: Vec<&str> = GUEST_MODULES
+        .iter()
+        .chain(GPU_MODULES)
+        .chain(HOST_ROOT_MODULES)
+        .copied()
+        .collect();
+    let mods = modules::resolve(&tree.moddir, &wanted)?;
+    let mut c = Cpio::new();
+    add_base(&mut c, tree, &mods)?;
+    c.dir("etc/vmapp");
+    let order: Vec<&str> = GUEST_MODULES.to_vec();
+    c.file(
+        "etc/vmapp/modules",
+        0o644,
+        format!("{}\n", order.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-gpu",
+        0o644,
+        format!("{}\n", GPU_MODULES.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-host-root",
+        0o644,
+        format!("{}\n", HOST_ROOT_MODULES.join("\n")).as_bytes(),
+    );
+    c.file("init", 0o755, init_data);
+    let mut buf = Vec::new();
+    c.finish(&mut buf).map_err(io_err("initramfs"))?;
+    Ok(buf)
+}
+
 /// Prepares (or reuses) the default guest in `cache`. With `refresh`, package
 /// versions are re-resolved from apt's lists; otherwise a complete cached
 /// image is reused as long as `init` is unchanged.
@@ -540,37 +580,8 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
     }
     let tree = kernel_tree(cache, packages)?;
     eprintln!("vmapp: building the guest initramfs ({})", tree.release);
-    let wanted: Vec<&str> = GUEST_MODULES
-        .iter()
-        .chain(GPU_MODULES)
-        .chain(HOST_ROOT_MODULES)
-        .copied()
-        .collect();
-    let mods = modules::resolve(&tree.moddir, &wanted)?;
-    let mut c = Cpio::new();
-    add_base(&mut c, &tree, &mods)?;
-    c.dir("etc/vmapp");
-    let order: Vec<&str> = GUEST_MODULES.to_vec();
-    c.file(
-        "etc/vmapp/modules",
-        0o644,
-        format!("{}\n", order.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-gpu",
-        0o644,
-        format!("{}\n", GPU_MODULES.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-host-root",
-        0o644,
-        format!("{}\n", HOST_ROOT_MODULES.join("\n")).as_bytes(),
-    );
-    c.file("init", 0o755, &init_data);
     std::fs::create_dir_all(&gdir).map_err(io_err(gdir.display()))?;
-    let mut buf = Vec::new();
-    c.finish(&mut buf).map_err(io_err("initramfs"))?;
-    write_atomic(&img.initramfs, &buf)?;
+    write_atomic(&img.initramfs, &guest_initramfs(&tree, &init_data)?)?;
     for (src, dst) in [(&tree.vmlinux, &img.vmlinux), (&tree.vmlinuz, &img.bzimage)] {
         let tmp = dst.with_extension("tmp");
         std::fs::copy(src, &tmp).map_err(io_err(dst.display()))?;

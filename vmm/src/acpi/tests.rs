@@ -171,4 +171,13 @@ fn dsdt_decompiles_with_iasl() {
         dsl.contains("0x03F8,             // Range Minimum"),
         "{dsl}"
     );
+    // The power button and the Generic Event Device that notifies it.
+    assert!(dsl.contains("EisaId (\"PNP0C0C\")"), "{dsl}");
+    assert!(
+        dsl.contains("Name (_HID, \"ACPI0013\" /* Generic Event Device */)"),
+        "{dsl}"
+    );
+    assert!(dsl.contains("0x00000017"), "GED's irq 23: {dsl}");
+    assert!(dsl.contains("Method (_EVT, 1, Serialized)"), "{dsl}");
+    assert!(dsl.contains("Notify (\\_SB.PWRB, 0x80)"), "{dsl}");
 }

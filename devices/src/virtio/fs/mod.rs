@@ -446,10 +446,14 @@ pub struct Fs {
 /// the same (1,000,000, or the kernel's `fs.nr_open` if lower).
 const OPEN_FILES_WANTED: u64 = 1_000_000;
 
-/// Raises `RLIMIT_NOFILE`: both limits to [`OPEN_FILES_WANTED`] (capped by
-/// `fs.nr_open`) where the process may raise its hard limit
-/// (`CAP_SYS_RESOURCE`), else the soft limit to the hard one.
-fn raise_open_files_limit() {
+/// Raises this process's `RLIMIT_NOFILE` (a process-wide change, so the
+/// library never does it on its own: the embedder calls it before creating
+/// shares): both limits to a million (capped by `fs.nr_open`) where the
+/// process may raise its hard limit (`CAP_SYS_RESOURCE`), else the soft
+/// limit to the hard one. A share's inode budget is a third of the soft
+/// limit when the share is created (see [`share::default_max_inodes`]), so with the
+/// usual soft limit of 1024 a guest can keep only 1024 files cached.
+pub fn raise_open_files_limit() {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -490,7 +494,6 @@ impl Fs {
     /// A device serving `cfg.host_dir` under `cfg.tag`. Starts its (parked)
     /// worker thread.
     pub fn new(cfg: &ShareConfig) -> Result<Self, FsError> {
-        raise_open_files_limit();
         cfg.check_tag().map_err(|why| FsError::BadSpec {
             spec: cfg.tag.clone(),
             why,

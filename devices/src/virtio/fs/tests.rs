@@ -916,8 +916,10 @@ fn thousands_of_inodes_in_use_fit_in_the_open_files_limit() {
     for i in 0..3000 {
         std::fs::write(t.path().join(format!("f{i}")), b"x").unwrap();
     }
-    // Creating the device raises the soft limit to the hard one, and both to
-    // a million (or fs.nr_open) where the process may raise its hard limit.
+    // Creating the device leaves the process's limits alone (an embedder's
+    // choice); `raise_open_files_limit` raises the soft limit to the hard
+    // one, and both to a million (or fs.nr_open) where the process may
+    // raise its hard limit.
     let cap_sys_resource = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -940,6 +942,9 @@ fn thousands_of_inodes_in_use_fit_in_the_open_files_limit() {
         r.rlim_cur = 1024.min(hard);
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
         let _fs = Fs::new(&ShareConfig::new(t.path(), "many")).unwrap();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        assert_eq!(r.rlim_cur, 1024.min(hard), "Fs::new changed the fd limit");
+        super::raise_open_files_limit();
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
         assert_eq!(r.rlim_cur, r.rlim_max);
         let want = super::OPEN_FILES_WANTED.min(nr_open);

@@ -342,3 +342,41 @@ fn a_workers_needs_reset_is_the_transports_too() {
     negotiate(&mut t, V1);
     assert_eq!(t.status(), 0xb);
 }
+
+/// Found by the hostile-guest suite's reset loop (unbinding and binding the
+/// guest's driver): Linux's driver removal resets the device, then writes
+/// QueueReady = 0 to each queue (`vm_del_vq`), then sets ACKNOWLEDGE again;
+/// binding the driver goes on from there without another reset. Writing 0
+/// to a queue that is not ready is harmless and must not mark the device
+/// for reset, or the driver cannot bind again.
+#[test]
+fn a_driver_removed_and_bound_again_activates_the_device_again() {
+    let (mut t, log, _) = transport(false);
+    negotiate(&mut t, V1);
+    setup_queue(&mut t, 0, 16, 0x1_0000);
+    setup_queue(&mut t, 1, 8, 0x2_0000);
+    w(&mut t, reg::STATUS, 0xf);
+    // Unbind: reset, then vm_del_vq for each queue, then ACKNOWLEDGE.
+    w(&mut t, reg::STATUS, 0);
+    for q in 0..2 {
+        w(&mut t, reg::QUEUE_SEL, q);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+    assert_eq!(r(&mut t, reg::STATUS), 0, "the reset device needs no reset");
+    w(&mut t, reg::STATUS, ACKNOWLEDGE);
+    // Bind: the rest of the sequence.
+    w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+    w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+    w(&mut t, reg::DRIVER_FEATURES, 1);
+    w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    setup_queue(&mut t, 0, 16, 0x1_0000);
+    setup_queue(&mut t, 1, 8, 0x2_0000);
+    w(&mut t, reg::STATUS, 0xf);
+    assert_eq!(r(&mut t, reg::STATUS), 0xf);
+    assert_eq!(log.lock().unwrap().activated.len(), 2);
+    // Turning off a live queue is still refused.
+    w(&mut t, reg::QUEUE_SEL, 0);
+    w(&mut t, reg::QUEUE_READY, 0);
+    assert!(needs_reset(&mut t));
+}

@@ -1,9 +1,7 @@
 //! virtio-fs end to end: the stock kernel's virtiofs driver against our
 //! device, checked from both sides (guest and host directory).
 
-mod common;
-
-use common::{in_kvm, value, T, VMAPP};
+use crate::common::{in_kvm, value, T, VMAPP};
 
 #[test]
 fn shared_directories_rw_ro_and_escapes() {
@@ -172,7 +170,7 @@ rm -rf $d
 }
 
 #[test]
-fn host_root_runs_host_programs_in_the_guest() {
+fn host_root_runs_host_programs_in_the_guest_and_an_app_keeps_its_home() {
     let v = format!("timeout {T} {VMAPP} launch --memory 512");
     let script = format!(
         r#"
@@ -197,6 +195,19 @@ echo hostpysha=$(sha256sum /usr/bin/python3.11 | cut -d' ' -f1)
 echo rc3=$?
 echo kept=$(cat $d/home/kept)
 [ -e "$HOME/made-in-guest" ] && echo leaked-home=yes
+
+# An app profile in host-root mode keeps its $HOME between runs; options
+# given to `launch NAME` override the profile's, a command replaces its own.
+export XDG_CONFIG_HOME=$d/cfg XDG_DATA_HOME=$d/data
+{VMAPP} create notes --host-root --memory 300 -- sh -c 'cat $HOME/n 2>/dev/null || echo none; echo kept >> $HOME/n'
+echo create-rc=$?
+timeout {T} {VMAPP} launch notes > $d/p1 2>/dev/null; echo p1-rc=$? p1=$(cat $d/p1)
+timeout {T} {VMAPP} launch notes > $d/p2 2>/dev/null; echo p2-rc=$? p2=$(cat $d/p2)
+timeout {T} {VMAPP} launch notes --memory 256 -- sh -c 'echo $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2) $(cat $HOME/n | wc -l)' > $d/p3 2>/dev/null
+echo p3-rc=$? p3=$(cat $d/p3)
+echo data-mode=$(stat -c %a $d/data/vmapp/notes/home)
+{VMAPP} destroy notes --data --yes; echo destroy-rc=$?
+echo destroyed=$([ ! -e $d/data/vmapp/notes ] && [ ! -e $d/cfg/vmapp/apps/notes.toml ] && echo yes)
 rm -rf $d /tmp/vmapp-hostroot-marker.$$
 "#
     );
@@ -222,6 +233,23 @@ rm -rf $d /tmp/vmapp-hostroot-marker.$$
     assert!(!out.contains("leaked-home=yes"), "{all}");
     assert_eq!(value(&out, "rc3="), "0", "{all}");
     assert_eq!(value(&out, "kept="), "persisted", "{all}");
+    assert_eq!(value(&out, "create-rc="), "0", "{all}");
+    assert_eq!(value(&out, "p1-rc="), "0 p1=none", "{all}");
+    assert_eq!(value(&out, "p2-rc="), "0 p2=kept", "{all}");
+    let p3 = value(&out, "p3-rc=");
+    let (kib, lines) = p3
+        .strip_prefix("0 p3=")
+        .and_then(|r| r.split_once(' '))
+        .unwrap_or_else(|| panic!("{all}"));
+    let kib: u64 = kib.parse().unwrap();
+    assert!(
+        kib <= 256 * 1024 && kib > 200 * 1024,
+        "--memory 256 won: {all}"
+    );
+    assert_eq!(lines, "2", "the home of two runs before: {all}");
+    assert_eq!(value(&out, "data-mode="), "700", "{all}");
+    assert_eq!(value(&out, "destroy-rc="), "0", "{all}");
+    assert_eq!(value(&out, "destroyed="), "yes", "{all}");
 }
 
 /// What a host-root guest must not see, looked for from inside (through its

@@ -2,9 +2,7 @@
 //! device, checked from both sides (guest and host file). Two tests, each one
 //! emulated-host run, so that the two run side by side.
 
-mod common;
-
-use common::{in_kvm, value, T, VMAPP};
+use crate::common::{in_kvm, value, T, VMAPP};
 
 /// 2 MiB, the size of the pattern the guest writes.
 const PATTERN: u32 = 2 << 20;

@@ -4,9 +4,7 @@
 //! the test looks from the host side: sway's tree, `grim` against sway,
 //! `wtype` typing on sway directly, `wl-copy`/`wl-paste` on the host.
 
-mod common;
-
-use common::{in_kvm, value, T, VMAPP};
+use crate::common::{in_kvm, value, T, VMAPP};
 
 /// Starts sway (as nobody) and defines `waitwin PATTERN` (waits until sway's
 /// tree matches) and `gone PATTERN` (seconds until it stops matching).
@@ -27,16 +25,25 @@ HOLDER=$!
 waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
 "#;
 
+/// The script's start ([`SWAY`], then `$V`: `vmapp launch` in host-root
+/// mode) and the path of our test client `wl-color`, which lives in the
+/// build's directory: host-root mode shows it only because `$V` exposes it.
+fn sway_and_launcher() -> (String, String) {
+    let bins = std::path::Path::new(VMAPP)
+        .parent()
+        .expect("vmapp's directory");
+    let prelude = format!(
+        "{SWAY}\nV=\"timeout {T} {VMAPP} launch --memory 512 --host-root --expose {}\"\n",
+        bins.display()
+    );
+    (prelude, bins.join("wl-color").display().to_string())
+}
+
 #[test]
 fn guest_windows_pixels_keyboard_and_denied_clients() {
-    let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
-    let c = wl_color.display();
-    // Our test client lives in the build's directory, which host-root mode
-    // does not show unless exposed.
-    let bins = std::path::Path::new(VMAPP).parent().unwrap().display();
+    let (prelude, c) = sway_and_launcher();
     let script = format!(
-        r#"{SWAY}
-V="timeout {T} {VMAPP} launch --memory 512 --host-root --expose {bins}"
+        r#"{prelude}
 
 # 1. The allowed globals, none of the denied or relay-hidden ones.
 $V -- wayland-info > $RT/wi 2>&1; echo wi-rc=$?
@@ -135,14 +142,9 @@ kill $HOLDER $SWAYPID 2>/dev/null; true
 
 #[test]
 fn clipboard_both_ways_deny_a_stuck_reader_and_a_compositor_that_goes() {
-    let wl_color = std::path::Path::new(VMAPP).with_file_name("wl-color");
-    let c = wl_color.display();
-    // Our test client lives in the build's directory, which host-root mode
-    // does not show unless exposed.
-    let bins = std::path::Path::new(VMAPP).parent().unwrap().display();
+    let (prelude, c) = sway_and_launcher();
     let script = format!(
-        r#"{SWAY}
-V="timeout {T} {VMAPP} launch --memory 512 --host-root --expose {bins}"
+        r#"{prelude}
 big() {{ head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576; }}
 
 # Host -> guest: text, then 1 MiB.

@@ -2,9 +2,7 @@
 //! device, host side through Firecracker's Unix-socket protocol with `socat`,
 //! guest side with the default guest's `/init vsock` tool.
 
-mod common;
-
-use common::{in_kvm, value, T, VMAPP};
+use crate::common::{in_kvm, value, T, VMAPP};
 
 /// Bytes streamed each way.
 const STREAM: u32 = 256 << 20;

@@ -1,12 +1,11 @@
 //! vmapp's jail, looked at from outside while a VM runs: the process that
 //! runs it has namespaces of its own, a root with only the VM's files (no
 //! compositor socket, no host file outside its set), no_new_privs; a stop
-//! signal to vmapp stops it; `--jail=off` runs without; a user who is not
+//! signal to vmapp stops it gracefully (the app gets SIGTERM, then SIGKILL
+//! after the grace period), a second one at once; `--jail=off` runs without; a user who is not
 //! root runs a jailed VM.
 
-mod common;
-
-use common::{in_kvm, value, T, VMAPP};
+use crate::common::{in_kvm, value, T, VMAPP};
 
 #[test]
 fn the_vm_runs_jailed_and_cannot_reach_the_compositor() {
@@ -20,7 +19,7 @@ while [ ! -S $RT/wayland-host ]; do sleep 0.1; done
 echo host-secret > /tmp/vmapp-jail-secret.$$
 K=$({VMAPP} prepare | sed -n 's/^vmlinux=//p')
 echo allowed-top=dev proc $(echo $K | cut -d/ -f2) $(echo $RT | cut -d/ -f2)
-RUST_LOG=vmapp::jail=info timeout {T} {VMAPP} launch --memory 256 --wayland=$RT/wayland-host -- sh -c 'echo up; sleep 30; echo done' > $RT/out 2>&1 &
+RUST_LOG=vmapp::jail=info timeout {T} {VMAPP} launch --memory 256 --wayland=$RT/wayland-host -- sh -c 'echo up; sleep 10; echo done' > $RT/out 2>&1 &
 t=$!
 wait_for up $RT/out || echo "never up: $(cat $RT/out)"
 parent=$(pgrep -P $t -x vmapp)
@@ -43,22 +42,37 @@ wait $t; echo rc=$?
 echo out=$(grep -cx up $RT/out) $(grep -cx done $RT/out)
 echo landlock=$(grep -o "Landlock ABI [0-9]*\|no Landlock" $RT/out)
 
-# A stop signal to vmapp stops the jailed VM at once.
-timeout {T} {VMAPP} launch --memory 256 -- sh -c 'echo up; sleep 200' > $RT/out2 2>&1 &
+# A stop signal presses the VM's power button: the app gets SIGTERM (its
+# trap runs) and vmapp exits with the app's status.
+timeout {T} {VMAPP} launch --memory 256 -- sh -c 'trap "echo got-term; exit 42" TERM; echo up; sleep 200 & wait' > $RT/out2 2>&1 &
 t=$!
 wait_for up $RT/out2
 parent=$(pgrep -P $t -x vmapp)
 kill -TERM $parent; wait $t; echo term-rc=$?
+echo term-out=$(grep -c got-term $RT/out2)
 sleep 1; echo left=$(pgrep -x vmapp | wc -l)
+# An app that ignores SIGTERM is killed after the guest's grace period...
+timeout {T} {VMAPP} launch --memory 256 -- sh -c 'trap "" TERM; echo up; sleep 200' > $RT/out4 2>&1 &
+t=$!
+wait_for up $RT/out4
+parent=$(pgrep -P $t -x vmapp)
+s=$(date +%s); kill -TERM $parent; wait $t; echo ignore-rc=$?; echo ignore-secs=$(( $(date +%s) - s ))
+# ... unless a second signal stops the VM at once.
+timeout {T} {VMAPP} launch --memory 256 -- sh -c 'trap "" TERM; echo up; sleep 200' > $RT/out5 2>&1 &
+t=$!
+wait_for up $RT/out5
+parent=$(pgrep -P $t -x vmapp)
+s=$(date +%s); kill -TERM $parent; sleep 1; kill -INT $parent; wait $t; echo twice-rc=$?; echo twice-secs=$(( $(date +%s) - s ))
 
-# --jail=off: one process, the caller's namespaces.
-timeout {T} {VMAPP} launch --memory 256 --jail=off -- sh -c 'echo up; sleep 20' > $RT/out3 2>&1 &
+# --jail=off: one process, the caller's namespaces; a stop signal works the
+# same.
+timeout {T} {VMAPP} launch --memory 256 --jail=off -- sh -c 'trap "exit 42" TERM; echo up; sleep 200 & wait' > $RT/out3 2>&1 &
 t=$!
 wait_for up $RT/out3
 parent=$(pgrep -P $t -x vmapp)
 echo off-children=$(pgrep -P $parent -x vmapp | wc -l)
 echo off-ns=$([ "$(readlink /proc/$parent/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo same)
-wait $t; echo off-rc=$?
+kill -TERM $parent; wait $t; echo off-rc=$?
 
 # Not root: a user with access to /dev/kvm runs a jailed VM and its share.
 chmod 0666 /dev/kvm
@@ -96,11 +110,19 @@ kill $sock; rm -rf $RT $U /tmp/vmapp-jail-secret.$$
         "1 1",
         "the command ran to its end: {all}"
     );
-    assert_eq!(value(&out, "term-rc="), "143", "{all}");
+    assert_eq!(value(&out, "term-rc="), "42", "{all}");
+    assert_eq!(value(&out, "term-out="), "1", "{all}");
+    // SIGKILL after the guest's grace period of 10 s.
+    assert_eq!(value(&out, "ignore-rc="), "137", "{all}");
+    let ignore: u64 = value(&out, "ignore-secs=").parse().expect("seconds");
+    assert!(ignore >= 9, "killed before the grace period ended: {all}");
+    assert_eq!(value(&out, "twice-rc="), "130", "{all}");
+    let twice: u64 = value(&out, "twice-secs=").parse().expect("seconds");
+    assert!(twice < 9, "a second signal should not wait: {all}");
     assert_eq!(value(&out, "left="), "0", "{all}");
     assert_eq!(value(&out, "off-children="), "0", "{all}");
     assert_eq!(value(&out, "off-ns="), "same", "{all}");
-    assert_eq!(value(&out, "off-rc="), "0", "{all}");
+    assert_eq!(value(&out, "off-rc="), "42", "{all}");
     // vmapp needs no root.
     assert_eq!(value(&out, "user-rc="), "0", "{all}");
     assert_eq!(value(&out, "user-out="), "user-guest-ok", "{all}");

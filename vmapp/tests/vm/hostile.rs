@@ -1,0 +1,256 @@
+//! Hostile guests: a VM whose guest attacks its own devices (vsock floods,
+//! connect storms against refusing and full host listeners, streams held
+//! open and half-open, data pushed at a guest that never reads it, device
+//! resets in a loop, a share's inode budget exhausted) while a second VM runs
+//! beside it. During and after each attack the test checks that the second
+//! VM still answers, that the attacked vmapp process's memory outside guest
+//! RAM stays bounded and that it goes idle when the guest does (no busy
+//! loop), and that the attacked VM stops cleanly at the end. The figures go
+//! to the test's output (`--nocapture`) and the README.
+//!
+//! The attacker's command runs through the serial console (under `script`,
+//! which gives vmapp a terminal), not through the vsock agent, so that the
+//! guest can reset its vsock device without losing its command.
+
+use crate::common::{in_kvm, value, T, VMAPP};
+
+/// Guest RAM of each VM, MiB.
+const MEM: u32 = 256;
+/// A bound for the attacked vmapp's resident memory outside guest RAM, MiB.
+const VMM_RSS_MAX_KIB: u64 = 64 << 10;
+/// Above twice an idle neighbour's CPU over the same 5 s window, the
+/// attacked vmapp may use this many more clock ticks (of 500) while its
+/// guest idles: a busy loop shows as hundreds.
+const IDLE_TICKS_SLACK: u64 = 50;
+
+/// Host helpers: `wait_for TEXT FILE`; `vmpid PATTERN` (the jailed vmapp
+/// process whose command line matches); `measure NAME PID` (prints
+/// `@@NAME cpu=TICKS rss=KIB fds=N`, CPU over 5 s, RSS outside the guest's
+/// RAM); `probe NAME` (a round trip through the neighbour VM's echo server:
+/// `@@NAME-neighbour=ping MS`); `go PORT` (lets the guest's `waitgo PORT`
+/// return); the neighbour VM `$B` and a sink for guest streams.
+const PRELUDE: &str = r#"
+for t in socat script python3; do command -v $t >/dev/null || { echo "$t is required" >&2; exit 1; }; done
+d=$(mktemp -d /tmp/vmapp-hostile.XXXXXX); mkdir $d/g
+wait_for() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
+vmpid() { for p in $(pgrep -x vmapp); do
+  [ "$(ps -o comm= -p $(ps -o ppid= -p $p))" = vmapp ] && tr '\0' ' ' < /proc/$p/cmdline | grep -q -- "$1" && echo $p; done; }
+ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+vmmrss() { python3 -c 'import re, sys
+# Guest RAM is one mapping of MEM MiB, possibly split into adjacent VMAs:
+# the run of adjacent VMAs that adds up to it is left out.
+vmas = []
+for l in open("/proc/%s/smaps" % sys.argv[1]):
+    m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", l)
+    if m:
+        vmas.append([int(m.group(1), 16), int(m.group(2), 16), 0])
+    elif l.startswith("Rss:"):
+        vmas[-1][2] = int(l.split()[1])
+guest = int(sys.argv[2]) << 20
+left_out = 0
+for i in range(len(vmas)):
+    size, rss, j = 0, 0, i
+    while j < len(vmas) and (j == i or vmas[j][0] == vmas[j - 1][1]) and size < guest:
+        size += vmas[j][1] - vmas[j][0]; rss += vmas[j][2]; j += 1
+    if size == guest:
+        left_out = max(left_out, rss)
+print(sum(v[2] for v in vmas) - left_out)' $1 $MEM; }
+measure() { t0=$(ticks $2); sleep 5; t1=$(ticks $2); echo "@@$1 cpu=$((t1 - t0)) rss=$(vmmrss $2) fds=$(ls /proc/$2/fd | wc -l)"; }
+probe() { s=$(date +%s%N); r=$( (printf 'CONNECT 5000\n'; printf ping) | timeout 120 socat -t 30 - UNIX-CONNECT:$d/b.sock | tail -c 4)
+  echo "@@$1-neighbour=$r $(( ($(date +%s%N) - s) / 1000000 ))"; }
+go() { socat -u OPEN:/dev/null UNIX-LISTEN:$d/a.sock_$1 & }
+cat > $d/sink.py <<'EOF'
+import resource, selectors, socket, sys
+h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+sel = selectors.DefaultSelector()
+l = socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen(1024); l.setblocking(False)
+sel.register(l, selectors.EVENT_READ)
+while True:
+    for k, _ in sel.select():
+        if k.fileobj is l:
+            try:
+                c, _ = l.accept(); c.setblocking(False); sel.register(c, selectors.EVENT_READ)
+            except OSError:
+                pass
+            continue
+        try:
+            data = k.fileobj.recv(1 << 16)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(k.fileobj); k.fileobj.close()
+EOF
+timeout 3000 $VMAPP launch --memory $MEM --vsock $d/b.sock -- /init vsock echo 5000 > $d/b.out 2>&1 &
+B=$!
+wait_for @@listening $d/b.out || echo "no neighbour: $(cat $d/b.out)"
+# The neighbour idles: what an idle VM costs here, for comparison.
+measure neighbour-idle $(vmpid b.sock)
+# The attacker runs as a user who is not root (vmapp needs no root; its fd
+# limit then stays the one it was given); the host's sockets let it in.
+chmod 0666 /dev/kvm; chown 65534:65534 $d $d/g; umask 000
+"#;
+
+/// Guest helper: `waitgo PORT` waits until the host's `go PORT`.
+const WAITGO: &str = r#"waitgo() { until /init vsock connect 2 $1 </dev/null >/dev/null 2>&1; do sleep 0.5; done; }
+"#;
+
+/// Runs `setup` on the host, then `guest` (a script the attacker runs from
+/// a share) in VM A with `args`, under `script`, and `host` beside it; then
+/// `post`, and stops the neighbour. Returns the output, also printed.
+fn attack(args: &str, setup: &str, guest: &str, host: &str, post: &str) -> (String, String) {
+    let script = format!(
+        r#"MEM={MEM}; T={T}; VMAPP={VMAPP}
+{PRELUDE}
+cat > $d/g/attack.sh <<'EOF'
+{WAITGO}{guest}
+EOF
+{setup}
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$d \
+  script -qefc "timeout --foreground $T $VMAPP launch --memory $MEM --vsock $d/a.sock --share $d/g:g,ro {args} -- sh /mnt/g/attack.sh" /dev/null < /dev/null > $d/a.out 2>&1 &
+A=$!
+wait_for @@phase= $d/a.out || {{ echo "the attacker never started:"; cat $d/a.out; }} >&2
+P=$(vmpid a.sock); echo @@attacker-pid=$P
+{host}
+wait $A; echo @@a-rc=$?
+tr -d '\r' < $d/a.out | grep '^@@'
+tail -n 30 $d/a.out | tr -d '\r' | sed 's/^/attacker: /' >&2
+{post}
+probe final
+kill $B; wait $B; echo @@b-rc=$?
+sleep 1; echo @@left=$(pgrep -x vmapp | wc -l)
+rm -rf $d
+"#
+    );
+    let (out, err) = in_kvm(&script);
+    eprintln!("{out}");
+    (out, err)
+}
+
+/// Checks `@@NAME cpu=… rss=… fds=…` and that the neighbour answered.
+fn check_phase(out: &str, name: &str, all: &str) {
+    let line = value(out, &format!("@@{name} "));
+    let idle = value(out, "@@neighbour-idle ");
+    let field = |line: &str, k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {line}: {all}"))
+    };
+    // An idle VM costs CPU under emulation too: the bound is relative to
+    // the idle neighbour's.
+    let bound = 2 * field(idle, "cpu=") + IDLE_TICKS_SLACK;
+    assert!(
+        field(line, "cpu=") <= bound,
+        "{name}: vmapp busy while its guest idles ({bound} ticks at most): {line}\n{all}"
+    );
+    assert!(
+        field(line, "rss=") <= VMM_RSS_MAX_KIB,
+        "{name}: vmapp's memory outside guest RAM grew: {line}\n{all}"
+    );
+    let probe = value(out, &format!("@@{name}-neighbour="));
+    assert!(
+        probe.starts_with("ping "),
+        "{name}: neighbour: {probe}\n{all}"
+    );
+}
+
+#[test]
+fn vsock_floods_storms_held_streams_unread_data_and_resets() {
+    let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 4
+/init vsock storm 2 6001 200; /init vsock storm 2 6100 200
+echo @@phase=stormed; waitgo 6201
+/init vsock hold 2 6000 900 > /tmp/h & h=$!
+until grep -q @@held /tmp/h; do sleep 0.2; done; cat /tmp/h
+echo @@phase=held; waitgo 6202
+kill $h
+/init vsock sink 5001 > /tmp/s & s=$!
+until grep -q @@listening /tmp/s; do sleep 0.2; done
+echo @@phase=sink; waitgo 6203
+kill $s
+drv=/sys/bus/virtio/drivers/vmw_vsock_virtio_transport; dev=$(basename $(ls -d $drv/virtio*))
+n=0; for i in $(seq 20); do echo $dev > $drv/unbind && echo $dev > $drv/bind && n=$((n+1)); done
+echo @@resets=$n
+echo after-resets | /init vsock connect 2 6300; echo @@after-rc=$?
+"#;
+    let host = r#"wait_for @@phase=stormed $d/a.out; measure stormed $P; probe stormed; go 6201
+wait_for @@phase=held $d/a.out; measure held $P; probe held
+kill $SINK; wait $SINK; sleep 2; measure halfopen $P; probe halfopen; go 6202
+wait_for @@phase=sink $d/a.out
+for i in $(seq 8); do (printf 'CONNECT 5001\n'; head -c 64M /dev/zero) | timeout 60 socat -t 5 - UNIX-CONNECT:$d/a.sock > /dev/null 2>&1 & done
+sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/a.sock; go 6203
+socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after &
+"#;
+    let setup = "python3 $d/sink.py $d/a.sock_6000 & SINK=$!\n\
+        python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(1e6)' $d/a.sock_6100 &\n\
+        while [ ! -S $d/a.sock_6000 ] || [ ! -S $d/a.sock_6100 ]; do sleep 0.1; done";
+    let post = "echo @@after=$(cat $d/after)";
+    let (out, err) = attack("", setup, guest, host, post);
+    let all = format!("{out}\n{err}");
+    for phase in ["stormed", "held", "halfopen", "sink"] {
+        check_phase(&out, phase, &all);
+    }
+    assert_eq!(value(&out, "@@flood ok="), "16 failed=0", "{all}");
+    assert_eq!(value(&out, "@@resets="), "20", "{all}");
+    assert_eq!(value(&out, "@@after-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@after="), "after-resets", "{all}");
+    assert_eq!(value(&out, "@@a-rc="), "0", "{all}");
+    assert!(
+        value(&out, "@@final-neighbour=").starts_with("ping "),
+        "{all}"
+    );
+    assert_eq!(value(&out, "@@b-rc="), "143", "{all}");
+    assert_eq!(value(&out, "@@left="), "0", "{all}");
+}
+
+#[test]
+fn a_share_inode_budget_exhausted_and_disk_resets_in_a_loop() {
+    let guest = r#"echo @@phase=fs; echo @@listed=$(ls /mnt/many | wc -l)
+cat /mnt/many/* > /dev/null 2> /tmp/err; echo @@cat-errors=$(wc -l < /tmp/err); echo "@@first-error=$(head -n 1 /tmp/err)"
+echo @@phase=full; waitgo 6201
+echo 3 > /proc/sys/vm/drop_caches
+cat /mnt/many/f1 /mnt/many/f3000 > /dev/null && echo @@after-drop=ok
+drv=/sys/bus/virtio/drivers/virtio_blk; dev=$(basename $(ls -d $drv/virtio*))
+n=0; for i in $(seq 20); do echo $dev > $drv/unbind && echo $dev > $drv/bind && n=$((n+1)); done
+echo @@resets=$n
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo @@disksha=$(head -c 8388608 /dev/vda | sha256sum | cut -c1-64)
+echo @@phase=reset; waitgo 6202
+"#;
+    // A hard fd limit of 8192 makes the share's inode budget small enough
+    // to exhaust here: (8192 - 4096) / 3, at least 1024.
+    let setup = "mkdir $d/many; (cd $d/many && seq -f f%g 3000 | xargs touch)\n\
+        head -c 8M /dev/urandom > $d/disk.img; echo @@imgsha=$(sha256sum < $d/disk.img | cut -c1-64)\n\
+        ulimit -Hn 8192";
+    let host = "wait_for @@phase=full $d/a.out; measure full $P; probe full; go 6201\n\
+        wait_for @@phase=reset $d/a.out; measure reset $P; probe reset; go 6202";
+    let (out, err) = attack(
+        "--share $d/many:many --disk $d/disk.img",
+        setup,
+        guest,
+        host,
+        "",
+    );
+    let all = format!("{out}\n{err}");
+    for phase in ["full", "reset"] {
+        check_phase(&out, phase, &all);
+    }
+    assert_eq!(value(&out, "@@listed="), "3000", "{all}");
+    let errors: u32 = value(&out, "@@cat-errors=").parse().expect("a count");
+    assert!(
+        errors > 0 && errors < 3000,
+        "the share's budget should stop some lookups, not all: {all}"
+    );
+    assert_eq!(value(&out, "@@after-drop="), "ok", "{all}");
+    assert_eq!(value(&out, "@@resets="), "20", "{all}");
+    assert_eq!(value(&out, "@@disksha="), value(&out, "@@imgsha="), "{all}");
+    assert_eq!(value(&out, "@@a-rc="), "0", "{all}");
+    assert!(
+        value(&out, "@@final-neighbour=").starts_with("ping "),
+        "{all}"
+    );
+    assert_eq!(value(&out, "@@b-rc="), "143", "{all}");
+    assert_eq!(value(&out, "@@left="), "0", "{all}");
+}
