@@ -22,7 +22,7 @@ struct LaunchOnly {
 /// subcommand, when it is not an option.
 pub fn app_name(args: &[String]) -> Option<&str> {
     match args.get(1).map(String::as_str) {
-        Some("launch" | "create" | "destroy") => args
+        Some("launch" | "create" | "destroy" | "desktop") => args
             .get(2)
             .map(String::as_str)
             .filter(|a| !a.starts_with('-')),
@@ -47,7 +47,7 @@ pub fn expand_launch(args: &[String], name: &str) -> anyhow::Result<Vec<String>>
         )
         .with_context(|| format!("the app's home {}", data_home.display()))?;
     }
-    let mut out = vec![args[0].clone(), "launch".into()];
+    let mut out = vec![args[0].clone(), "launch".into(), format!("--app={name}")];
     out.extend(p.launch_args(name, Some(&data_home)));
     let rest = &args[3..];
     out.extend(rest.iter().cloned());
@@ -69,6 +69,7 @@ fn from_launch(a: &Launch) -> anyhow::Result<Profile> {
         ("--vsock", a.vsock.is_some()),
         ("--keep-running", a.keep_running),
         ("--bzimage", a.bzimage),
+        ("--app", a.app.is_some()),
     ];
     if let Some((opt, _)) = not_kept.iter().find(|(_, given)| *given) {
         bail!("{opt} is not kept in app profiles; give it to `vmapp launch NAME` instead");
@@ -113,6 +114,19 @@ pub fn create(args: &[String], name: &str) -> anyhow::Result<()> {
     let a = LaunchOnly::try_parse_from(launch_args)?.launch;
     let p = from_launch(&a)?;
     let path = p.save(name)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// `vmapp desktop NAME [--remove]`: writes (removes) the app's menu entry.
+pub fn desktop(args: &[String], name: &str) -> anyhow::Result<()> {
+    let remove = match &args[3..] {
+        [] => false,
+        [r] if r == "--remove" => true,
+        _ => bail!("vmapp desktop NAME [--remove]"),
+    };
+    let exe = std::env::current_exe().context("vmapp's own path")?;
+    let path = vmapp::desktop::install(name, remove, &exe)?;
     println!("{}", path.display());
     Ok(())
 }

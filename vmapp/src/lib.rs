@@ -5,7 +5,9 @@
 //! `sommelier-guest`).
 #![deny(missing_docs)]
 
+pub mod desktop;
 pub mod image;
 pub mod jail;
 pub mod profile;
+pub mod runtime;
 pub mod stop;

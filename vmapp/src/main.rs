@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod apps;
 use sommelier_guest::proto;
 use vmapp::image;
+use vmapp::runtime::RuntimeDir;
 use vmm::agent::{AgentHost, Run, AGENT_PORT};
 use vmm::wayland::{self, ProxyConfig, ProxyProcess};
 use vmm::{
@@ -46,6 +47,16 @@ enum Cmd {
         /// Launch options, then `--` and the command.
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         rest: Vec<String>,
+    },
+    /// Write an application-menu entry that launches the app profile NAME
+    /// ($XDG_DATA_HOME/applications/vmapp-NAME.desktop); --remove takes it
+    /// away.
+    Desktop {
+        /// The app's name.
+        name: String,
+        /// Remove the entry.
+        #[arg(long)]
+        remove: bool,
     },
     /// Remove an app profile.
     Destroy {
@@ -163,15 +174,9 @@ struct Launch {
     /// The command to run in the guest, and its arguments.
     #[arg(last = true)]
     command: Vec<String>,
-}
-
-/// A private (0700) directory for the agent's sockets, removed on drop.
-fn socket_dir() -> std::io::Result<tempfile::TempDir> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix("vmapp-").tempdir_in(base)
+    /// The app profile this run is of (set by `vmapp launch NAME`).
+    #[arg(long, hide = true)]
+    app: Option<String>,
 }
 
 /// A path as the default guest's command line carries it.
@@ -631,9 +636,13 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     for w in words {
         b = b.append_cmdline(&w);
     }
-    let mut tmp = (agent || want_wayland || jailed)
-        .then(socket_dir)
-        .transpose()?;
+    // An app's directory always (its lock says the app runs); another VM's
+    // when something needs a socket or the jail a scratch place.
+    let mut tmp = match &a.app {
+        Some(name) => Some(RuntimeDir::named(name)?),
+        None if agent || want_wayland || jailed => Some(RuntimeDir::temp()?),
+        None => None,
+    };
     let jail = tmp.as_ref().filter(|_| jailed).map(|t| {
         let vsock_dir = a.vsock.as_ref().and_then(|v| v.parent());
         let runtime = [t.path()].into_iter().chain(vsock_dir).map(PathBuf::from);
@@ -722,6 +731,7 @@ fn main() -> ExitCode {
     let r = match (args.get(1).map(String::as_str), apps::app_name(&args)) {
         (Some("create"), Some(name)) => apps::create(&args, name).map(|()| ExitCode::SUCCESS),
         (Some("destroy"), Some(name)) => apps::destroy(&args, name).map(|()| ExitCode::SUCCESS),
+        (Some("desktop"), Some(name)) => apps::desktop(&args, name).map(|()| ExitCode::SUCCESS),
         (Some("launch"), Some(name)) => {
             apps::expand_launch(&args, name).and_then(|a| run(Cli::parse_from(a), start))
         }
@@ -740,7 +750,7 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Launch(a) => launch(*a, start),
         // Reached only when NAME is missing or looks like an option.
-        Cmd::Create { name, .. } | Cmd::Destroy { name, .. } => {
+        Cmd::Create { name, .. } | Cmd::Destroy { name, .. } | Cmd::Desktop { name, .. } => {
             vmapp::profile::check_name(&name)?;
             anyhow::bail!("usage: vmapp create NAME [options] -- COMMAND… | vmapp destroy NAME [--data] [--yes]")
         }

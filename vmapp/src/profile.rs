@@ -164,13 +164,16 @@ pub fn path(name: &str) -> Result<PathBuf, ProfileError> {
         .join(format!("{name}.toml")))
 }
 
+/// `$XDG_DATA_HOME` (default `~/.local/share`).
+pub fn data_home() -> Result<PathBuf, ProfileError> {
+    xdg("XDG_DATA_HOME", ".local/share")
+}
+
 /// The app's data directory (`$XDG_DATA_HOME/vmapp/NAME`), whose `home` is
 /// the guest's `$HOME` in host-root mode.
 pub fn data_dir(name: &str) -> Result<PathBuf, ProfileError> {
     check_name(name)?;
-    Ok(xdg("XDG_DATA_HOME", ".local/share")?
-        .join("vmapp")
-        .join(name))
+    Ok(data_home()?.join("vmapp").join(name))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {

@@ -206,6 +206,21 @@ timeout {T} {VMAPP} launch notes > $d/p2 2>/dev/null; echo p2-rc=$? p2=$(cat $d/
 timeout {T} {VMAPP} launch notes --memory 256 -- sh -c 'echo $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2) $(cat $HOME/n | wc -l)' > $d/p3 2>/dev/null
 echo p3-rc=$? p3=$(cat $d/p3)
 echo data-mode=$(stat -c %a $d/data/vmapp/notes/home)
+# One VM per app: a second launch is refused while it runs; a vmapp killed
+# with SIGKILL leaves nothing that blocks the next.
+export XDG_RUNTIME_DIR=$d/rt; mkdir -m 700 $d/rt
+timeout {T} {VMAPP} launch notes -- sleep 300 > /dev/null 2>&1 &
+t=$!
+i=0; while [ ! -s $d/rt/vmapp/notes/lock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+{VMAPP} launch notes -- true 2> $d/twice; echo twice-rc=$? twice=$(grep -c "already running" $d/twice)
+kill -KILL $(pgrep -P $t -x vmapp); wait $t
+i=0; while pgrep -x vmapp > /dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo stale=$(ls $d/rt/vmapp/notes | wc -l)
+timeout {T} {VMAPP} launch notes -- true; echo after-kill-rc=$?
+echo after-kill-left=$(ls $d/rt/vmapp 2>/dev/null | wc -l)
+{VMAPP} desktop notes > /dev/null; echo desktop-name=$(grep '^Name=' $d/data/applications/vmapp-notes.desktop)
+echo desktop-exec=$(grep -c '^Exec=.* launch notes$' $d/data/applications/vmapp-notes.desktop)
+{VMAPP} desktop notes --remove > /dev/null; echo desktop-gone=$([ ! -e $d/data/applications/vmapp-notes.desktop ] && echo yes)
 {VMAPP} destroy notes --data --yes; echo destroy-rc=$?
 echo destroyed=$([ ! -e $d/data/vmapp/notes ] && [ ! -e $d/cfg/vmapp/apps/notes.toml ] && echo yes)
 rm -rf $d /tmp/vmapp-hostroot-marker.$$
@@ -248,6 +263,22 @@ rm -rf $d /tmp/vmapp-hostroot-marker.$$
     );
     assert_eq!(lines, "2", "the home of two runs before: {all}");
     assert_eq!(value(&out, "data-mode="), "700", "{all}");
+    assert_eq!(value(&out, "twice-rc="), "1 twice=1", "{all}");
+    let stale: u32 = value(&out, "stale=").parse().unwrap();
+    assert!(stale >= 1, "the killed vmapp left its directory: {all}");
+    assert_eq!(value(&out, "after-kill-rc="), "0", "{all}");
+    assert_eq!(
+        value(&out, "after-kill-left="),
+        "0",
+        "removed at the end: {all}"
+    );
+    assert_eq!(
+        value(&out, "desktop-name="),
+        "Name=notes (in a VM)",
+        "{all}"
+    );
+    assert_eq!(value(&out, "desktop-exec="), "1", "{all}");
+    assert_eq!(value(&out, "desktop-gone="), "yes", "{all}");
     assert_eq!(value(&out, "destroy-rc="), "0", "{all}");
     assert_eq!(value(&out, "destroyed="), "yes", "{all}");
 }

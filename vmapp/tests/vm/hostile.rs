@@ -27,8 +27,8 @@ const IDLE_TICKS_SLACK: u64 = 50;
 /// process whose command line matches); `measure NAME PID` (prints
 /// `@@NAME cpu=TICKS rss=KIB fds=N`, CPU over 5 s, RSS outside the guest's
 /// RAM); `probe NAME` (a round trip through the neighbour VM's echo server:
-/// `@@NAME-neighbour=ping MS`); `go PORT` (lets the guest's `waitgo PORT`
-/// return); the neighbour VM `$B` and a sink for guest streams.
+/// `@@NAME-neighbour=ping MS`); `go PORT` (connects to the guest's `waitgo
+/// PORT`, which then returns); the neighbour VM `$B` and a sink for guest streams.
 const PRELUDE: &str = r#"
 for t in socat script python3; do command -v $t >/dev/null || { echo "$t is required" >&2; exit 1; }; done
 d=$(mktemp -d /tmp/vmapp-hostile.XXXXXX); mkdir $d/g
@@ -36,29 +36,20 @@ wait_for() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt
 vmpid() { for p in $(pgrep -x vmapp); do
   [ "$(ps -o comm= -p $(ps -o ppid= -p $p))" = vmapp ] && tr '\0' ' ' < /proc/$p/cmdline | grep -q -- "$1" && echo $p; done; }
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
-vmmrss() { python3 -c 'import re, sys
-# Guest RAM is one mapping of MEM MiB, possibly split into adjacent VMAs:
-# the run of adjacent VMAs that adds up to it is left out.
-vmas = []
+vmmrss() { python3 -c 'import sys
+# As the benchmarks count it: a mapping at least as large as guest RAM is
+# guest RAM (the kernel may merge a neighbour into it), the rest the VMM.
+rss, size = 0, 0
 for l in open("/proc/%s/smaps" % sys.argv[1]):
-    m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", l)
-    if m:
-        vmas.append([int(m.group(1), 16), int(m.group(2), 16), 0])
-    elif l.startswith("Rss:"):
-        vmas[-1][2] = int(l.split()[1])
-guest = int(sys.argv[2]) << 20
-left_out = 0
-for i in range(len(vmas)):
-    size, rss, j = 0, 0, i
-    while j < len(vmas) and (j == i or vmas[j][0] == vmas[j - 1][1]) and size < guest:
-        size += vmas[j][1] - vmas[j][0]; rss += vmas[j][2]; j += 1
-    if size == guest:
-        left_out = max(left_out, rss)
-print(sum(v[2] for v in vmas) - left_out)' $1 $MEM; }
+    f = l.split()
+    if f[0] == "Size:": size = int(f[1])
+    elif f[0] == "Rss:" and size < int(sys.argv[2]) * 1024: rss += int(f[1])
+print(rss)' $1 $MEM; }
 measure() { t0=$(ticks $2); sleep 5; t1=$(ticks $2); echo "@@$1 cpu=$((t1 - t0)) rss=$(vmmrss $2) fds=$(ls /proc/$2/fd | wc -l)"; }
 probe() { s=$(date +%s%N); r=$( (printf 'CONNECT 5000\n'; printf ping) | timeout 120 socat -t 30 - UNIX-CONNECT:$d/b.sock | tail -c 4)
   echo "@@$1-neighbour=$r $(( ($(date +%s%N) - s) / 1000000 ))"; }
-go() { socat -u OPEN:/dev/null UNIX-LISTEN:$d/a.sock_$1 & }
+go() { i=0; until (printf 'CONNECT %s\n' $1; sleep 1) | timeout 30 socat -t 2 - UNIX-CONNECT:$d/a.sock 2>/dev/null | grep -q '^OK'; do
+  i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.5; done; }
 cat > $d/sink.py <<'EOF'
 import resource, selectors, socket, sys
 h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -90,11 +81,12 @@ wait_for @@listening $d/b.out || echo "no neighbour: $(cat $d/b.out)"
 measure neighbour-idle $(vmpid b.sock)
 # The attacker runs as a user who is not root (vmapp needs no root; its fd
 # limit then stays the one it was given); the host's sockets let it in.
-chmod 0666 /dev/kvm; chown 65534:65534 $d $d/g; umask 000
+chmod 0666 /dev/kvm; mkdir -m 700 $d/rt; chown 65534:65534 $d $d/g $d/rt; umask 000
 "#;
 
-/// Guest helper: `waitgo PORT` waits until the host's `go PORT`.
-const WAITGO: &str = r#"waitgo() { until /init vsock connect 2 $1 </dev/null >/dev/null 2>&1; do sleep 0.5; done; }
+/// Guest helper: `waitgo PORT` blocks (in `accept`, using no CPU, so the
+/// host measures an idle guest) until the host's `go PORT` connects.
+const WAITGO: &str = r#"waitgo() { /init vsock listen $1 < /dev/null > /dev/null; }
 "#;
 
 /// Runs `setup` on the host, then `guest` (a script the attacker runs from
@@ -108,7 +100,7 @@ cat > $d/g/attack.sh <<'EOF'
 {WAITGO}{guest}
 EOF
 {setup}
-setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$d \
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$d XDG_RUNTIME_DIR=$d/rt \
   script -qefc "timeout --foreground $T $VMAPP launch --memory $MEM --vsock $d/a.sock --share $d/g:g,ro {args} -- sh /mnt/g/attack.sh" /dev/null < /dev/null > $d/a.out 2>&1 &
 A=$!
 wait_for @@phase= $d/a.out || {{ echo "the attacker never started:"; cat $d/a.out; }} >&2
@@ -159,7 +151,7 @@ fn check_phase(out: &str, name: &str, all: &str) {
 
 #[test]
 fn vsock_floods_storms_held_streams_unread_data_and_resets() {
-    let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 4
+    let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 2
 /init vsock storm 2 6001 200; /init vsock storm 2 6100 200
 echo @@phase=stormed; waitgo 6201
 /init vsock hold 2 6000 900 > /tmp/h & h=$!

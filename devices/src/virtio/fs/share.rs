@@ -28,7 +28,7 @@
 //!   this process; past [`Share::max_inodes`] distinct inodes a lookup or a
 //!   create answers `ENFILE` to the guest, so a guest cannot starve the rest
 //!   of the VMM of fds. `READDIRPLUS` (a lookup of a whole directory at once)
-//!   is refused near the budget, and the guest falls back to `READDIR`.
+//!   lists without lookups near the budget (node id 0 entries).
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -88,6 +88,19 @@ pub fn default_max_inodes() -> usize {
     };
     let third = soft.saturating_sub(4096) / 3;
     usize::try_from(third).unwrap_or(usize::MAX).max(1024)
+}
+
+/// A READDIRPLUS entry without a lookup (node id 0, no attributes).
+fn unlooked_entry() -> Entry {
+    Entry {
+        inode: 0,
+        generation: 0,
+        // SAFETY: stat64 is plain data; all-zero is a valid value.
+        attr: unsafe { std::mem::zeroed() },
+        attr_flags: 0,
+        attr_timeout: std::time::Duration::ZERO,
+        entry_timeout: std::time::Duration::ZERO,
+    }
 }
 
 /// A host directory as the guest may use it.
@@ -782,9 +795,20 @@ impl FileSystem for Share {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        // ENOSYS makes the guest use READDIR + LOOKUP from now on.
-        if self.view.is_some() || self.held().len() + READDIRPLUS_ROOM > self.max_inodes {
+        // Not negotiated with a view: a guest that asks anyway is refused.
+        if self.view.is_some() {
             return Err(err(libc::ENOSYS));
+        }
+        // Near the budget the listing goes on (an error here would fail the
+        // guest's getdents: Linux does not fall back to READDIR), but hands
+        // out no inode: node id 0 means "no attributes", and the guest looks
+        // the entry up when it uses it, which the budget governs.
+        if self.held().len() + READDIRPLUS_ROOM > self.max_inodes {
+            return self
+                .inner
+                .readdir(ctx, inode, handle, size, offset, &mut |d| {
+                    add_entry(d, unlooked_entry())
+                });
         }
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {

@@ -1,0 +1,218 @@
+//! A running VM's private directory for its sockets (the agent's vsock
+//! socket, the Wayland proxy's socket, the jail's scratch), 0700, removed
+//! when the VM ends.
+//!
+//! An app profile's VM has a fixed one, `$XDG_RUNTIME_DIR/vmapp/NAME/`
+//! (`/tmp/vmapp-UID/NAME/` without `XDG_RUNTIME_DIR`), held by an exclusive
+//! `flock` on its `lock` file for as long as the VM runs: a second launch of
+//! the same app finds the lock taken and says so, and a directory left by a
+//! vmapp that was killed (its lock released with its last fd) is cleaned
+//! and reused. Other VMs get a fresh `vmapp-XXXXXX` directory.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors making a runtime directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The app's VM runs already.
+    #[error("app {name} is already running (vmapp pid {pid}); stop it first")]
+    Running {
+        /// The app.
+        name: String,
+        /// The vmapp that holds it, as it wrote it.
+        pid: String,
+    },
+    /// The directory is someone else's or not private.
+    #[error("{}: {why}", path.display())]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A runtime directory; removed on drop.
+pub struct RuntimeDir {
+    path: PathBuf,
+    _lock: Option<std::fs::File>,
+}
+
+fn base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions.
+            std::env::temp_dir().join(format!("vmapp-{}", unsafe { libc::getuid() }))
+        })
+}
+
+/// Makes `dir` (0700) if missing and checks that it is ours and private.
+fn private_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+        _ => {}
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let unsafe_why = if !md.is_dir() {
+        Some("not a directory")
+    } else if std::os::unix::fs::MetadataExt::uid(&md) != uid {
+        Some("belongs to another user")
+    } else if md.permissions().mode() & 0o077 != 0 {
+        Some("is open to other users (want 0700)")
+    } else {
+        None
+    };
+    match unsafe_why {
+        Some(why) => Err(RuntimeError::Unsafe {
+            path: dir.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl RuntimeDir {
+    /// A fresh directory for a VM without a name.
+    pub fn temp() -> Result<Self, RuntimeError> {
+        let base = base();
+        if !base.exists() {
+            private_dir(&base)?;
+        }
+        let t = tempfile::Builder::new()
+            .prefix("vmapp-")
+            .tempdir_in(&base)
+            .map_err(io(&base))?;
+        Ok(Self {
+            path: t.keep(),
+            _lock: None,
+        })
+    }
+
+    /// The directory of app `name` (a checked profile name), taken for this
+    /// run.
+    pub fn named(name: &str) -> Result<Self, RuntimeError> {
+        Self::named_in(&base(), name)
+    }
+
+    fn named_in(base: &Path, name: &str) -> Result<Self, RuntimeError> {
+        let parent = base.join("vmapp");
+        if let Some(b) = parent.parent().filter(|b| !b.exists()) {
+            private_dir(b)?;
+        }
+        private_dir(&parent)?;
+        let path = parent.join(name);
+        private_dir(&path)?;
+        let lock_path = path.join("lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            return Err(RuntimeError::Running {
+                name: name.to_string(),
+                pid: pid.trim().to_string(),
+            });
+        }
+        // Ours now: whatever a killed vmapp left goes.
+        for e in std::fs::read_dir(&path).map_err(io(&path))?.flatten() {
+            if e.file_name() != "lock" {
+                let p = e.path();
+                let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                r.map_err(io(&p))?;
+            }
+        }
+        lock.set_len(0).map_err(io(&lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
+        Ok(Self {
+            path,
+            _lock: Some(lock),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_app_dir_is_private_taken_once_and_cleaned_after_a_crash() {
+        let t = tempfile::tempdir().unwrap();
+        let a = RuntimeDir::named_in(t.path(), "app").unwrap();
+        let dir = t.path().join("vmapp/app");
+        assert_eq!(a.path(), dir);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&t.path().join("vmapp")), 0o700);
+        // A second run of the same app is refused, naming the holder.
+        let e = RuntimeDir::named_in(t.path(), "app").err().expect("taken");
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        // Another app is independent.
+        drop(RuntimeDir::named_in(t.path(), "other").unwrap());
+        assert!(!t.path().join("vmapp/other").exists());
+        drop(a);
+        assert!(!dir.exists(), "removed when the VM ends");
+        // What a killed vmapp leaves: its files and an unlocked lock file
+        // (the kernel drops the lock with the process).
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        std::fs::write(dir.join("lock"), "12345").unwrap();
+        std::fs::write(dir.join("v.sock_1024"), "stale").unwrap();
+        let a = RuntimeDir::named_in(t.path(), "app").unwrap();
+        assert!(!dir.join("v.sock_1024").exists(), "stale state is cleaned");
+        drop(a);
+        // A directory open to others is refused.
+        std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = RuntimeDir::named_in(t.path(), "app")
+            .err()
+            .expect("not private");
+        assert!(e.to_string().contains("0700"), "{e}");
+    }
+}
