@@ -258,6 +258,12 @@ fn bind(src: &Path, dst: &Path, writable: bool, recursive: bool) -> Result<(), J
 /// Builds the root on `spec.scratch` and moves into it.
 fn build_root(spec: &Spec) -> Result<(), JailError> {
     let root = spec.scratch.as_path();
+    // A mount namespace of the child's own: the parent shares the one it
+    // unshared, and pivot_root would move the parent's root too (leaving it
+    // unable to remove the runtime directory, a mount point there).
+    // SAFETY: unshare takes flags only.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    check(rc, "unshare mount namespace")?;
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)?;
     std::fs::create_dir_all(root).map_err(step("scratch directory"))?;
     mount(

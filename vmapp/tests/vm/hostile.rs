@@ -1,7 +1,7 @@
 //! Hostile guests: a VM whose guest attacks its own devices (vsock floods,
 //! connect storms against refusing and full host listeners, streams held
-//! open and half-open, data pushed at a guest that never reads it, device
-//! resets in a loop, a share's inode budget exhausted) while a second VM runs
+//! open and half-open, data pushed at a guest that never reads it, a disk
+//! reset in a loop, a share's inode budget exhausted) while a second VM runs
 //! beside it. During and after each attack the test checks that the second
 //! VM still answers, that the attacked vmapp process's memory outside guest
 //! RAM stays bounded and that it goes idle when the guest does (no busy
@@ -10,7 +10,7 @@
 //!
 //! The attacker's command runs through the serial console (under `script`,
 //! which gives vmapp a terminal), not through the vsock agent, so that the
-//! guest can reset its vsock device without losing its command.
+//! vsock device carries nothing but the attacks.
 
 use crate::common::{in_kvm, value, T, VMAPP};
 
@@ -117,7 +117,7 @@ rm -rf $d
 "#
     );
     let (out, err) = in_kvm(&script);
-    eprintln!("{out}");
+    eprintln!("{out}\n{err}");
     (out, err)
 }
 
@@ -150,7 +150,7 @@ fn check_phase(out: &str, name: &str, all: &str) {
 }
 
 #[test]
-fn vsock_floods_storms_held_streams_unread_data_and_resets() {
+fn vsock_floods_storms_held_and_half_open_streams_and_unread_data() {
     let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 2
 /init vsock storm 2 6001 200; /init vsock storm 2 6100 200
 echo @@phase=stormed; waitgo 6201
@@ -162,10 +162,7 @@ kill $h
 until grep -q @@listening /tmp/s; do sleep 0.2; done
 echo @@phase=sink; waitgo 6203
 kill $s
-drv=/sys/bus/virtio/drivers/vmw_vsock_virtio_transport; dev=$(basename $(ls -d $drv/virtio*))
-n=0; for i in $(seq 20); do echo $dev > $drv/unbind && echo $dev > $drv/bind && n=$((n+1)); done
-echo @@resets=$n
-echo after-resets | /init vsock connect 2 6300; echo @@after-rc=$?
+echo after-attacks | /init vsock connect 2 6300; echo @@after-rc=$?
 "#;
     let host = r#"wait_for @@phase=stormed $d/a.out; measure stormed $P; probe stormed; go 6201
 wait_for @@phase=held $d/a.out; measure held $P; probe held
@@ -185,9 +182,8 @@ socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after &
         check_phase(&out, phase, &all);
     }
     assert_eq!(value(&out, "@@flood ok="), "16 failed=0", "{all}");
-    assert_eq!(value(&out, "@@resets="), "20", "{all}");
     assert_eq!(value(&out, "@@after-rc="), "0", "{all}");
-    assert_eq!(value(&out, "@@after="), "after-resets", "{all}");
+    assert_eq!(value(&out, "@@after="), "after-attacks", "{all}");
     assert_eq!(value(&out, "@@a-rc="), "0", "{all}");
     assert!(
         value(&out, "@@final-neighbour=").starts_with("ping "),

@@ -25,6 +25,8 @@ wait_for up $RT/out || echo "never up: $(cat $RT/out)"
 parent=$(pgrep -P $t -x vmapp)
 child=$(pgrep -P $parent -x vmapp)
 echo have-child=$([ -n "$child" ] && echo yes)
+# The parent outside keeps the host's root (the child's pivot_root is its own).
+echo parent-root=$(ls /proc/$parent/root/ | grep -c "^etc$")
 R=/proc/$child/root
 echo top=$(ls -A $R | sort | tr '\n' ' ')
 [ -e $R$RT/wayland-host ] && echo visible=compositor
@@ -88,6 +90,7 @@ kill $sock; rm -rf $RT $U /tmp/vmapp-jail-secret.$$
     let (out, err) = in_kvm(&script);
     let all = format!("{out}\n{err}");
     assert_eq!(value(&out, "have-child="), "yes", "{all}");
+    assert_eq!(value(&out, "parent-root="), "1", "{all}");
     assert!(!out.contains("visible="), "{all}");
     // The root holds /dev, /proc and the way to the runtime directory and the
     // guest's kernel and initramfs: nothing of the host's system.
