@@ -149,6 +149,18 @@ fn check_phase(out: &str, name: &str, all: &str) {
     );
 }
 
+/// The attacked VM ended with its command's status, the neighbour still
+/// answered and stopped on SIGTERM, and no vmapp is left.
+fn check_end(out: &str, all: &str) {
+    assert_eq!(value(out, "@@a-rc="), "0", "{all}");
+    assert!(
+        value(out, "@@final-neighbour=").starts_with("ping "),
+        "{all}"
+    );
+    assert_eq!(value(out, "@@b-rc="), "143", "{all}");
+    assert_eq!(value(out, "@@left="), "0", "{all}");
+}
+
 #[test]
 fn vsock_floods_storms_held_and_half_open_streams_and_unread_data() {
     let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 2
@@ -184,13 +196,7 @@ socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after &
     assert_eq!(value(&out, "@@flood ok="), "16 failed=0", "{all}");
     assert_eq!(value(&out, "@@after-rc="), "0", "{all}");
     assert_eq!(value(&out, "@@after="), "after-attacks", "{all}");
-    assert_eq!(value(&out, "@@a-rc="), "0", "{all}");
-    assert!(
-        value(&out, "@@final-neighbour=").starts_with("ping "),
-        "{all}"
-    );
-    assert_eq!(value(&out, "@@b-rc="), "143", "{all}");
-    assert_eq!(value(&out, "@@left="), "0", "{all}");
+    check_end(&out, &all);
 }
 
 #[test]
@@ -234,11 +240,5 @@ echo @@phase=reset; waitgo 6202
     assert_eq!(value(&out, "@@after-drop="), "ok", "{all}");
     assert_eq!(value(&out, "@@resets="), "20", "{all}");
     assert_eq!(value(&out, "@@disksha="), value(&out, "@@imgsha="), "{all}");
-    assert_eq!(value(&out, "@@a-rc="), "0", "{all}");
-    assert!(
-        value(&out, "@@final-neighbour=").starts_with("ping "),
-        "{all}"
-    );
-    assert_eq!(value(&out, "@@b-rc="), "143", "{all}");
-    assert_eq!(value(&out, "@@left="), "0", "{all}");
+    check_end(&out, &all);
 }
