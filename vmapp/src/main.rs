@@ -719,6 +719,17 @@ fn exit_code(exit: &vmm::VmExit) -> ExitCode {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // glibc's malloc opens files on its own: the first new arena reads
+    // /sys/devices/system/cpu/online (to bound the arena count) and the
+    // first trim of an arena's heap /proc/sys/vm/overcommit_memory, from
+    // whichever thread gets there, under a seccomp filter that allows no
+    // openat (seen as SIGSYS in `agent-stdin`). A fixed arena bound and no
+    // trimming keep malloc off the file system.
+    // SAFETY: mallopt takes plain values; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -119,7 +119,8 @@ impl AgentHost {
             std::thread::Builder::new()
                 .name("agent-stdin".into())
                 .spawn(move || {
-                    let mut buf = vec![0u8; 32 * 1024];
+                    // On the stack: nothing for malloc to trim (see vmapp's main).
+                    let mut buf = [0u8; 32 * 1024];
                     loop {
                         let n = match input.read(&mut buf) {
                             Ok(n) => n,

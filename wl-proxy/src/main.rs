@@ -51,6 +51,15 @@ struct Args {
 }
 
 fn main() {
+    // glibc's malloc opens files on its own (the first new arena reads
+    // /sys/devices/system/cpu/online, the first heap trim
+    // /proc/sys/vm/overcommit_memory), which no seccomp filter here allows:
+    // a fixed arena bound and no trimming keep it off the file system.
+    // SAFETY: mallopt takes plain values; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WL_PROXY_LOG")
