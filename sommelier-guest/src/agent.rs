@@ -39,18 +39,9 @@ fn pump(mut from: impl Read, w: Arc<Mutex<std::fs::File>>, t: u8) {
     }
 }
 
-/// Runs the agent on `sock` (connected to vmapp).
-pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, proto::ProtoError> {
-    let mut r = sock.try_clone()?;
-    let w = Arc::new(Mutex::new(sock));
-    send(&w, ty::HELLO, &proto::VERSION.to_le_bytes())?;
-    let run = loop {
-        match proto::read_frame(&mut r)? {
-            Some((ty::RUN, p)) => break Run::decode(&p)?,
-            Some(_) => continue,
-            None => return Err(proto::ProtoError::Malformed("vmapp closed before RUN")),
-        }
-    };
+/// The command `run` asks for, with piped stdio, in its own process group
+/// (which the power button stops as a whole).
+fn command(run: &Run, base_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(&run.argv[0]);
     cmd.args(&run.argv[1..]).env_clear();
     for (k, v) in base_env {
@@ -65,8 +56,23 @@ pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, which the power button stops as a whole.
         .process_group(0);
+    cmd
+}
+
+/// Runs the agent on `sock` (connected to vmapp).
+pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, proto::ProtoError> {
+    let mut r = sock.try_clone()?;
+    let w = Arc::new(Mutex::new(sock));
+    send(&w, ty::HELLO, &proto::VERSION.to_le_bytes())?;
+    let run = loop {
+        match proto::read_frame(&mut r)? {
+            Some((ty::RUN, p)) => break Run::decode(&p)?,
+            Some(_) => continue,
+            None => return Err(proto::ProtoError::Malformed("vmapp closed before RUN")),
+        }
+    };
+    let mut cmd = command(&run, base_env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -42,6 +42,56 @@ fn timeout(default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// `cargo xtask bench [boot|io|vsock|fs|gpu] [ARGS…]`: a VM benchmark, in
+/// the emulated KVM host where /dev/kvm cannot run stock kernels.
+fn bench(args: &[String]) -> Result<i32> {
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-gnu/release")
+        .canonicalize()?;
+    let vmapp = rel.join("vmapp");
+    let prep = Command::new(&vmapp).arg("prepare").output()?;
+    if !prep.status.success() {
+        bail!(
+            "vmapp prepare failed: {}",
+            String::from_utf8_lossy(&prep.stderr)
+        );
+    }
+    let prep = String::from_utf8_lossy(&prep.stdout).into_owned();
+    let field = |k: &str| {
+        prep.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("vmapp prepare printed no {k}"))
+    };
+    let (bin, rest) = match args.get(1).map(String::as_str) {
+        Some("io") => ("io-bench", &args[2..]),
+        Some("vsock") => ("vsock-bench", &args[2..]),
+        Some("fs") => ("fs-bench", &args[2..]),
+        Some("gpu") => ("gpu-bench", &args[2..]),
+        Some("boot") => ("boot-bench", &args[2..]),
+        _ => ("boot-bench", &args[1..]),
+    };
+    let mut script = format!(
+        "{} --vmapp {} --vmlinux {} --initramfs {}",
+        xtask::sh_quote(&rel.join(bin).display().to_string()),
+        xtask::sh_quote(&vmapp.display().to_string()),
+        xtask::sh_quote(&field("vmlinux=")?),
+        xtask::sh_quote(&field("initramfs=")?),
+    );
+    for a in rest {
+        script.push(' ');
+        script.push_str(&xtask::sh_quote(a));
+    }
+    if xtask::host() == xtask::Host::Emulated {
+        eprintln!("xtask: running the benchmark inside the emulated KVM host");
+    }
+    let o = xtask::run_script(&script, timeout(Duration::from_secs(4 * 3600)))?;
+    print!("{}", o.stdout);
+    eprint!("{}", o.stderr);
+    Ok(o.status)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = (|| -> Result<i32> {
@@ -91,50 +141,7 @@ fn main() -> ExitCode {
                 cargo(&["bench", "-p", "benches", "--bench", "wl_parse"])?;
                 Ok(0)
             }
-            Some("bench") => {
-                cargo(&["build", "--release", "--workspace", "--bins"])?;
-                let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/x86_64-unknown-linux-gnu/release")
-                    .canonicalize()?;
-                let vmapp = rel.join("vmapp");
-                let prep = Command::new(&vmapp).arg("prepare").output()?;
-                if !prep.status.success() {
-                    bail!("vmapp prepare failed: {}", String::from_utf8_lossy(&prep.stderr));
-                }
-                let prep = String::from_utf8_lossy(&prep.stdout).into_owned();
-                let field = |k: &str| {
-                    prep.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .map(str::to_string)
-                        .ok_or_else(|| anyhow::anyhow!("vmapp prepare printed no {k}"))
-                };
-                let (bin, rest) = match args.get(1).map(String::as_str) {
-                    Some("io") => ("io-bench", &args[2..]),
-                    Some("vsock") => ("vsock-bench", &args[2..]),
-                    Some("fs") => ("fs-bench", &args[2..]),
-                    Some("gpu") => ("gpu-bench", &args[2..]),
-                    Some("boot") => ("boot-bench", &args[2..]),
-                    _ => ("boot-bench", &args[1..]),
-                };
-                let mut script = format!(
-                    "{} --vmapp {} --vmlinux {} --initramfs {}",
-                    xtask::sh_quote(&rel.join(bin).display().to_string()),
-                    xtask::sh_quote(&vmapp.display().to_string()),
-                    xtask::sh_quote(&field("vmlinux=")?),
-                    xtask::sh_quote(&field("initramfs=")?),
-                );
-                for a in rest {
-                    script.push(' ');
-                    script.push_str(&xtask::sh_quote(a));
-                }
-                if xtask::host() == xtask::Host::Emulated {
-                    eprintln!("xtask: running the benchmark inside the emulated KVM host");
-                }
-                let o = xtask::run_script(&script, timeout(Duration::from_secs(4 * 3600)))?;
-                print!("{}", o.stdout);
-                eprint!("{}", o.stderr);
-                Ok(o.status)
-            }
+            Some("bench") => bench(&args),
             Some("sh") => {
                 let script = args[1..].join(" ");
                 let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
