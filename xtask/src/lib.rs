@@ -288,7 +288,8 @@ pub fn run_script(script: &str, timeout: Duration) -> Result<Output> {
     }
     full.push_str(script);
     full.push('\n');
-    match host() {
+    let start = Instant::now();
+    let out = match host() {
         Host::Direct => {
             let o = Command::new("timeout")
                 .arg(timeout.as_secs().to_string())
@@ -302,6 +303,30 @@ pub fn run_script(script: &str, timeout: Duration) -> Result<Output> {
             })
         }
         Host::Emulated => EmulatedHost::prepare()?.run(&full, timeout),
+    };
+    record_time(start.elapsed());
+    out
+}
+
+/// Where `cargo xtask test` collects how long each script ran.
+pub const TIMES_VAR: &str = "XTASK_SCRIPT_TIMES";
+
+/// Appends "SECONDS NAME" (the calling thread's name: the test's) to the
+/// file named by [`TIMES_VAR`], if set, so that the suite's slowest tests
+/// show at its end.
+fn record_time(took: Duration) {
+    let Some(path) = std::env::var_os(TIMES_VAR) else {
+        return;
+    };
+    let name = std::thread::current().name().unwrap_or("?").to_owned();
+    let line = format!("{:6} {name}\n", took.as_secs());
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path);
+    if let Ok(mut f) = f {
+        // One short write with O_APPEND: lines of parallel tests do not mix.
+        let _ = std::io::Write::write_all(&mut f, line.as_bytes());
     }
 }
 

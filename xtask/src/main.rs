@@ -126,7 +126,16 @@ fn main() -> ExitCode {
                 cargo(&["build", "--workspace", "--bins", "--examples"])?;
                 let mut a = vec!["test", "--workspace"];
                 a.extend(args[1..].iter().map(String::as_str));
-                cargo(&a)?;
+                let times = std::env::current_dir()?.join("target/script-times.txt");
+                let _ = std::fs::remove_file(&times);
+                std::env::set_var(xtask::TIMES_VAR, &times);
+                let r = cargo(&a);
+                if let Ok(t) = std::fs::read_to_string(&times) {
+                    let mut lines: Vec<&str> = t.lines().collect();
+                    lines.sort_by_key(|l| std::cmp::Reverse(l.trim().split(' ').next().and_then(|n| n.parse::<u64>().ok())));
+                    eprintln!("xtask: seconds per VM script (slowest first):\n{}", lines.join("\n"));
+                }
+                r?;
                 Ok(0)
             }
             Some("bench") if args.get(1).map(String::as_str) == Some("wl") => {

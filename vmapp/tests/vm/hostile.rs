@@ -181,8 +181,10 @@ wait_for @@phase=held $d/a.out; measure held $P; probe held
 kill $SINK; wait $SINK; sleep 2; measure halfopen $P; probe halfopen; go 6202
 wait_for @@phase=sink $d/a.out
 for i in $(seq 8); do (printf 'CONNECT 5001\n'; head -c 64M /dev/zero) | timeout 60 socat -t 5 - UNIX-CONNECT:$d/a.sock > /dev/null 2>&1 & done
-sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/a.sock; go 6203
-socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after &
+sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/a.sock
+# Listening before the guest is let go: it connects as soon as it is.
+socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after & while [ ! -S $d/a.sock_6300 ]; do sleep 0.1; done
+go 6203
 "#;
     let setup = "python3 $d/sink.py $d/a.sock_6000 & SINK=$!\n\
         python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(1e6)' $d/a.sock_6100 &\n\
