@@ -87,6 +87,8 @@ pub enum ThreadKind {
     VirtioGpu,
     /// vmapp's guest-agent threads.
     Agent,
+    /// vmapp's control-socket thread.
+    Control,
     /// The Wayland proxy's event loop.
     WlProxy,
     /// wl-proxy's helper threads (signals, waiting for the command).
@@ -95,7 +97,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
@@ -104,6 +106,7 @@ impl ThreadKind {
         ThreadKind::VirtioFs,
         ThreadKind::VirtioGpu,
         ThreadKind::Agent,
+        ThreadKind::Control,
         ThreadKind::WlProxy,
         ThreadKind::WlProxyHelper,
     ];
@@ -119,6 +122,7 @@ impl ThreadKind {
             ThreadKind::VirtioFs => "virtio_fs",
             ThreadKind::VirtioGpu => "virtio_gpu",
             ThreadKind::Agent => "agent",
+            ThreadKind::Control => "control",
             ThreadKind::WlProxy => "wl_proxy",
             ThreadKind::WlProxyHelper => "wl_proxy_helper",
         }

@@ -1,6 +1,8 @@
 //! The guest agent: connects to vmapp over vsock, runs the command it is sent
 //! and streams its stdin/stdout/stderr and exit status (protocol in
-//! `sommelier_guest::proto`).
+//! `sommelier_guest::proto`). With an exec port it also accepts the host's
+//! streams for further commands in the running VM ([`listen_sessions`]),
+//! one thread each, with the same protocol.
 
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -41,7 +43,7 @@ fn pump(mut from: impl Read, w: Arc<Mutex<std::fs::File>>, t: u8) {
 
 /// The command `run` asks for, with piped stdio, in its own process group
 /// (which the power button stops as a whole).
-fn command(run: &Run, base_env: &[(&str, &str)]) -> Command {
+fn command(run: &Run, base_env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(&run.argv[0]);
     cmd.args(&run.argv[1..]).env_clear();
     for (k, v) in base_env {
@@ -60,8 +62,65 @@ fn command(run: &Run, base_env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Which command a stream runs: the VM's own, whose end powers the VM off,
+/// or a further one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The VM's command (the power button's application).
+    Main,
+    /// A further command (`vmapp exec`).
+    Session,
+}
+
+fn track(role: Role, pid: i32) {
+    match role {
+        Role::Main => crate::power::set_app(pid),
+        Role::Session => crate::power::add_session(pid),
+    }
+}
+
+fn untrack(role: Role, pid: i32) {
+    match role {
+        Role::Main => crate::power::set_app(0),
+        Role::Session => crate::power::remove_session(pid),
+    }
+}
+
+/// Accepts the host's streams on vsock `port` and runs each one's command
+/// on a thread of its own, until the VM ends.
+pub fn listen_sessions(port: u32, base_env: Vec<(String, String)>) {
+    let listener = match sommelier_guest::vsock_socket::listen(port) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::log(&format!("agent: cannot listen on vsock port {port}: {e}"));
+            return;
+        }
+    };
+    let base_env = Arc::new(base_env);
+    std::thread::spawn(move || loop {
+        match sommelier_guest::vsock_socket::accept(&listener) {
+            Ok(s) => {
+                let env = base_env.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve(s, &env, Role::Session) {
+                        crate::log(&format!("agent: session: {e}"));
+                    }
+                });
+            }
+            Err(e) => {
+                crate::log(&format!("agent: accept: {e}"));
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    });
+}
+
 /// Runs the agent on `sock` (connected to vmapp).
-pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, proto::ProtoError> {
+pub fn serve(
+    sock: std::fs::File,
+    base_env: &[(String, String)],
+    role: Role,
+) -> Result<Outcome, proto::ProtoError> {
     let mut r = sock.try_clone()?;
     let w = Arc::new(Mutex::new(sock));
     send(&w, ty::HELLO, &proto::VERSION.to_le_bytes())?;
@@ -116,9 +175,10 @@ pub fn serve(sock: std::fs::File, base_env: &[(&str, &str)]) -> Result<Outcome, 
             }
         }
     });
-    crate::power::set_app(child.id() as i32);
+    let pid = child.id() as i32;
+    track(role, pid);
     let st = child.wait();
-    crate::power::set_app(0);
+    untrack(role, pid);
     let st = st?;
     for t in [out, err].into_iter().flatten() {
         let _ = t.join();

@@ -114,8 +114,8 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
     for w in cmdline.split_whitespace() {
         if let Some(h) = w.strip_prefix("vmapp.cmd=") {
             cmd = sommelier_guest::proto::decode_argv(h);
-        } else if w.starts_with("vmapp.agent=") {
-            // Handled by agent_port.
+        } else if w.starts_with("vmapp.agent=") || w.starts_with("vmapp.exec=") {
+            // Handled by port_arg.
         } else if w == "vmapp.tty=1" {
             tty = true;
         }
@@ -123,11 +123,13 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
     (cmd, tty)
 }
 
-/// The vsock port of vmapp's agent listener, if vmapp wants the agent.
-fn agent_port(cmdline: &str) -> Option<u32> {
+/// The port named by `vmapp.KEY=PORT` on the command line: the host's agent
+/// listener (`agent`), the guest's own for further commands (`exec`).
+fn port_arg(cmdline: &str, key: &str) -> Option<u32> {
+    let prefix = format!("vmapp.{key}=");
     cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("vmapp.agent="))
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
         .and_then(|p| p.parse().ok())
 }
 
@@ -174,17 +176,24 @@ fn start_wayland() -> bool {
     }
 }
 
-/// Runs the command vmapp sends over vsock; returns (status, keep running).
-fn run_agent(port: u32, home: &str, wayland: bool) -> (u8, bool) {
-    let mut base_env = vec![("PATH", PATH), ("HOME", home), ("TERM", "linux")];
+/// The environment every command starts with.
+fn base_env(home: &str, wayland: bool) -> Vec<(String, String)> {
+    let mut env = vec![("PATH", PATH), ("HOME", home), ("TERM", "linux")];
     if wayland {
-        base_env.extend_from_slice(WAYLAND_ENV);
+        env.extend_from_slice(WAYLAND_ENV);
     }
+    env.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs the command vmapp sends over vsock; returns (status, keep running).
+fn run_agent(port: u32, base_env: &[(String, String)]) -> (u8, bool) {
     let mut last = None;
     for _ in 0..50 {
         match sommelier_guest::vsock_socket::connect(2, port) {
             Ok(s) => {
-                return match agent::serve(s, &base_env) {
+                return match agent::serve(s, base_env, agent::Role::Main) {
                     Ok(o) => (o.status, o.keep_running),
                     Err(e) => {
                         log(&format!("agent: {e}"));
@@ -228,7 +237,7 @@ fn status_code(st: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn run(argv: Option<Vec<String>>, home: &str, wayland: bool) -> u8 {
+fn run(argv: Option<Vec<String>>, home: &str, env: &[(String, String)]) -> u8 {
     let mut cmd = match &argv {
         Some(a) if !a.is_empty() => {
             let mut c = Command::new(&a[0]);
@@ -251,13 +260,8 @@ fn run(argv: Option<Vec<String>>, home: &str, wayland: bool) -> u8 {
         }
     };
     cmd.env_clear()
-        .env("PATH", PATH)
-        .env("HOME", home)
-        .env("TERM", "linux")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(home);
-    if wayland {
-        cmd.envs(WAYLAND_ENV.iter().copied());
-    }
     if matches!(&argv, Some(a) if !a.is_empty()) {
         // Its own process group, which the power button stops as a whole.
         cmd.process_group(0);
@@ -319,9 +323,13 @@ fn main() {
     } else {
         // After the guest root is in place, so the socket is inside it.
         let wayland = wayland && start_wayland();
-        match agent_port(&cmdline) {
-            Some(port) => run_agent(port, &home, wayland),
-            None => (run(argv, &home, wayland), false),
+        let env = base_env(&home, wayland);
+        if let Some(port) = port_arg(&cmdline, "exec") {
+            agent::listen_sessions(port, env.clone());
+        }
+        match port_arg(&cmdline, "agent") {
+            Some(port) => run_agent(port, &env),
+            None => (run(argv, &home, &env), false),
         }
     };
     if keep_running {
@@ -364,6 +372,17 @@ mod tests {
         assert!(tty);
         assert_eq!(command_from_cmdline("vmapp.cmd=abc").0, None);
         assert_eq!(command_from_cmdline("vmapp.cmd=zz").0, None);
+    }
+
+    #[test]
+    fn agent_and_exec_ports_come_from_their_own_words() {
+        let c = "quiet vmapp.agent=1024 vmapp.exec=1025 vmapp.execx=9";
+        assert_eq!(port_arg(c, "agent"), Some(1024));
+        assert_eq!(port_arg(c, "exec"), Some(1025));
+        assert_eq!(port_arg("vmapp.exec=", "exec"), None);
+        assert_eq!(port_arg("vmapp.exec=-1 x", "exec"), None);
+        assert_eq!(port_arg("xvmapp.exec=5", "exec"), None);
+        assert_eq!(command_from_cmdline(c).0, None, "ports are not commands");
     }
 
     #[test]

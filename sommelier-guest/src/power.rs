@@ -3,15 +3,17 @@
 //! vmapp (or an embedder, through `VmHandle::shutdown`) presses the ACPI
 //! power button; Linux's `button` driver reports KEY_POWER on an input
 //! device named "Power Button", which `evdev` exposes as `/dev/input/eventN`.
-//! On a press the init sends SIGTERM to the application's process group,
-//! waits up to [`GRACE`] for it to end, then SIGKILLs the group; the
+//! On a press the init sends SIGTERM to the application's process group
+//! (and to those of further commands run through `vmapp exec`), waits up
+//! to [`GRACE`] for it to end, then SIGKILLs the groups; the
 //! application's end then takes the usual path (its status reported, the
 //! console drained, `sync`, power off). With no application running (before
 //! it starts, or after it ended under `--keep-running`) the init syncs and
-//! powers off at once.
+//! powers off once the further commands have ended (at once with none).
 
 use std::io::Read;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long the application has to end after SIGTERM.
@@ -23,10 +25,27 @@ const KEY_POWER: u16 = 116;
 /// The running application's process group (0: none).
 static APP: AtomicI32 = AtomicI32::new(0);
 
+/// The process groups of further commands (`vmapp exec`) running now.
+static SESSIONS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
 /// Records the application's process (the leader of its own group), or
 /// none with 0.
 pub fn set_app(pid: i32) {
     APP.store(pid, Ordering::SeqCst);
+}
+
+fn sessions() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records a further command's process (the leader of its own group).
+pub fn add_session(pid: i32) {
+    sessions().push(pid);
+}
+
+/// Forgets a further command's process.
+pub fn remove_session(pid: i32) {
+    sessions().retain(|&p| p != pid);
 }
 
 /// The event device of the power button, once the driver has made it.
@@ -53,31 +72,54 @@ fn is_power_press(buf: &[u8; 24]) -> bool {
     ty == EV_KEY && code == KEY_POWER && value == 1
 }
 
-/// Ends the application (or the VM, with none), as the module says.
+fn power_off() {
+    // SAFETY: sync and reboot take no pointers; we are PID 1.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+}
+
+fn signal_groups(groups: &[i32], sig: libc::c_int) {
+    for &g in groups.iter().filter(|&&g| g > 0) {
+        // SAFETY: a signal to a process group this init started.
+        unsafe { libc::kill(-g, sig) };
+    }
+}
+
+/// Ends the application and any further commands (or the VM, with none),
+/// as the module says. The application's end powers the VM off through
+/// the usual path; without one (before it starts, or under
+/// `--keep-running`) the init powers off once the further commands ended.
 fn press() {
-    let pid = APP.load(Ordering::SeqCst);
-    if pid <= 0 {
+    let app = APP.load(Ordering::SeqCst);
+    let mut groups = sessions().clone();
+    if app <= 0 && groups.is_empty() {
         crate::log("power button: no application; powering off");
-        // SAFETY: sync and reboot take no pointers; we are PID 1.
-        unsafe {
-            libc::sync();
-            libc::reboot(libc::RB_POWER_OFF);
-        }
+        power_off();
         return;
     }
     crate::log("power button: stopping the application");
-    // SAFETY: signals to the application's own process group.
-    unsafe { libc::kill(-pid, libc::SIGTERM) };
-    let end = Instant::now() + GRACE;
-    while Instant::now() < end {
-        if APP.load(Ordering::SeqCst) != pid {
-            return;
+    groups.push(app);
+    signal_groups(&groups, libc::SIGTERM);
+    let ended = || {
+        if app > 0 {
+            APP.load(Ordering::SeqCst) != app
+        } else {
+            sessions().is_empty()
         }
+    };
+    let end = Instant::now() + GRACE;
+    while Instant::now() < end && !ended() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    crate::log("power button: the application outlived its grace period; killing it");
-    // SAFETY: as above.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    if !ended() {
+        crate::log("power button: the application outlived its grace period; killing it");
+        signal_groups(&groups, libc::SIGKILL);
+    }
+    if app <= 0 {
+        power_off();
+    }
 }
 
 /// Watches the power button on a thread of its own.

@@ -1,5 +1,8 @@
 //! The vmapp ↔ guest agent protocol, version 1, over one vsock stream that the
-//! agent opens to the host (CID 2, port [`AGENT_PORT`]).
+//! agent opens to the host (CID 2, port [`AGENT_PORT`]) for the VM's command,
+//! and over each stream the host opens to the guest's [`EXEC_PORT`] for a
+//! further command in the running VM (`vmapp exec`, `VmHandle::exec`); both
+//! kinds of stream carry the same frames.
 //!
 //! Every message is a frame: `type: u8`, `len: u32` little endian, then `len`
 //! bytes (at most [`MAX_FRAME`]). The agent starts with `HELLO`; vmapp answers
@@ -12,6 +15,9 @@ use std::io::{Read, Write};
 pub const VERSION: u32 = 1;
 /// The host port the agent connects to.
 pub const AGENT_PORT: u32 = 1024;
+/// The guest port where the default guest's agent accepts further commands
+/// (when its kernel command line has `vmapp.exec=PORT`, this port).
+pub const EXEC_PORT: u32 = 1025;
 /// Largest frame payload.
 pub const MAX_FRAME: u32 = 1 << 20;
 

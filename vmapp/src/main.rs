@@ -12,10 +12,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod apps;
+mod running;
 use sommelier_guest::proto;
+use vmapp::control;
 use vmapp::image;
-use vmapp::runtime::RuntimeDir;
-use vmm::agent::{AgentHost, Run, AGENT_PORT};
+use vmapp::runtime::{self, RuntimeDir, RuntimeError};
+use vmm::agent::{AgentHost, Run, AGENT_PORT, EXEC_PORT};
 use vmm::wayland::{self, ProxyConfig, ProxyProcess};
 use vmm::{
     Console, DiskConfig, ExitReason, Exposure, GpuConfig, ShareConfig, VmBuilder, VsockConfig,
@@ -69,6 +71,36 @@ enum Cmd {
         /// Do not ask.
         #[arg(long)]
         yes: bool,
+    },
+    /// List the app profiles and the running VMs (name, state, vmapp's pid,
+    /// uptime, memory, vCPUs, command).
+    List,
+    /// Stop a running VM: its guest shuts down gracefully (the app gets
+    /// SIGTERM, then SIGKILL after a grace period); returns once it has.
+    Stop {
+        /// The app's name (or a VM's name as `vmapp list` shows it).
+        name: String,
+        /// Stop at once, without the guest's shutdown.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the graceful shutdown before stopping hard.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Run COMMAND in a running VM, with this terminal's stdio; exits with
+    /// its status.
+    Exec {
+        /// The app's name (or a VM's name as `vmapp list` shows it).
+        name: String,
+        /// Environment for the command, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        envs: Vec<String>,
+        /// Working directory of the command in the guest.
+        #[arg(long)]
+        workdir: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Build or refresh the default guest (kernel and initramfs) in the cache.
     Prepare {
@@ -511,22 +543,80 @@ fn command_channel(
     Ok((b.append_cmdline(&a.cmdline), host))
 }
 
-/// Builds and runs the VM (with the agent thread, if any): vmapp's status.
+/// What the VM's control socket says about it ([`control`]).
+struct ControlSpec {
+    /// The runtime directory the socket goes in.
+    dir: PathBuf,
+    /// The VM's name.
+    name: String,
+    /// vmapp's process ID as the host sees it (taken before the jail).
+    pid: u32,
+    /// The VM's command.
+    command: Vec<String>,
+    /// Whether the guest accepts further commands (the default guest with
+    /// a vsock device).
+    exec: bool,
+}
+
+/// Starts the control socket of the VM `handle` runs.
+fn start_control(
+    c: ControlSpec,
+    handle: &vmm::VmHandle,
+    seccomp: seccomp_policies::Mode,
+) -> Result<control::ControlServer, control::ControlError> {
+    let info = handle.info();
+    let stopper = handle.stopper();
+    let served = control::Served {
+        status: control::Status {
+            name: c.name,
+            pid: c.pid,
+            uptime_s: 0,
+            memory_mib: info.memory_mib,
+            vcpus: info.vcpus,
+            command: c.command,
+            exec_socket: info.vsock.clone().filter(|_| c.exec),
+            exec_port: (c.exec && info.vsock.is_some()).then_some(EXEC_PORT),
+        },
+        started: Instant::now(),
+        stop: Box::new(move |force| {
+            if force {
+                stopper.stop();
+            } else {
+                stopper.shutdown();
+            }
+        }),
+        seccomp,
+    };
+    control::serve(&c.dir.join(runtime::CONTROL), served)
+}
+
+/// Builds and runs the VM (with the agent thread and the control socket,
+/// if any): vmapp's status.
 fn run_vm(
     b: VmBuilder,
     host: Option<AgentHost>,
     run: Run,
+    ctl: Option<ControlSpec>,
     seccomp: seccomp_policies::Mode,
 ) -> anyhow::Result<ExitCode> {
     let vm = b.build()?;
     let done = Arc::new(AtomicBool::new(false));
     let agent_thread = host.map(|h| start_agent(h, run, &done)).transpose()?;
     let handle = vm.start()?;
+    let control = match ctl.map(|c| start_control(c, &handle, seccomp)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            handle.stop();
+            let _ = handle.wait();
+            return Err(e.into());
+        }
+    };
     vmapp::stop::watch(handle.stopper(), seccomp)?;
     // The library leaves the caller's thread alone; vmapp's main thread
     // only waits from here on, so it takes the event loop's filter too.
     seccomp_policies::install(seccomp_policies::ThreadKind::Vmm, seccomp)?;
     let exit = handle.wait();
+    drop(control);
     done.store(true, Ordering::SeqCst);
     let agent_result = agent_thread.map(|t| t.join());
     let exit = exit?;
@@ -585,9 +675,10 @@ fn add_channels(
     proxy_cfg: Option<ProxyConfig>,
     default_guest: bool,
 ) -> anyhow::Result<(VmBuilder, Option<PathBuf>, Option<ProxyProcess>)> {
-    let vsock = match (a.vsock.clone(), agent, runtime) {
+    // The default guest of an app always gets one, for `vmapp exec`.
+    let vsock = match (a.vsock.clone(), agent || a.app.is_some(), runtime) {
         (Some(p), _, _) => Some(p),
-        (None, true, Some(d)) => Some(d.join("v.sock")),
+        (None, true, Some(d)) if default_guest => Some(d.join("v.sock")),
         _ => None,
     };
     let mut proxy = None;
@@ -603,22 +694,64 @@ fn add_channels(
     }
     if default_guest {
         b = b.append_cmdline("quiet loglevel=0");
+        if vsock.is_some() {
+            b = b.append_cmdline(&format!("vmapp.exec={EXEC_PORT}"));
+        }
     }
     Ok((b, vsock, proxy))
 }
 
+/// The app's runtime directory, taken for this run — or, when the app runs
+/// already, `Err` with the status of its command run in that VM instead.
+fn take_app_dir(a: &Launch) -> anyhow::Result<Result<Option<RuntimeDir>, ExitCode>> {
+    let Some(name) = &a.app else {
+        return Ok(Ok(None));
+    };
+    match RuntimeDir::named(name) {
+        Ok(d) => Ok(Ok(Some(d))),
+        // Like opening a second window of the app: its command (or the one
+        // given) runs in the running VM.
+        Err(RuntimeError::Running { .. }) => {
+            running::exec(name, run_request(a, &guest_home())).map(Err)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves into the jail: `Some(status)` in the parent, once the VM has
+/// ended; `None` in the child, which goes on to run the VM.
+fn enter_jail(
+    spec: &vmapp::jail::Spec,
+    proxy: &mut Option<ProxyProcess>,
+    tmp: &mut Option<RuntimeDir>,
+) -> anyhow::Result<Option<ExitCode>> {
+    match vmapp::jail::enter(spec)? {
+        vmapp::jail::Side::Parent(code) => Ok(Some(ExitCode::from(code))),
+        // The parent stops this VM's wl-proxy and removes the runtime
+        // directory: its process is not in this PID namespace.
+        vmapp::jail::Side::Child => {
+            std::mem::forget(proxy.take());
+            std::mem::forget(tmp.take());
+            Ok(None)
+        }
+    }
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
+    let app_dir = match take_app_dir(&a)? {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    // As the host sees it (in the jail, vmapp is PID 1 of its namespace).
+    let host_pid = std::process::id();
     // Stop signals go to one thread (`stop`); every thread inherits the mask.
     vmapp::stop::block();
     // Shares hold an fd per inode the guest caches (and vsock an fd per
     // stream): vmapp takes all the open files it may have.
     vmm::raise_open_files_limit();
     // Bad descriptions fail before the (possibly slow) guest preparation.
-    let disks = a
-        .disks
-        .iter()
-        .map(|d| DiskConfig::parse(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let disks = a.disks.iter().map(|d| DiskConfig::parse(d));
+    let disks = disks.collect::<Result<Vec<_>, _>>()?;
     let shares = user_shares(&a)?;
     let home = guest_home();
     let want_wayland =
@@ -638,8 +771,8 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     }
     // An app's directory always (its lock says the app runs); another VM's
     // when something needs a socket or the jail a scratch place.
-    let mut tmp = match &a.app {
-        Some(name) => Some(RuntimeDir::named(name)?),
+    let mut tmp = match app_dir {
+        Some(d) => Some(d),
         None if agent || want_wayland || jailed => Some(RuntimeDir::temp()?),
         None => None,
     };
@@ -665,24 +798,23 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         None => b,
     };
     let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
+    let ctl = tmp.as_ref().map(|t| ControlSpec {
+        dir: t.path().to_path_buf(),
+        name: t.name(),
+        pid: host_pid,
+        command: a.command.clone(),
+        exec: default_guest && vsock.is_some(),
+    });
     if let Some(spec) = &jail {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).
         b = b.check()?;
-        match vmapp::jail::enter(spec)? {
-            vmapp::jail::Side::Parent(code) => {
-                drop((host, proxy, tmp));
-                return Ok(ExitCode::from(code));
-            }
-            // The parent stops this VM's wl-proxy and removes the runtime
-            // directory: its process is not in this PID namespace.
-            vmapp::jail::Side::Child => {
-                std::mem::forget(proxy.take());
-                std::mem::forget(tmp.take());
-            }
+        if let Some(code) = enter_jail(spec, &mut proxy, &mut tmp)? {
+            drop((host, proxy, tmp));
+            return Ok(code);
         }
     }
-    let code = run_vm(b, host, run_request(&a, &home), a.seccomp);
+    let code = run_vm(b, host, run_request(&a, &home), ctl, a.seccomp);
     drop(proxy);
     drop(tmp);
     code
@@ -765,6 +897,26 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
             vmapp::profile::check_name(&name)?;
             anyhow::bail!("usage: vmapp create NAME [options] -- COMMAND… | vmapp destroy NAME [--data] [--yes]")
         }
+        Cmd::List => running::list(),
+        Cmd::Stop {
+            name,
+            force,
+            timeout,
+        } => running::stop(&name, force, timeout),
+        Cmd::Exec {
+            name,
+            envs,
+            workdir,
+            command,
+        } => running::exec(
+            &name,
+            Run {
+                argv: command,
+                env: envs,
+                cwd: workdir.unwrap_or_default(),
+                keep_running: false,
+            },
+        ),
         Cmd::Prepare { refresh } => {
             let init = image::default_init_path()?;
             let img = image::prepare(&image::cache_dir(), &init, refresh)?;

@@ -164,6 +164,24 @@ pub fn path(name: &str) -> Result<PathBuf, ProfileError> {
         .join(format!("{name}.toml")))
 }
 
+/// The names of the saved profiles, sorted (files that are not a valid
+/// profile name with `.toml` are left out).
+pub fn names() -> Result<Vec<String>, ProfileError> {
+    let dir = xdg("XDG_CONFIG_HOME", ".config")?.join("vmapp/apps");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            let name = n.strip_suffix(".toml")?.to_string();
+            check_name(&name).is_ok().then_some(name)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// `$XDG_DATA_HOME` (default `~/.local/share`).
 pub fn data_home() -> Result<PathBuf, ProfileError> {
     xdg("XDG_DATA_HOME", ".local/share")

@@ -56,7 +56,9 @@ pub struct RuntimeDir {
     _lock: Option<std::fs::File>,
 }
 
-fn base() -> PathBuf {
+/// Where runtime directories live: `$XDG_RUNTIME_DIR`, else
+/// `/tmp/vmapp-UID`.
+pub fn base() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute() && p.is_dir())
@@ -164,6 +166,55 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The VM's name: the app's, or the directory's (`vmapp-XXXXXX`).
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The control socket's name in a runtime directory.
+pub const CONTROL: &str = "control";
+
+/// The runtime directory app `name` (a checked profile name) has while it
+/// runs.
+pub fn app_dir(name: &str) -> PathBuf {
+    base().join("vmapp").join(name)
+}
+
+/// Whether app `name`'s VM runs (its lock is held), whatever its state.
+pub fn app_running(name: &str) -> bool {
+    let Ok(f) = std::fs::File::open(app_dir(name).join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock on an fd we own; a shared lock we get is dropped with it.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// The control sockets of the VMs this user runs: (name, socket), apps
+/// first, then VMs without a name.
+pub fn control_sockets() -> Vec<(String, PathBuf)> {
+    let list = |dir: &Path, keep: &dyn Fn(&str) -> bool| -> Vec<(String, PathBuf)> {
+        let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let sock = e.path().join(CONTROL);
+                (keep(&name) && sock.exists()).then_some((name, sock))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let base = base();
+    let mut all = list(&base.join("vmapp"), &|_| true);
+    all.extend(list(&base, &|n| n.starts_with("vmapp-")));
+    all
 }
 
 impl Drop for RuntimeDir {

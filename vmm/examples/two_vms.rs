@@ -1,7 +1,10 @@
-//! An embedder running two VMs at once and stopping one through its handle:
-//! VM "a" runs `sleep 600`, VM "b" says hello and powers off; once b has
-//! stopped, a is stopped from another thread through a [`vmm::Stopper`].
-//! Exits 0 if a stopped because it was asked to and b powered off.
+//! An embedder running two VMs at once, running a further command in one
+//! and stopping it through its handle: VM "a" runs `sleep 600` (with a
+//! vsock device, its socket in a temporary directory, and the default
+//! guest's exec port), VM "b" says hello and powers off; once b has
+//! stopped, `a.exec` runs `uname -r` in a, then a is stopped from another
+//! thread through a [`vmm::Stopper`]. Exits 0 if the command ran and a
+//! stopped because it was asked to and b powered off.
 //!
 //! ```text
 //! eval "$(vmapp prepare)"   # sets vmlinux=, initramfs=, ...
@@ -14,7 +17,10 @@
 
 use std::process::ExitCode;
 
-use vmm::{Console, ExitReason, VmBuilder, VmError, VmHandle};
+use std::time::{Duration, Instant};
+
+use vmm::agent::{AgentError, Exit, Run, EXEC_PORT};
+use vmm::{Console, ExitReason, VmBuilder, VmError, VmHandle, VsockConfig};
 
 /// `argv` as the default guest's `vmapp.cmd=` carries it.
 fn cmd(argv: &[&str]) -> String {
@@ -28,14 +34,44 @@ fn start(
     initramfs: &str,
     argv: &[&str],
     console: Console,
+    vsock: Option<&std::path::Path>,
 ) -> Result<VmHandle, VmError> {
-    VmBuilder::new(kernel)
+    let mut b = VmBuilder::new(kernel)
         .initramfs(initramfs)
         .memory_mib(256)
         .console(console)
-        .append_cmdline(&cmd(argv))
-        .build()?
-        .start()
+        .append_cmdline(&cmd(argv));
+    if let Some(p) = vsock {
+        b = b
+            .vsock(VsockConfig {
+                cid: 3,
+                uds_path: p.to_path_buf(),
+            })
+            .append_cmdline(&format!("vmapp.exec={EXEC_PORT}"));
+    }
+    b.build()?.start()
+}
+
+/// Runs `uname -r` in `vm` once its guest accepts commands (it may still
+/// be booting); returns what it printed and how it ended.
+fn uname(vm: &VmHandle) -> Result<(String, Exit), AgentError> {
+    let run = Run {
+        argv: vec!["uname".into(), "-r".into()],
+        env: vec![],
+        cwd: String::new(),
+        keep_running: false,
+    };
+    let start = Instant::now();
+    loop {
+        let mut out = Vec::new();
+        match vm.exec(&run, None, &mut out, std::io::stderr()) {
+            Ok(exit) => return Ok((String::from_utf8_lossy(&out).trim().to_string(), exit)),
+            Err(AgentError::NoExec(_)) if start.elapsed() < Duration::from_secs(120) => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,15 +80,39 @@ fn main() -> ExitCode {
         eprintln!("usage: two_vms KERNEL INITRAMFS");
         return ExitCode::from(2);
     };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("two_vms: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let run = || -> Result<(ExitReason, ExitReason), VmError> {
-        let a = start(kernel, initramfs, &["sleep", "600"], Console::None)?;
-        let b = start(kernel, initramfs, &["echo", "b says hello"], Console::Stdio)?;
+        let sock = dir.path().join("a.sock");
+        let a = start(
+            kernel,
+            initramfs,
+            &["sleep", "600"],
+            Console::None,
+            Some(&sock),
+        )?;
+        let b = start(
+            kernel,
+            initramfs,
+            &["echo", "b says hello"],
+            Console::Stdio,
+            None,
+        )?;
         let b_exit = b.wait()?;
         println!(
             "two_vms: b stopped: {:?}; a still running: {}",
             b_exit.reason,
             !a.is_finished()
         );
+        match uname(&a) {
+            Ok((out, exit)) => println!("two_vms: in a: uname -r printed {out:?}, {exit:?}"),
+            Err(e) => println!("two_vms: in a: {e}"),
+        }
         // Any thread may stop a VM: here a helper thread does, while this
         // one waits.
         let stopper = a.stopper();

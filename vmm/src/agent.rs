@@ -2,6 +2,9 @@
 //! agent in the default guest connects to CID 2 port
 //! [`AGENT_PORT`](sommelier_guest::proto::AGENT_PORT), which the vsock device
 //! maps to the Unix socket `{vsock path}_1024` this module listens on.
+//! Further commands in a running VM ([`exec`]) go the other way: the host
+//! connects to the vsock device's socket, asks for the guest's
+//! [`EXEC_PORT`], and speaks the same protocol on that stream.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sommelier_guest::proto::{self, ty, ProtoError};
-pub use sommelier_guest::proto::{Exit, Run, AGENT_PORT};
+pub use sommelier_guest::proto::{Exit, Run, AGENT_PORT, EXEC_PORT};
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,18 @@ pub enum AgentError {
     /// The agent thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp_policies::SeccompError),
+    /// The VM's vsock socket cannot be reached.
+    #[error("cannot reach the VM at {0}: {1}")]
+    Connect(PathBuf, std::io::Error),
+    /// Nothing in the guest accepts commands on the port.
+    #[error("the guest does not accept commands on vsock port {0} (it accepts them once booted, in the default guest of a VM with a runtime directory)")]
+    NoExec(u32),
+    /// The VM has no vsock device to run commands through.
+    #[error("the VM has no vsock device")]
+    NoVsock,
+    /// The VM stopped before the command ended.
+    #[error("the VM stopped before the command ended")]
+    Stopped,
     /// The agent spoke another protocol version.
     #[error("the guest agent speaks protocol version {0}, vmapp speaks {v}", v = proto::VERSION)]
     Version(u32),
@@ -98,73 +113,129 @@ impl AgentHost {
         mut stdout: impl Write,
         mut stderr: impl Write,
     ) -> Result<Option<Exit>, AgentError> {
-        let Some(stream) = self.accept_agent(vm_done) else {
-            return Ok(None);
-        };
-        let mut r = stream.try_clone().map_err(ProtoError::from)?;
-        match proto::read_frame(&mut r)? {
-            Some((ty::HELLO, v)) if v.len() == 4 => {
-                let v = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-                if v != proto::VERSION {
-                    return Err(AgentError::Version(v));
-                }
-            }
-            Some(_) => return Err(ProtoError::Malformed("expected HELLO").into()),
-            None => return Ok(None),
-        }
-        let w = Arc::new(Mutex::new(stream));
-        proto::write_frame(&mut *lock(&w), ty::RUN, &run.encode())?;
-        if let Some(mut input) = stdin {
-            let w = w.clone();
-            std::thread::Builder::new()
-                .name("agent-stdin".into())
-                .spawn(move || {
-                    // On the stack: nothing for malloc to trim (see vmapp's main).
-                    let mut buf = [0u8; 32 * 1024];
-                    loop {
-                        let n = match input.read(&mut buf) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            Err(_) => 0,
-                        };
-                        let (t, p) = if n == 0 {
-                            (ty::STDIN_EOF, &buf[..0])
-                        } else {
-                            (ty::STDIN, &buf[..n])
-                        };
-                        if proto::write_frame(&mut *lock(&w), t, p).is_err() || n == 0 {
-                            return;
-                        }
-                    }
-                })
-                .map_err(ProtoError::from)?;
-        } else {
-            proto::write_frame(&mut *lock(&w), ty::STDIN_EOF, &[])?;
-        }
-        let mut start_error = None;
-        while let Some((t, p)) = proto::read_frame(&mut r)? {
-            match t {
-                ty::STDOUT => {
-                    stdout.write_all(&p).map_err(ProtoError::from)?;
-                    stdout.flush().map_err(ProtoError::from)?;
-                }
-                ty::STDERR => {
-                    stderr.write_all(&p).map_err(ProtoError::from)?;
-                    stderr.flush().map_err(ProtoError::from)?;
-                }
-                ty::ERROR => start_error = Some(String::from_utf8_lossy(&p).into_owned()),
-                ty::EXIT => {
-                    // Closing our end tells the agent everything arrived.
-                    let _ = lock(&w).shutdown(std::net::Shutdown::Both);
-                    return Ok(Some(Exit::decode(&p)?));
-                }
-                _ => return Err(ProtoError::Malformed("unexpected frame from the agent").into()),
-            }
-        }
-        match start_error {
-            Some(e) => Err(AgentError::Start(e)),
+        match self.accept_agent(vm_done) {
+            Some(stream) => session(stream, run, stdin, &mut stdout, &mut stderr),
             None => Ok(None),
         }
+    }
+}
+
+/// Runs a further command in a running VM: connects to its vsock device's
+/// socket `uds`, asks for the guest's `port` (the default guest's agent
+/// listens on [`EXEC_PORT`] when started with `vmapp.exec=PORT`), and runs
+/// `run` there as [`AgentHost::serve`] does, with its own stdio. Returns
+/// how the command ended.
+pub fn exec(
+    uds: &Path,
+    port: u32,
+    run: &Run,
+    stdin: Option<Box<dyn Read + Send>>,
+    mut stdout: impl Write,
+    mut stderr: impl Write,
+) -> Result<Exit, AgentError> {
+    let mut s = UnixStream::connect(uds).map_err(|e| AgentError::Connect(uds.into(), e))?;
+    match connect_port(&mut s, port) {
+        Ok(true) => {}
+        Ok(false) => return Err(AgentError::NoExec(port)),
+        Err(e) => return Err(AgentError::Connect(uds.into(), e)),
+    }
+    session(s, run, stdin, &mut stdout, &mut stderr)?.ok_or(AgentError::Stopped)
+}
+
+/// The vsock device's host-side handshake: `CONNECT <port>\n`, answered
+/// with `OK <host port>\n` once the guest accepts (read a byte at a time:
+/// what follows is the guest's), or the stream closed if nothing listens.
+fn connect_port(s: &mut UnixStream, port: u32) -> std::io::Result<bool> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 32 {
+        if s.read(&mut b)? == 0 {
+            return Ok(false);
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    s.set_read_timeout(None)?;
+    Ok(line.starts_with(b"OK "))
+}
+
+/// One command on an agent stream: checks the agent's HELLO, sends `run`,
+/// forwards `stdin` and the command's output, and returns how the command
+/// ended — `None` if the stream ended first.
+fn session(
+    stream: UnixStream,
+    run: &Run,
+    stdin: Option<Box<dyn Read + Send>>,
+    stdout: &mut impl Write,
+    stderr: &mut impl Write,
+) -> Result<Option<Exit>, AgentError> {
+    let mut r = stream.try_clone().map_err(ProtoError::from)?;
+    match proto::read_frame(&mut r)? {
+        Some((ty::HELLO, v)) if v.len() == 4 => {
+            let v = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            if v != proto::VERSION {
+                return Err(AgentError::Version(v));
+            }
+        }
+        Some(_) => return Err(ProtoError::Malformed("expected HELLO").into()),
+        None => return Ok(None),
+    }
+    let w = Arc::new(Mutex::new(stream));
+    proto::write_frame(&mut *lock(&w), ty::RUN, &run.encode())?;
+    if let Some(mut input) = stdin {
+        let w = w.clone();
+        std::thread::Builder::new()
+            .name("agent-stdin".into())
+            .spawn(move || {
+                // On the stack: nothing for malloc to trim (see vmapp's main).
+                let mut buf = [0u8; 32 * 1024];
+                loop {
+                    let n = match input.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    let (t, p) = if n == 0 {
+                        (ty::STDIN_EOF, &buf[..0])
+                    } else {
+                        (ty::STDIN, &buf[..n])
+                    };
+                    if proto::write_frame(&mut *lock(&w), t, p).is_err() || n == 0 {
+                        return;
+                    }
+                }
+            })
+            .map_err(ProtoError::from)?;
+    } else {
+        proto::write_frame(&mut *lock(&w), ty::STDIN_EOF, &[])?;
+    }
+    let mut start_error = None;
+    while let Some((t, p)) = proto::read_frame(&mut r)? {
+        match t {
+            ty::STDOUT => {
+                stdout.write_all(&p).map_err(ProtoError::from)?;
+                stdout.flush().map_err(ProtoError::from)?;
+            }
+            ty::STDERR => {
+                stderr.write_all(&p).map_err(ProtoError::from)?;
+                stderr.flush().map_err(ProtoError::from)?;
+            }
+            ty::ERROR => start_error = Some(String::from_utf8_lossy(&p).into_owned()),
+            ty::EXIT => {
+                // Closing our end tells the agent everything arrived.
+                let _ = lock(&w).shutdown(std::net::Shutdown::Both);
+                return Ok(Some(Exit::decode(&p)?));
+            }
+            _ => return Err(ProtoError::Malformed("unexpected frame from the agent").into()),
+        }
+    }
+    match start_error {
+        Some(e) => Err(AgentError::Start(e)),
+        None => Ok(None),
     }
 }
 
@@ -209,5 +280,82 @@ mod tests {
         agent.join().unwrap();
         assert_eq!(exit, Some(Exit::Code(3)));
         assert!(!second_rx.recv().unwrap(), "a second connection was taken");
+    }
+
+    /// A stand-in for the vsock device's socket: answers one `CONNECT`
+    /// with `reply` (closing when it is empty), then runs `agent` on the
+    /// stream.
+    fn device(
+        dir: &Path,
+        reply: &'static str,
+        agent: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (PathBuf, std::thread::JoinHandle<String>) {
+        let uds = dir.join("v.sock");
+        let l = UnixListener::bind(&uds).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            if !reply.is_empty() {
+                s.write_all(reply.as_bytes()).unwrap();
+                agent(s);
+            }
+            String::from_utf8(line).unwrap()
+        });
+        (uds, t)
+    }
+
+    #[test]
+    fn exec_asks_for_the_port_and_returns_the_commands_output_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uds, dev) = device(dir.path(), "OK 77\n", |mut s| {
+            proto::write_frame(&mut s, ty::HELLO, &proto::VERSION.to_le_bytes()).unwrap();
+            let (t, p) = proto::read_frame(&mut s).unwrap().unwrap();
+            assert_eq!(t, ty::RUN);
+            assert_eq!(Run::decode(&p).unwrap().argv, ["echo", "x"]);
+            assert_eq!(proto::read_frame(&mut s).unwrap().unwrap().0, ty::STDIN_EOF);
+            proto::write_frame(&mut s, ty::STDOUT, b"out").unwrap();
+            proto::write_frame(&mut s, ty::STDERR, b"err").unwrap();
+            proto::write_frame(&mut s, ty::EXIT, &Exit::Code(4).encode()).unwrap();
+        });
+        let run = Run {
+            argv: vec!["echo".into(), "x".into()],
+            env: vec![],
+            cwd: String::new(),
+            keep_running: false,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let exit = exec(&uds, EXEC_PORT, &run, None, &mut out, &mut err).unwrap();
+        assert_eq!(exit, Exit::Code(4));
+        assert_eq!((&out[..], &err[..]), (&b"out"[..], &b"err"[..]));
+        assert_eq!(dev.join().unwrap(), format!("CONNECT {EXEC_PORT}"));
+    }
+
+    #[test]
+    fn exec_where_nothing_listens_in_the_guest_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uds, dev) = device(dir.path(), "", |_| {});
+        let run = Run {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: String::new(),
+            keep_running: false,
+        };
+        let e = exec(&uds, 9, &run, None, std::io::sink(), std::io::sink()).unwrap_err();
+        assert!(matches!(e, AgentError::NoExec(9)), "{e}");
+        dev.join().unwrap();
+        let e = exec(
+            &dir.path().join("none"),
+            9,
+            &run,
+            None,
+            std::io::sink(),
+            std::io::sink(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, AgentError::Connect(..)), "{e}");
     }
 }

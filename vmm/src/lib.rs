@@ -24,4 +24,4 @@ pub use devices::virtio::block::DiskConfig;
 pub use devices::virtio::fs::{raise_open_files_limit, Exposure, ShareConfig};
 pub use devices::virtio::gpu::GpuConfig;
 pub use devices::virtio::vsock::VsockConfig;
-pub use vm::{ExitReason, Stopper, Vm, VmBuilder, VmError, VmExit, VmHandle, BASE_CMDLINE};
+pub use vm::{ExitReason, Stopper, Vm, VmBuilder, VmError, VmExit, VmHandle, VmInfo, BASE_CMDLINE};

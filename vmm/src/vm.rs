@@ -320,6 +320,11 @@ impl VmBuilder {
 
     /// Checks the configuration and KVM, and sets the VM up.
     pub fn build(mut self) -> Result<Vm, VmError> {
+        let info = VmInfo {
+            memory_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            vsock: self.vsock.as_ref().map(|v| v.uds_path.clone()),
+        };
         let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for d in &self.disks {
             devs.push(Box::new(Block::new(d)?));
@@ -341,7 +346,9 @@ impl VmBuilder {
         }
         devs.append(&mut self.devices);
         self.devices = devs;
-        Vm::new(self)
+        let mut vm = Vm::new(self)?;
+        vm.info = info;
+        Ok(vm)
     }
 }
 
@@ -443,14 +450,27 @@ pub struct Vm {
     seccomp: Mode,
     host_stop: Arc<AtomicBool>,
     power_button: Arc<EventFd>,
+    info: VmInfo,
 }
 
-/// A running VM (from [`Vm::start`]): stop it, ask whether it ended, wait
-/// for why it stopped.
+/// What a VM was built with ([`VmHandle::info`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmInfo {
+    /// Guest RAM, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// The vsock device's host socket, if it has one.
+    pub vsock: Option<PathBuf>,
+}
+
+/// A running VM (from [`Vm::start`]): stop it, ask whether it ended, run a
+/// further command in it, wait for why it stopped.
 pub struct VmHandle {
     thread: std::thread::JoinHandle<Result<VmExit, VmError>>,
     stopper: Stopper,
     started: Instant,
+    info: VmInfo,
 }
 
 /// Stops a running VM from any thread ([`VmHandle::stopper`]); cloneable.
@@ -507,6 +527,32 @@ impl VmHandle {
     /// Time since [`Vm::start`].
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// What the VM was built with.
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    /// Runs a further command in the running VM through its guest agent
+    /// ([`crate::agent::exec`] on the vsock device's socket and
+    /// [`EXEC_PORT`](crate::agent::EXEC_PORT)), with its own stdio; blocks
+    /// until it ends and returns how. The guest must run an agent there:
+    /// the default guest does once booted when its command line has
+    /// `vmapp.exec=1025`. Usable from any thread, also while another waits.
+    pub fn exec(
+        &self,
+        run: &crate::agent::Run,
+        stdin: Option<Box<dyn std::io::Read + Send>>,
+        stdout: impl std::io::Write,
+        stderr: impl std::io::Write,
+    ) -> Result<crate::agent::Exit, crate::agent::AgentError> {
+        let uds = self
+            .info
+            .vsock
+            .as_deref()
+            .ok_or(crate::agent::AgentError::NoVsock)?;
+        crate::agent::exec(uds, crate::agent::EXEC_PORT, run, stdin, stdout, stderr)
     }
 
     /// Waits until the VM has stopped and its threads are gone; returns why.
@@ -748,6 +794,7 @@ impl Vm {
             seccomp: cfg.seccomp,
             host_stop: Arc::new(AtomicBool::new(false)),
             power_button: Arc::new(pio.power_button),
+            info: VmInfo::default(),
         })
     }
 
@@ -771,6 +818,7 @@ impl Vm {
             wake: Arc::new(self.wake.try_clone()?),
             power_button: self.power_button.clone(),
         };
+        let info = self.info.clone();
         let thread = std::thread::Builder::new()
             .name("vmm".into())
             .spawn(move || self.run_here())?;
@@ -778,6 +826,7 @@ impl Vm {
             thread,
             stopper,
             started: Instant::now(),
+            info,
         })
     }
 
@@ -797,6 +846,7 @@ impl Vm {
             seccomp,
             host_stop,
             power_button: _,
+            info: _,
         } = self;
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         let kick_sig = SIGRTMIN();

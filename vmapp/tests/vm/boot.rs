@@ -92,7 +92,7 @@ fn exit_status_poweroff_reboot_and_panic() {
          i=0; while ! grep -q kept-running /tmp/vmapp-kr.$$ && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
          sleep 3; kill -0 $p && echo @@kept=alive; kill -9 $p; wait $p\n\
          {v} launch -- poweroff -f; echo @@poweroff=$?\n\
-         eval \"$({VMAPP} prepare)\"; timeout {T} {two} \"$vmlinux\" \"$initramfs\"; echo @@twovms=$?\n\
+         eval \"$({VMAPP} prepare)\"; echo release=$release; timeout {T} {two} \"$vmlinux\" \"$initramfs\"; echo @@twovms=$?\n\
          {v} launch -- reboot -f; echo @@reboot=$?\n\
          {v} launch -- sh -c 'echo c > /proc/sysrq-trigger'; echo @@panic=$?\n",
         v = format!("timeout {T} {VMAPP}"),
@@ -131,6 +131,14 @@ fn exit_status_poweroff_reboot_and_panic() {
     assert!(
         out.contains("two_vms: b stopped: PowerOff; a still running: true")
             && out.contains("two_vms: a stopped: Stopped"),
+        "{out}\n{err}"
+    );
+    // `VmHandle::exec`: a further command in a running VM.
+    let release = value(&out, "release=");
+    assert!(
+        out.contains(&format!(
+            "two_vms: in a: uname -r printed {release:?}, Code(0)"
+        )),
         "{out}\n{err}"
     );
 }

@@ -198,18 +198,42 @@ echo kept=$(cat $d/home/kept)
 
 # An app profile in host-root mode keeps its $HOME between runs; options
 # given to `launch NAME` override the profile's, a command replaces its own.
-# One VM per app: a second launch is refused while it runs; a vmapp killed
-# with SIGKILL leaves nothing that blocks the next.
 export XDG_CONFIG_HOME=$d/cfg XDG_DATA_HOME=$d/data XDG_RUNTIME_DIR=$d/rt
 mkdir -m 700 $d/rt
 {VMAPP} create notes --host-root --memory 300 -- sh -c 'cat $HOME/n 2>/dev/null || echo none; echo kept >> $HOME/n'
 echo create-rc=$?
 timeout {T} {VMAPP} launch notes > $d/p1 2>/dev/null; echo p1-rc=$? p1=$(cat $d/p1)
 echo data-mode=$(stat -c %a $d/data/vmapp/notes/home)
+# Two apps at once. One VM per app: a second launch runs its command in the
+# running VM (same boot), `exec` too; `stop` ends one gracefully (its
+# command's SIGTERM trap writes to its home), the other goes on.
+h=$d/data/vmapp/notes/home
+timeout 900 {VMAPP} launch notes -- sh -c 'cat /proc/sys/kernel/random/boot_id > $HOME/boot
+trap "echo term > $HOME/got-term; exit 0" TERM; while :; do sleep 1; done' > /dev/null 2>&1 &
+t=$!
+{VMAPP} create other --memory 200 -- sleep 600
+timeout 900 {VMAPP} launch other > /dev/null 2>&1 &
+o=$!
+i=0; while [ ! -s $h/boot ] && [ $i -lt 1200 ]; do sleep 0.2; i=$((i+1)); done
+timeout 200 {VMAPP} launch notes -- sh -c 'cat /proc/sys/kernel/random/boot_id; exit 7' > $d/second
+echo second-rc=$? same-boot=$([ -s $d/second ] && [ "$(cat $d/second)" = "$(cat $h/boot)" ] && echo yes)
+echo hello | timeout 200 {VMAPP} exec notes --env X=1 -- sh -c 'read x; echo got=$x$X; echo err >&2; exit 3' 2> $d/exec-err
+echo exec-rc=$? exec-err=$(cat $d/exec-err)
+timeout 200 {VMAPP} exec other -- true; echo other-exec-rc=$?
+{VMAPP} list > $d/list; cat $d/list
+echo listed=$(grep -cE '^(notes|other) +running +[0-9]+ ' $d/list)
+timeout 200 {VMAPP} stop notes; echo stop-rc=$?
+wait $t; echo notes-rc=$? got-term=$(cat $h/got-term 2>&1)
+timeout 200 {VMAPP} exec other -- echo still-running; echo other-rc=$?
+echo stopped-listed=$({VMAPP} list | grep -cE '^notes +stopped')
+{VMAPP} exec notes -- true 2> $d/not-running; echo not-running=$(grep -c "not running" $d/not-running)
+timeout 200 {VMAPP} stop other --force; echo stop-other-rc=$?
+wait $o; echo o-rc=$?
+{VMAPP} destroy other --yes
+# A vmapp killed with SIGKILL leaves nothing that blocks the next launch.
 timeout {T} {VMAPP} launch notes -- sleep 300 > /dev/null 2>&1 &
 t=$!
-i=0; while [ ! -s $d/rt/vmapp/notes/lock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-{VMAPP} launch notes -- true 2> $d/twice; echo twice-rc=$? twice=$(grep -c "already running" $d/twice)
+i=0; while [ ! -S $d/rt/vmapp/notes/control ] && [ $i -lt 1200 ]; do sleep 0.2; i=$((i+1)); done
 kill -KILL $(pgrep -P $t -x vmapp); wait $t
 i=0; while pgrep -x vmapp > /dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo stale=$(ls $d/rt/vmapp/notes | wc -l)
@@ -262,7 +286,23 @@ rm -rf $d /tmp/vmapp-hostroot-marker.$$
     );
     assert_eq!(home, "kept", "the first run's home: {all}");
     assert_eq!(value(&out, "data-mode="), "700", "{all}");
-    assert_eq!(value(&out, "twice-rc="), "1 twice=1", "{all}");
+    assert_eq!(value(&out, "second-rc="), "7 same-boot=yes", "{all}");
+    assert_eq!(value(&out, "got="), "hello1", "stdin and --env: {all}");
+    assert_eq!(value(&out, "exec-rc="), "3 exec-err=err", "{all}");
+    assert_eq!(value(&out, "other-exec-rc="), "0", "{all}");
+    assert_eq!(value(&out, "listed="), "2", "{all}");
+    assert_eq!(value(&out, "stop-rc="), "0", "{all}");
+    assert_eq!(
+        value(&out, "notes-rc="),
+        "0 got-term=term",
+        "the graceful path: {all}"
+    );
+    assert!(out.lines().any(|l| l == "still-running"), "{all}");
+    assert_eq!(value(&out, "other-rc="), "0", "{all}");
+    assert_eq!(value(&out, "stopped-listed="), "1", "{all}");
+    assert_eq!(value(&out, "not-running="), "1", "{all}");
+    assert_eq!(value(&out, "stop-other-rc="), "0", "{all}");
+    assert_eq!(value(&out, "o-rc="), "143", "a hard stop: {all}");
     let stale: u32 = value(&out, "stale=").parse().unwrap();
     assert!(stale >= 1, "the killed vmapp left its directory: {all}");
     assert_eq!(
