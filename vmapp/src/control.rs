@@ -30,8 +30,11 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version.
 pub const VERSION: u32 = 1;
-/// Longest request or reply line, in bytes.
+/// Longest request line, in bytes.
 pub const MAX_LINE: usize = 4096;
+/// Longest reply line a client reads, in bytes (a status carries the VM's
+/// whole command line).
+const MAX_REPLY: usize = 4 << 20;
 /// How long the server waits for a client's request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client waits for the reply.
@@ -187,10 +190,10 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes before `deadline`.
-fn read_line(s: &mut UnixStream, deadline: Instant) -> Result<String, String> {
+/// Reads one line of at most `max` bytes before `deadline`.
+fn read_line(s: &mut UnixStream, deadline: Instant, max: usize) -> Result<String, String> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
+    let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || !devices::wait_readable(&*s, Some(left)) {
@@ -207,8 +210,8 @@ fn read_line(s: &mut UnixStream, deadline: Instant) -> Result<String, String> {
             buf.truncate(end);
             return String::from_utf8(buf).map_err(|_| "not UTF-8".into());
         }
-        if buf.len() > MAX_LINE {
-            return Err(format!("line longer than {MAX_LINE} bytes"));
+        if buf.len() > max {
+            return Err(format!("line longer than {max} bytes"));
         }
     }
 }
@@ -269,7 +272,8 @@ fn handle(mut conn: UnixStream, served: &Served, owner: u32) {
     let op = if peer_uid(&conn) != Some(owner) {
         Err("only the VM's owner may use its control socket".to_string())
     } else {
-        read_line(&mut conn, Instant::now() + REQUEST_TIMEOUT).and_then(|l| parse_request(&l))
+        read_line(&mut conn, Instant::now() + REQUEST_TIMEOUT, MAX_LINE)
+            .and_then(|l| parse_request(&l))
     };
     let mut out = reply_json(served, op).to_string();
     out.push('\n');
@@ -284,8 +288,8 @@ pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value
     let mut line = req.to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io(path))?;
-    let reply =
-        read_line(&mut s, Instant::now() + REPLY_TIMEOUT).map_err(ControlError::Protocol)?;
+    let reply = read_line(&mut s, Instant::now() + REPLY_TIMEOUT, MAX_REPLY)
+        .map_err(ControlError::Protocol)?;
     let v: serde_json::Value =
         serde_json::from_str(&reply).map_err(|e| ControlError::Protocol(e.to_string()))?;
     match v.get("ok") {

@@ -15,7 +15,8 @@ fn server(dir: &Path) -> (ControlServer, PathBuf, Arc<Mutex<Vec<bool>>>) {
             uptime_s: 0,
             memory_mib: 256,
             vcpus: 2,
-            command: vec!["foot".into()],
+            // Longer than a request may be: replies may.
+            command: vec!["foot".into(), "x".repeat(3 * MAX_LINE)],
             exec_socket: Some(dir.join("v.sock")),
             exec_port: Some(1025),
         },
@@ -43,6 +44,7 @@ fn status_and_stop_round_trip() {
     let st = status(&path).unwrap();
     assert_eq!((st.name.as_str(), st.pid, st.vcpus), ("app", 42, 2));
     assert!(st.uptime_s >= 5, "uptime is counted: {st:?}");
+    assert_eq!(st.command[1].len(), 3 * MAX_LINE);
     assert_eq!(
         st.exec_socket.as_deref(),
         Some(dir.path().join("v.sock").as_path())
