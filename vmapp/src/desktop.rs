@@ -192,6 +192,34 @@ mod tests {
         );
     }
 
+    /// freedesktop.org's own validator accepts the entries, quoted paths
+    /// and odd app names included.
+    #[test]
+    fn desktop_file_validate_accepts_the_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profile {
+            command: vec!["foot".into()],
+            ..Profile::default()
+        };
+        for (i, (name, vmapp)) in [
+            ("term", "/usr/bin/vmapp"),
+            ("my-app_2.0", "/opt/my apps/vm$app 100%"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = t.path().join(format!("vmapp-{i}.desktop"));
+            std::fs::write(&path, entry(name, &p, Path::new(vmapp), &[])).unwrap();
+            let o = std::process::Command::new("desktop-file-validate")
+                .arg(&path)
+                .output()
+                .expect("desktop-file-validate is required (apt-get install desktop-file-utils)");
+            let msg = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success() && msg.trim().is_empty(), "{name}: {msg}");
+        }
+    }
+
     #[test]
     fn exec_arguments_are_quoted() {
         assert_eq!(exec_quote("plain-1.0"), "plain-1.0");
