@@ -183,7 +183,13 @@ impl Guest {
     /// `vmapp launch` of `argv` with 1 vCPU, the serial console on stdout and
     /// the same quiet command line QEMU gets; `extra` goes before `--`.
     pub fn vmapp(&self, extra: &[&str], argv: &[&str]) -> Command {
+        self.vmapp_cmdline("", extra, argv)
+    }
+
+    /// [`Guest::vmapp`] with `cmdline` added to the guest's command line.
+    pub fn vmapp_cmdline(&self, cmdline: &str, extra: &[&str], argv: &[&str]) -> Command {
         let mem = self.memory.to_string();
+        let cmdline = format!("quiet loglevel=0 {cmdline}");
         let mut c = Command::new(&self.vmapp);
         c.args([
             "launch",
@@ -195,7 +201,7 @@ impl Guest {
             "stdio",
         ])
         .args(["--kernel", &self.vmlinux, "--initramfs", &self.initramfs])
-        .args(["--cmdline", "quiet loglevel=0"])
+        .args(["--cmdline", cmdline.trim_end()])
         .args(extra)
         .arg("--")
         .args(argv);

@@ -12,6 +12,12 @@
 //!   the guest's caches and reads it back (`@@fs_seqread_mbps=`), then
 //!   creates, stats and unlinks NFILES small files (`@@fs_files_per_s=`:
 //!   files through all three steps per second).
+//! - `bench tcp HOST TXPORT RXPORT MIB [static]`: sends MIB MiB over TCP to
+//!   HOST:TXPORT and waits for the peer to close (`@@net_tx_mbps=`), then
+//!   connects to HOST:RXPORT and reads to the end (`@@net_rx_mbps=`). It
+//!   waits up to 2 minutes for the network to come up. With `static`, it
+//!   first loads a virtio-net driver and gives `eth0` 192.0.2.2/24, MTU
+//!   65520 and HOST as its router (for a VMM with a network device).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -193,6 +199,71 @@ fn fs(tag: &str, mib: u64, nfiles: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `eth0` of a guest with a virtio-net device, configured as passt's DHCP
+/// would (passt hands out the host's address).
+fn static_eth0(router: std::net::Ipv4Addr) -> std::io::Result<()> {
+    crate::load_modules("/etc/vmapp/modules-bench");
+    for _ in 0..100 {
+        if std::path::Path::new("/sys/class/net/eth0").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lease = sommelier_guest::net::dhcp::Lease {
+        addr: [192, 0, 2, 2],
+        mask: [255, 255, 255, 0],
+        router: Some(router.octets()),
+        dns: Vec::new(),
+        mtu: Some(65520),
+        server: None,
+    };
+    sommelier_guest::net::tap::Iface::new("eth0")
+        .and_then(|i| i.up(&lease))
+        .map_err(std::io::Error::other)
+}
+
+fn tcp(host: &str, tx: u16, rx: u16, mib: u64, static_cfg: bool) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let ip: std::net::Ipv4Addr = host
+        .parse()
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    if static_cfg {
+        static_eth0(ip)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut s = loop {
+        match TcpStream::connect((ip, tx)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e),
+        }
+    };
+    let buf = vec![0x5au8; 256 * 1024];
+    let t = Instant::now();
+    for _ in 0..mib * 4 {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    println!("@@net_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
+    let mut c = TcpStream::connect((ip, rx))?;
+    let mut rbuf = vec![0u8; 256 * 1024];
+    let (mut n, mut t) = (0u64, None);
+    loop {
+        let r = c.read(&mut rbuf)?;
+        t.get_or_insert_with(Instant::now);
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+    }
+    let d = t.map_or(Duration::ZERO, |t| t.elapsed());
+    println!("@@net_rx_mbps={:.1}", mbps(n, d));
+    Ok(())
+}
+
 /// Runs `bench ARGS`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let r = match args {
@@ -210,8 +281,15 @@ pub fn main(args: &[String]) -> i32 {
                 _ => Err(std::io::ErrorKind::InvalidInput.into()),
             }
         }
+        [k, host, tx, rx, mib, rest @ ..] if k == "tcp" && rest.len() <= 1 => {
+            let st = rest.first().map(String::as_str);
+            match (tx.parse(), rx.parse(), mib.parse(), st) {
+                (Ok(t), Ok(r), Ok(m), None | Some("static")) => tcp(host, t, r, m, st.is_some()),
+                _ => Err(std::io::ErrorKind::InvalidInput.into()),
+            }
+        }
         _ => {
-            eprintln!("usage: bench blk DEV MIB SECS | bench vsock CID TXPORT RXPORT MIB | bench fs TAG MIB NFILES");
+            eprintln!("usage: bench blk DEV MIB SECS | bench vsock CID TXPORT RXPORT MIB | bench fs TAG MIB NFILES | bench tcp HOST TXPORT RXPORT MIB [static]");
             return 2;
         }
     };

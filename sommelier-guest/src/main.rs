@@ -78,7 +78,7 @@ fn load_module(path: &str) {
     }
 }
 
-fn load_modules(list: &str) {
+pub(crate) fn load_modules(list: &str) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = format!("/lib/modules/{}", release.trim());
     let dep = std::fs::read_to_string(format!("{dir}/modules.dep")).unwrap_or_default();
@@ -114,7 +114,10 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
     for w in cmdline.split_whitespace() {
         if let Some(h) = w.strip_prefix("vmapp.cmd=") {
             cmd = sommelier_guest::proto::decode_argv(h);
-        } else if w.starts_with("vmapp.agent=") || w.starts_with("vmapp.exec=") {
+        } else if ["vmapp.agent=", "vmapp.exec=", "vmapp.net="]
+            .iter()
+            .any(|p| w.starts_with(p))
+        {
             // Handled by port_arg.
         } else if w == "vmapp.tty=1" {
             tty = true;
@@ -124,7 +127,8 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
 }
 
 /// The port named by `vmapp.KEY=PORT` on the command line: the host's agent
-/// listener (`agent`), the guest's own for further commands (`exec`).
+/// listener (`agent`), the guest's own for further commands (`exec`), the
+/// host's network (`net`).
 fn port_arg(cmdline: &str, key: &str) -> Option<u32> {
     let prefix = format!("vmapp.{key}=");
     cmdline
@@ -318,6 +322,10 @@ fn main() {
         load_modules("/etc/vmapp/modules-host-root");
     }
     let home = plan.home.clone().unwrap_or_else(|| "/root".into());
+    if let Some(port) = port_arg(&cmdline, "net") {
+        load_modules("/etc/vmapp/modules-net");
+        std::thread::spawn(move || sommelier_guest::net::relay::run(port));
+    }
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)
     } else {

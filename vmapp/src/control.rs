@@ -9,6 +9,7 @@
 //! | `{"version":1,"op":"status"}` | `{"version":1,"ok":true,"status":{…}}` ([`Status`]) |
 //! | `{"version":1,"op":"stop"}` | `{"version":1,"ok":true}` once the guest has been asked to shut down (the power button) |
 //! | `{"version":1,"op":"stop","force":true}` | `{"version":1,"ok":true}` once the VM is being stopped at once |
+//! | `{"version":1,"op":"net","on":false}` | `{"version":1,"ok":true}` once the network is off (passt has ended) or on (passt listens) |
 //!
 //! Anything else gets `{"version":1,"ok":false,"error":"…"}`. A request
 //! must arrive within [`REQUEST_TIMEOUT`] of connecting. Only the user the
@@ -83,7 +84,14 @@ pub struct Status {
     pub exec_socket: Option<PathBuf>,
     /// The guest port of that agent.
     pub exec_port: Option<u32>,
+    /// Whether the network is on (absent: the VM has none).
+    #[serde(default)]
+    pub network: Option<bool>,
 }
+
+/// Turns the network on or off (`Some`) or asks (`None`); returns whether it
+/// is on.
+pub type NetSwitch = Box<dyn Fn(Option<bool>) -> Result<bool, String> + Send>;
 
 /// What the server answers with; `uptime_s` is filled in per request.
 pub struct Served {
@@ -94,6 +102,8 @@ pub struct Served {
     /// Stops the VM: at once with `true` ([`vmm::Stopper::stop`]), else
     /// through the guest ([`vmm::Stopper::shutdown`]).
     pub stop: Box<dyn Fn(bool) + Send>,
+    /// The VM's network switch, if it has a network.
+    pub net: Option<NetSwitch>,
     /// The control thread's seccomp mode.
     pub seccomp: seccomp_policies::Mode,
 }
@@ -221,6 +231,7 @@ fn read_line(s: &mut UnixStream, deadline: Instant, max: usize) -> Result<String
 enum Op {
     Status,
     Stop { force: bool },
+    Net { on: bool },
 }
 
 fn parse_request(line: &str) -> Result<Op, String> {
@@ -235,6 +246,7 @@ fn parse_request(line: &str) -> Result<Op, String> {
     let allowed: &[&str] = match op {
         Some("status") => &["version", "op"],
         Some("stop") => &["version", "op", "force"],
+        Some("net") => &["version", "op", "on"],
         Some(other) => return Err(format!("unknown op {other:?}")),
         None => return Err("no \"op\"".into()),
     };
@@ -247,6 +259,10 @@ fn parse_request(line: &str) -> Result<Op, String> {
             Some(serde_json::Value::Bool(force)) => Ok(Op::Stop { force: *force }),
             Some(_) => Err("\"force\" must be true or false".into()),
         },
+        Some("net") => match obj.get("on") {
+            Some(serde_json::Value::Bool(on)) => Ok(Op::Net { on: *on }),
+            _ => Err("\"on\" must be true or false".into()),
+        },
         _ => Ok(Op::Status),
     }
 }
@@ -257,12 +273,18 @@ fn reply_json(served: &Served, op: Result<Op, String>) -> serde_json::Value {
         Ok(Op::Status) => {
             let mut status = served.status.clone();
             status.uptime_s = served.started.elapsed().as_secs();
+            status.network = served.net.as_ref().and_then(|n| n(None).ok());
             serde_json::json!({"version": VERSION, "ok": true, "status": status})
         }
         Ok(Op::Stop { force }) => {
             (served.stop)(force);
             serde_json::json!({"version": VERSION, "ok": true})
         }
+        Ok(Op::Net { on }) => match served.net.as_ref().map(|n| n(Some(on))) {
+            Some(Ok(_)) => serde_json::json!({"version": VERSION, "ok": true}),
+            Some(Err(e)) => fail(e),
+            None => fail("this VM has no network (launch it with --net)".into()),
+        },
         Err(e) => fail(e),
     }
 }
@@ -319,6 +341,15 @@ pub fn stop(path: &Path, force: bool) -> Result<(), ControlError> {
     request(
         path,
         &serde_json::json!({"version": VERSION, "op": "stop", "force": force}),
+    )
+    .map(|_| ())
+}
+
+/// Turns the network of the VM whose control socket is `path` on or off.
+pub fn set_network(path: &Path, on: bool) -> Result<(), ControlError> {
+    request(
+        path,
+        &serde_json::json!({"version": VERSION, "op": "net", "on": on}),
     )
     .map(|_| ())
 }

@@ -9,6 +9,7 @@ pub mod control;
 pub mod desktop;
 pub mod image;
 pub mod jail;
+pub mod net;
 pub mod profile;
 pub mod runtime;
 pub mod stop;

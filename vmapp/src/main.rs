@@ -87,6 +87,16 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Turn a running VM's network (launched with --net) off or on. Off
+    /// stops its passt: the guest's link goes down, its connections fail,
+    /// and nothing more leaves the VM once this returns.
+    Net {
+        /// The app's name (or a VM's name as `vmapp list` shows it).
+        name: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Run COMMAND in a running VM, with this terminal's stdio; exits with
     /// its status.
     Exec {
@@ -200,6 +210,20 @@ struct Launch {
     /// Landlock); `off` for debugging.
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
     jail: String,
+    /// Give the guest a network: NAT through passt on the host (which must
+    /// be installed), carried over vsock; no network device. The default
+    /// guest configures it by DHCP. `vmapp net NAME off|on` switches it
+    /// while the VM runs.
+    #[arg(long)]
+    net: bool,
+    /// With --net: let the guest reach the host's own loopback services
+    /// (127.0.0.1) at its gateway address.
+    #[arg(long, requires = "net")]
+    net_host_loopback: bool,
+    /// With --net: forward the host's 127.0.0.1:HOSTPORT to the guest's
+    /// GUESTPORT (TCP); repeatable.
+    #[arg(long = "publish", value_name = "HOSTPORT:GUESTPORT", requires = "net")]
+    publish: Vec<String>,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -556,6 +580,8 @@ struct ControlSpec {
     /// Whether the guest accepts further commands (the default guest with
     /// a vsock device).
     exec: bool,
+    /// The network's switch, if the VM has a network.
+    net: Option<vmapp::net::NetSwitch>,
 }
 
 /// Starts the control socket of the VM `handle` runs.
@@ -576,6 +602,7 @@ fn start_control(
             command: c.command,
             exec_socket: info.vsock.clone().filter(|_| c.exec),
             exec_port: (c.exec && info.vsock.is_some()).then_some(EXEC_PORT),
+            network: None,
         },
         started: Instant::now(),
         stop: Box::new(move |force| {
@@ -584,6 +611,13 @@ fn start_control(
             } else {
                 stopper.shutdown();
             }
+        }),
+        net: c.net.map(|n| {
+            let n = std::sync::Mutex::new(n);
+            Box::new(move |on: Option<bool>| {
+                let mut n = n.lock().unwrap_or_else(|p| p.into_inner());
+                n.set(on).map_err(|e| e.to_string())
+            }) as control::NetSwitch
         }),
         seccomp,
     };
@@ -676,9 +710,11 @@ fn add_channels(
     default_guest: bool,
 ) -> anyhow::Result<(VmBuilder, Option<PathBuf>, Option<ProxyProcess>)> {
     // The default guest of an app always gets one, for `vmapp exec`.
+    // So does any guest with a network (it travels over vsock).
     let vsock = match (a.vsock.clone(), agent || a.app.is_some(), runtime) {
         (Some(p), _, _) => Some(p),
         (None, true, Some(d)) if default_guest => Some(d.join("v.sock")),
+        (None, _, Some(d)) if a.net => Some(d.join("v.sock")),
         _ => None,
     };
     let mut proxy = None;
@@ -696,6 +732,9 @@ fn add_channels(
         b = b.append_cmdline("quiet loglevel=0");
         if vsock.is_some() {
             b = b.append_cmdline(&format!("vmapp.exec={EXEC_PORT}"));
+        }
+        if a.net {
+            b = b.append_cmdline(&format!("vmapp.net={}", vmm::net::NET_PORT));
         }
     }
     Ok((b, vsock, proxy))
@@ -716,6 +755,34 @@ fn take_app_dir(a: &Launch) -> anyhow::Result<Result<Option<RuntimeDir>, ExitCod
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn runtime_path(tmp: &Option<RuntimeDir>) -> Option<PathBuf> {
+    tmp.as_ref().map(|t| t.path().to_path_buf())
+}
+
+/// The VM's network helper and passt (with `--net`), network on.
+fn start_network(
+    a: &Launch,
+    vsock: Option<&std::path::Path>,
+    runtime: Option<&std::path::Path>,
+) -> anyhow::Result<Option<(vmapp::net::NetSwitch, vmapp::net::NetHelper)>> {
+    if !a.net {
+        return Ok(None);
+    }
+    let (Some(uds), Some(dir)) = (vsock, runtime) else {
+        anyhow::bail!(
+            "--net needs the VM's vsock device (not with --vsock outside a runtime directory)"
+        );
+    };
+    let publish = a.publish.iter().map(|p| p.parse());
+    let cfg = vmm::net::NetConfig {
+        passt: None,
+        publish: publish.collect::<Result<_, vmm::net::NetError>>()?,
+        host_loopback: a.net_host_loopback,
+        log: Some(dir.join("passt.log")),
+    };
+    Ok(Some(vmapp::net::NetSwitch::spawn(&cfg, uds, true)?))
 }
 
 /// Moves into the jail: `Some(status)` in the parent, once the VM has
@@ -773,7 +840,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     // when something needs a socket or the jail a scratch place.
     let mut tmp = match app_dir {
         Some(d) => Some(d),
-        None if agent || want_wayland || jailed => Some(RuntimeDir::temp()?),
+        None if agent || want_wayland || jailed || a.net => Some(RuntimeDir::temp()?),
         None => None,
     };
     let jail = tmp.as_ref().filter(|_| jailed).map(|t| {
@@ -798,23 +865,35 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         None => b,
     };
     let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
+    // Started here, in the host's namespaces, for the jail's sake.
+    let (net, mut helper) =
+        match start_network(&a, vsock.as_deref(), runtime_path(&tmp).as_deref())? {
+            Some((s, h)) => (Some(s), Some(h)),
+            None => (None, None),
+        };
     let ctl = tmp.as_ref().map(|t| ControlSpec {
         dir: t.path().to_path_buf(),
         name: t.name(),
         pid: host_pid,
         command: a.command.clone(),
         exec: default_guest && vsock.is_some(),
+        net,
     });
     if let Some(spec) = &jail {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).
         b = b.check()?;
         if let Some(code) = enter_jail(spec, &mut proxy, &mut tmp)? {
-            drop((host, proxy, tmp));
+            // The switch's copy first: the helper then sees its end.
+            drop((host, ctl));
+            drop((helper, proxy, tmp));
             return Ok(code);
         }
+        // The helper is the parent's child, not this process's.
+        std::mem::forget(helper.take());
     }
     let code = run_vm(b, host, run_request(&a, &home), ctl, a.seccomp);
+    drop(helper);
     drop(proxy);
     drop(tmp);
     code
@@ -871,6 +950,9 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(vmapp::net::HELPER_ARG) {
+        return vmapp::net::helper_main(&args[2..]);
+    }
     let r = match (args.get(1).map(String::as_str), apps::app_name(&args)) {
         (Some("create"), Some(name)) => apps::create(&args, name).map(|()| ExitCode::SUCCESS),
         (Some("destroy"), Some(name)) => apps::destroy(&args, name).map(|()| ExitCode::SUCCESS),
@@ -898,6 +980,7 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
             anyhow::bail!("usage: vmapp create NAME [options] -- COMMAND… | vmapp destroy NAME [--data] [--yes]")
         }
         Cmd::List => running::list(),
+        Cmd::Net { name, state } => running::net(&name, &state),
         Cmd::Stop {
             name,
             force,

@@ -129,6 +129,15 @@ pub struct Profile {
     /// `on` or `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<String>,
+    /// A network (NAT through passt), on when the VM starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+    /// With `network`: the guest may reach the host's loopback services.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network_host_loopback: bool,
+    /// Host loopback ports forwarded into the guest, `HOSTPORT:GUESTPORT`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
 }
 
 /// Refuses names with `/`, `..`, control characters or anything else that
@@ -234,6 +243,12 @@ impl Profile {
         if let Some(e) = self.env.iter().find(|e| !e.contains('=')) {
             return Err(format!("env entry {e:?} is not KEY=VALUE"));
         }
+        for p in &self.publish {
+            p.parse::<vmm::net::Publish>().map_err(|e| e.to_string())?;
+        }
+        if !self.network && (self.network_host_loopback || !self.publish.is_empty()) {
+            return Err("network_host_loopback and publish need network = true".into());
+        }
         Ok(())
     }
 
@@ -291,6 +306,7 @@ impl Profile {
             ("disk", &self.disks),
             ("share", &self.shares),
             ("env", &self.env),
+            ("publish", &self.publish),
         ] {
             for v in list {
                 opt(k, v.clone());
@@ -325,6 +341,12 @@ impl Profile {
         }
         if self.host_root {
             a.push("--host-root".into());
+        }
+        if self.network {
+            a.push("--net".into());
+        }
+        if self.network_host_loopback {
+            a.push("--net-host-loopback".into());
         }
         a
     }
@@ -394,6 +416,11 @@ clipboard = "deny"
             "--host-root",
         ];
         assert_eq!(args, want);
+        let p = parse("command = [\"x\"]\nnetwork = true\npublish = [\"8080:80\"]").unwrap();
+        assert_eq!(
+            p.launch_args("n", None),
+            ["--publish", "8080:80", "--tag", "n", "--net"]
+        );
         // Not host-root: no data home.
         let p = parse("command = [\"true\"]\nwayland = false").unwrap();
         assert_eq!(
@@ -416,6 +443,14 @@ clipboard = "deny"
             ("memory = 5", "missing field `command`"),
             ("command = []", "command must name a program"),
             ("command = [\"x\"\n", "expected"),
+            (
+                "command = [\"x\"]\npublish = [\"80\"]",
+                "HOSTPORT:GUESTPORT",
+            ),
+            (
+                "command = [\"x\"]\npublish = [\"8080:80\"]",
+                "need network = true",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err().to_string();

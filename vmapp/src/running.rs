@@ -68,19 +68,24 @@ pub fn list() -> anyhow::Result<ExitCode> {
     }
     running.sort_by(|a, b| a.0.cmp(&b.0));
     println!(
-        "{:<20} {:<8} {:>8} {:>8} {:>7} {:>4}  COMMAND",
-        "NAME", "STATE", "PID", "UPTIME", "MEMORY", "CPUS"
+        "{:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3}  COMMAND",
+        "NAME", "STATE", "PID", "UPTIME", "MEMORY", "CPUS", "NET"
     );
     for (name, st) in running {
         match st {
             Some(s) => println!(
-                "{:<20} {:<8} {:>8} {:>8} {:>6}M {:>4}  {}",
+                "{:<20} {:<8} {:>8} {:>8} {:>6}M {:>4} {:>3}  {}",
                 name,
                 "running",
                 s.pid,
                 human(s.uptime_s),
                 s.memory_mib,
                 s.vcpus,
+                match s.network {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "-",
+                },
                 s.command.join(" ")
             ),
             None => {
@@ -88,8 +93,8 @@ pub fn list() -> anyhow::Result<ExitCode> {
                     .map(|p| p.command.join(" "))
                     .unwrap_or_default();
                 println!(
-                    "{name:<20} {:<8} {:>8} {:>8} {:>7} {:>4}  {cmd}",
-                    "stopped", "-", "-", "-", "-"
+                    "{name:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3}  {cmd}",
+                    "stopped", "-", "-", "-", "-", "-"
                 );
             }
         }
@@ -140,6 +145,22 @@ pub fn stop(name: &str, force: bool, timeout: u64) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     bail!("{name} (vmapp pid {}) is still running", st.pid)
+}
+
+/// `vmapp net NAME on|off`: switches the VM's network; returns once it is
+/// (off: passt has ended, nothing more leaves the VM).
+pub fn net(name: &str, state: &str) -> anyhow::Result<ExitCode> {
+    let on = match state {
+        "on" => true,
+        "off" => false,
+        _ => bail!("usage: vmapp net NAME on|off"),
+    };
+    let path = control_path(name)?;
+    control::set_network(&path, on).map_err(|e| match e {
+        ControlError::Io { .. } => anyhow::anyhow!("{name} is not running"),
+        e => e.into(),
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `vmapp exec NAME [--env K=V]… [--workdir DIR] -- COMMAND…`: runs COMMAND

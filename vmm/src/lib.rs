@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod kvm_check;
 pub mod layout;
 pub mod memory;
+pub mod net;
 pub mod vm;
 pub mod wayland;
 

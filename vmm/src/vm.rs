@@ -98,6 +98,9 @@ pub enum VmError {
     /// The GPU device.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// The network (passt).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// A host resource (eventfd, thread, signal handler).
     #[error("host resource")]
     Io(#[from] std::io::Error),
@@ -158,6 +161,7 @@ pub struct VmBuilder {
     vsock: Option<VsockConfig>,
     shares: Vec<ShareConfig>,
     gpu: Option<GpuConfig>,
+    network: Option<crate::net::NetConfig>,
     empty_slots: usize,
     start: Instant,
     seccomp: Mode,
@@ -180,6 +184,7 @@ impl VmBuilder {
             vsock: None,
             shares: Vec::new(),
             gpu: None,
+            network: None,
             empty_slots: 0,
             start: Instant::now(),
             seccomp: seccomp_policies::default_mode(),
@@ -318,8 +323,27 @@ impl VmBuilder {
         self
     }
 
+    /// Gives the guest a network without a network device
+    /// ([`crate::net`]): while the VM runs, a passt listens for the guest's
+    /// stream to host vsock port [`NET_PORT`](crate::net::NET_PORT) (so the
+    /// VM needs [`vsock`](Self::vsock)); [`VmHandle::set_network`] turns it
+    /// off and on. The guest must relay its frames there: the default guest
+    /// does when its command line has `vmapp.net=1026`.
+    pub fn network(mut self, cfg: crate::net::NetConfig) -> Self {
+        self.network = Some(cfg);
+        self
+    }
+
     /// Checks the configuration and KVM, and sets the VM up.
     pub fn build(mut self) -> Result<Vm, VmError> {
+        let network = match (self.network.take(), &self.vsock) {
+            (Some(n), Some(v)) => {
+                n.binary()?;
+                Some(crate::net::Network::new(n, &v.uds_path))
+            }
+            (Some(_), None) => return Err(crate::net::NetError::NoVsock.into()),
+            (None, _) => None,
+        };
         let info = VmInfo {
             memory_mib: self.mem_mib,
             vcpus: self.vcpus,
@@ -348,6 +372,7 @@ impl VmBuilder {
         self.devices = devs;
         let mut vm = Vm::new(self)?;
         vm.info = info;
+        vm.network = network;
         Ok(vm)
     }
 }
@@ -451,6 +476,7 @@ pub struct Vm {
     host_stop: Arc<AtomicBool>,
     power_button: Arc<EventFd>,
     info: VmInfo,
+    network: Option<crate::net::Network>,
 }
 
 /// What a VM was built with ([`VmHandle::info`]).
@@ -471,6 +497,7 @@ pub struct VmHandle {
     stopper: Stopper,
     started: Instant,
     info: VmInfo,
+    network: Option<Mutex<crate::net::Network>>,
 }
 
 /// Stops a running VM from any thread ([`VmHandle::stopper`]); cloneable.
@@ -555,11 +582,32 @@ impl VmHandle {
         crate::agent::exec(uds, crate::agent::EXEC_PORT, run, stdin, stdout, stderr)
     }
 
+    /// Turns the network ([`VmBuilder::network`]) on or off. Off stops
+    /// passt and returns once it has ended: the guest's connections fail
+    /// and nothing more leaves. On starts it again; the guest reconnects.
+    pub fn set_network(&self, on: bool) -> Result<(), crate::net::NetError> {
+        let n = self
+            .network
+            .as_ref()
+            .ok_or(crate::net::NetError::NoNetwork)?;
+        n.lock().unwrap_or_else(|p| p.into_inner()).set(on)
+    }
+
+    /// Whether the VM has a network that is on (`None`: it has none).
+    pub fn network_on(&self) -> Option<bool> {
+        let n = self.network.as_ref()?;
+        Some(n.lock().unwrap_or_else(|p| p.into_inner()).is_on())
+    }
+
     /// Waits until the VM has stopped and its threads are gone; returns why.
+    /// Its network (passt) stops too.
     pub fn wait(self) -> Result<VmExit, VmError> {
-        self.thread
+        let r = self
+            .thread
             .join()
-            .unwrap_or_else(|_| Err(VmError::Config("the VMM thread panicked".into())))
+            .unwrap_or_else(|_| Err(VmError::Config("the VMM thread panicked".into())));
+        drop(self.network);
+        r
     }
 }
 
@@ -795,6 +843,7 @@ impl Vm {
             host_stop: Arc::new(AtomicBool::new(false)),
             power_button: Arc::new(pio.power_button),
             info: VmInfo::default(),
+            network: None,
         })
     }
 
@@ -812,7 +861,11 @@ impl Vm {
     /// replaces any other handler of that signal), and with
     /// [`Console::Stdio`] and a terminal on stdin, the terminal is in raw
     /// mode while the VM runs. Nothing else of the caller's is changed.
-    pub fn start(self) -> Result<VmHandle, VmError> {
+    pub fn start(mut self) -> Result<VmHandle, VmError> {
+        let mut network = self.network.take();
+        if let Some(n) = network.as_mut() {
+            n.set(true)?;
+        }
         let stopper = Stopper {
             flag: self.host_stop.clone(),
             wake: Arc::new(self.wake.try_clone()?),
@@ -827,6 +880,7 @@ impl Vm {
             stopper,
             started: Instant::now(),
             info,
+            network: network.map(Mutex::new),
         })
     }
 
@@ -847,6 +901,7 @@ impl Vm {
             host_stop,
             power_button: _,
             info: _,
+            network: _,
         } = self;
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         let kick_sig = SIGRTMIN();

@@ -32,6 +32,8 @@ const L1_MODULES: &[&str] = &[
     "vhost_vsock",
     "kvm_amd",
     "kvm_intel",
+    // passt in network tests needs an interface with a default route.
+    "tun",
 ];
 
 /// The L1 host's `/init`.
@@ -189,7 +191,14 @@ impl EmulatedHost {
             .arg(&self.initramfs)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=0 xtask.script={} xtask.limit={} {}",
+                "console=ttyS0 panic=-1 {} xtask.script={} xtask.limit={} {}",
+                // With XTASK_DEBUG the L1 kernel's own messages (lockups,
+                // hung tasks, OOM) reach the output too.
+                if std::env::var_os("XTASK_DEBUG").is_some() {
+                    "loglevel=6 hung_task_timeout_secs=60"
+                } else {
+                    "quiet loglevel=0"
+                },
                 script_path.display(),
                 script_limit(timeout).as_secs(),
                 if std::env::var_os("XTASK_DEBUG").is_some() { "XTASK_L1_DEBUG=1" } else { "" }

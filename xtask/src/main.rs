@@ -5,8 +5,9 @@
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
 //!   then runs `cargo test --workspace ARGS…`.
-//! - `cargo xtask bench [boot|io|vsock|fs] [ARGS…]`: the boot, block-I/O, vsock
-//!   or virtio-fs benchmark (vmapp vs QEMU microvm; for fs, QEMU + virtiofsd),
+//! - `cargo xtask bench [boot|io|vsock|net|fs] [ARGS…]`: the boot, block-I/O,
+//!   vsock, network or virtio-fs benchmark (vmapp vs QEMU microvm; for fs,
+//!   QEMU + virtiofsd; for net, QEMU's virtio-net on passt),
 //!   run where KVM can boot stock kernels.
 //!   `cargo xtask bench gpu`: a guest app's frames/s and launch → mapped
 //!   through vmapp's virtio-gpu + wl-proxy vs waypipe over vsock (headless
@@ -67,13 +68,22 @@ fn bench(args: &[String]) -> Result<i32> {
     let (bin, rest) = match args.get(1).map(String::as_str) {
         Some("io") => ("io-bench", &args[2..]),
         Some("vsock") => ("vsock-bench", &args[2..]),
+        Some("net") => ("net-bench", &args[2..]),
         Some("fs") => ("fs-bench", &args[2..]),
         Some("gpu") => ("gpu-bench", &args[2..]),
         Some("boot") => ("boot-bench", &args[2..]),
         _ => ("boot-bench", &args[1..]),
     };
+    // passt needs an interface with a default route: a network namespace
+    // whose only route leads to a TAP device nobody reads.
+    let netns = if bin == "net-bench" {
+        "unshare -n sh -c 'ip link set lo up && ip tuntap add dev t0 mode tap && ip link set t0 up \
+            && ip addr add 192.0.2.2/24 dev t0 && ip route add default via 192.0.2.1 && exec \"$0\" \"$@\"' "
+    } else {
+        ""
+    };
     let mut script = format!(
-        "{} --vmapp {} --vmlinux {} --initramfs {}",
+        "{netns}{} --vmapp {} --vmlinux {} --initramfs {}",
         xtask::sh_quote(&rel.join(bin).display().to_string()),
         xtask::sh_quote(&vmapp.display().to_string()),
         xtask::sh_quote(&field("vmlinux=")?),

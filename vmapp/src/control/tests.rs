@@ -19,9 +19,11 @@ fn server(dir: &Path) -> (ControlServer, PathBuf, Arc<Mutex<Vec<bool>>>) {
             command: vec!["foot".into(), "x".repeat(3 * MAX_LINE)],
             exec_socket: Some(dir.join("v.sock")),
             exec_port: Some(1025),
+            network: None,
         },
         started: Instant::now() - Duration::from_secs(5),
         stop: Box::new(move |force| s.lock().unwrap().push(force)),
+        net: None,
         seccomp: seccomp_policies::Mode::Kill,
     };
     (serve(&path, served).unwrap(), path, stops)
@@ -54,6 +56,65 @@ fn status_and_stop_round_trip() {
     assert_eq!(*stops.lock().unwrap(), [false, true]);
     drop(srv);
     assert!(!path.exists(), "the socket goes with the server");
+}
+
+#[test]
+fn the_network_switch_turns_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control");
+    let state = Arc::new(Mutex::new(true));
+    let st = state.clone();
+    let served = Served {
+        status: status_fixture(dir.path()),
+        started: Instant::now(),
+        stop: Box::new(|_| {}),
+        net: Some(Box::new(move |on| {
+            let mut s = st.lock().unwrap();
+            match on {
+                // The switch's own refusal reaches the client.
+                Some(true) if *s => Err("already on".into()),
+                Some(v) => {
+                    *s = v;
+                    Ok(v)
+                }
+                None => Ok(*s),
+            }
+        })),
+        seccomp: seccomp_policies::Mode::Kill,
+    };
+    let _srv = serve(&path, served).unwrap();
+    assert_eq!(status(&path).unwrap().network, Some(true));
+    set_network(&path, false).unwrap();
+    assert!(!*state.lock().unwrap());
+    assert_eq!(status(&path).unwrap().network, Some(false));
+    set_network(&path, true).unwrap();
+    let e = set_network(&path, true).unwrap_err();
+    assert!(e.to_string().contains("already on"), "{e}");
+    let r = raw(&path, b"{\"version\":1,\"op\":\"net\"}\n");
+    assert!(r.contains("\"on\\\" must be true or false"), "{r}");
+}
+
+#[test]
+fn a_vm_without_a_network_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, path, _) = server(dir.path());
+    assert_eq!(status(&path).unwrap().network, None);
+    let e = set_network(&path, false).unwrap_err();
+    assert!(e.to_string().contains("no network"), "{e}");
+}
+
+fn status_fixture(dir: &Path) -> Status {
+    Status {
+        name: "app".into(),
+        pid: 42,
+        uptime_s: 0,
+        memory_mib: 256,
+        vcpus: 2,
+        command: vec!["foot".into()],
+        exec_socket: Some(dir.join("v.sock")),
+        exec_port: Some(1025),
+        network: None,
+    }
 }
 
 #[test]
@@ -106,7 +167,8 @@ fn a_silent_client_is_dropped_after_the_timeout() {
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.contains("no request in time"), "{reply}");
     assert!(t.elapsed() >= REQUEST_TIMEOUT);
-    assert!(t.elapsed() < REQUEST_TIMEOUT * 3, "{:?}", t.elapsed());
+    // Dropped, not held for ever (loose: a loaded CI machine is slow).
+    assert!(t.elapsed() < REQUEST_TIMEOUT * 15, "{:?}", t.elapsed());
     assert_eq!(status(&path).unwrap().pid, 42);
 }
 

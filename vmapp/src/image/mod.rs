@@ -40,6 +40,13 @@ pub const GPU_MODULES: &[&str] = &["virtio_gpu"];
 /// guest's root is an overlay on the host's.
 pub const HOST_ROOT_MODULES: &[&str] = &["overlay"];
 
+/// Modules the default guest loads when it has a network (`vmapp.net=`).
+pub const NET_MODULES: &[&str] = &["tun"];
+
+/// Modules `/init bench tcp … static` loads: the network benchmark's
+/// reference VMM gives the guest a virtio-net device.
+pub const BENCH_MODULES: &[&str] = &["virtio_net"];
+
 /// Kernel-package directories unpacked into the cache (all that the default
 /// guest and the emulated KVM host need).
 const MODULE_DIRS: &[&str] = &[
@@ -64,10 +71,14 @@ const MODULE_DIRS: &[&str] = &[
     "drivers/gpu/drm/virtio",
     "drivers/acpi/button.ko",
     "drivers/input/evdev.ko",
+    "drivers/net/tun.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "net/core/failover.ko",
 ];
 
 /// Bump when the layout of the built image changes.
-const FORMAT: u32 = 4;
+const FORMAT: u32 = 6;
 
 /// Errors preparing the guest.
 #[derive(Debug, thiserror::Error)]
@@ -496,6 +507,8 @@ fn guest_initramfs(tree: &KernelTree, init_data: &[u8]) -> Result<Vec<u8>, Image
         .iter()
         .chain(GPU_MODULES)
         .chain(HOST_ROOT_MODULES)
+        .chain(NET_MODULES)
+        .chain(BENCH_MODULES)
         .copied()
         .collect();
     let mods = modules::resolve(&tree.moddir, &wanted)?;
@@ -517,6 +530,16 @@ fn guest_initramfs(tree: &KernelTree, init_data: &[u8]) -> Result<Vec<u8>, Image
         "etc/vmapp/modules-host-root",
         0o644,
         format!("{}\n", HOST_ROOT_MODULES.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-net",
+        0o644,
+        format!("{}\n", NET_MODULES.join("\n")).as_bytes(),
+    );
+    c.file(
+        "etc/vmapp/modules-bench",
+        0o644,
+        format!("{}\n", BENCH_MODULES.join("\n")).as_bytes(),
     );
     c.file("init", 0o755, init_data);
     let mut buf = Vec::new();

@@ -11,5 +11,6 @@ mod boot;
 mod fs;
 mod hostile;
 mod jail;
+mod net;
 mod vsock;
 mod wayland;

@@ -1,0 +1,249 @@
+//! A jailed VM's network switch. The jail gives vmapp's VM process a
+//! network namespace of its own, so passt, which needs the host's, cannot be
+//! started from there: before entering the jail vmapp starts a small helper
+//! (`vmapp __net-helper`, in the host's namespaces) that owns the VM's
+//! [`vmm::net::Network`], and keeps one end of a socket pair to it. Each
+//! request is one byte (`1` on, `0` off, `?` ask); each answer one line
+//! (`on`, `off`, or `error: …`). When vmapp's end closes, the helper stops
+//! passt and exits. A VM without the jail uses [`vmm::VmBuilder::network`]
+//! instead.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use vmm::net::{NetConfig, Network, Publish};
+
+/// The helper's first argument.
+pub const HELPER_ARG: &str = "__net-helper";
+/// The fd the helper finds its end of the socket pair at.
+const HELPER_FD: i32 = 3;
+/// How long a request may take (starting passt included).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Errors of the helper and its switch.
+#[derive(Debug, thiserror::Error)]
+pub enum NetHelperError {
+    /// The helper could not be started or reached.
+    #[error("network helper: {0}")]
+    Io(#[from] std::io::Error),
+    /// The helper refused (passt failed).
+    #[error("{0}")]
+    Refused(String),
+    /// The network's own error.
+    #[error(transparent)]
+    Net(#[from] vmm::net::NetError),
+}
+
+/// vmapp's side: the switch. The helper stops passt and ends when every
+/// copy of it is closed (the jail's parent holds one until the VM ends).
+/// Dropping it only closes: the thread that drops it (vmapp's `control`)
+/// may not wait for processes, so the helper is reaped through
+/// [`NetHelper`].
+pub struct NetSwitch {
+    stream: UnixStream,
+}
+
+/// The helper process, reaped when dropped (drop it after the switch, on a
+/// thread that may wait: vmapp's main thread, or the jail's parent).
+pub struct NetHelper {
+    child: Child,
+}
+
+impl Drop for NetHelper {
+    fn drop(&mut self) {
+        let _ = self.child.wait();
+    }
+}
+
+impl NetSwitch {
+    /// Starts the helper for the VM whose vsock socket is `uds`, with the
+    /// network on or off; returns once passt listens (when on).
+    pub fn spawn(
+        cfg: &NetConfig,
+        uds: &Path,
+        on: bool,
+    ) -> Result<(Self, NetHelper), NetHelperError> {
+        cfg.binary()?;
+        let (mine, theirs) = UnixStream::pair()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg(HELPER_ARG).arg(uds);
+        if cfg.host_loopback {
+            cmd.arg("--host-loopback");
+        }
+        for p in &cfg.publish {
+            cmd.arg("--publish").arg(format!("{}:{}", p.host, p.guest));
+        }
+        if let Some(l) = &cfg.log {
+            cmd.arg("--log").arg(l);
+        }
+        let fd = theirs.as_raw_fd();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        // SAFETY: between fork and exec only async-signal-safe calls: the
+        // pair's end to fd 3, a clean signal mask (vmapp blocks its stop
+        // signals), and death with vmapp.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, HELPER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        mine.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        let helper = NetHelper { child };
+        let mut s = Self { stream: mine };
+        // On an error `helper` is dropped after `s`: the helper sees the end
+        // of its socket and exits before it is waited for.
+        s.ask(if on { b'1' } else { b'0' })?;
+        Ok((s, helper))
+    }
+
+    fn ask(&mut self, req: u8) -> Result<bool, NetHelperError> {
+        self.stream.write_all(&[req])?;
+        // One short line per request: byte by byte, so nothing of a later
+        // answer is read ahead.
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.len() < 4096 && (&self.stream).read(&mut b)? == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line);
+        match line.trim_end() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            "" => Err(NetHelperError::Refused("the network helper ended".into())),
+            other => Err(NetHelperError::Refused(
+                other.strip_prefix("error: ").unwrap_or(other).to_string(),
+            )),
+        }
+    }
+
+    /// Turns the network on or off (`Some`), or asks (`None`): whether it is
+    /// on.
+    pub fn set(&mut self, on: Option<bool>) -> Result<bool, NetHelperError> {
+        self.ask(match on {
+            Some(true) => b'1',
+            Some(false) => b'0',
+            None => b'?',
+        })
+    }
+}
+
+/// The helper's arguments after [`HELPER_ARG`]: `UDS [--host-loopback]
+/// [--publish H:G]… [--log FILE]`.
+fn parse(args: &[String]) -> Result<(PathBuf, NetConfig), String> {
+    let mut it = args.iter();
+    let uds = PathBuf::from(it.next().ok_or("no vsock socket")?);
+    let mut cfg = NetConfig::default();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--host-loopback" => cfg.host_loopback = true,
+            "--publish" => {
+                let p: Publish = it
+                    .next()
+                    .ok_or("--publish needs a value")?
+                    .parse()
+                    .map_err(|e: vmm::net::NetError| e.to_string())?;
+                cfg.publish.push(p);
+            }
+            "--log" => cfg.log = Some(it.next().ok_or("--log needs a value")?.into()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((uds, cfg))
+}
+
+/// The helper process: serves requests on fd 3 until vmapp's end closes.
+pub fn helper_main(args: &[String]) -> ExitCode {
+    let (uds, cfg) = match parse(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("vmapp {HELPER_ARG}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: fd 3 is the socket pair's end vmapp handed over; we own it.
+    let stream = unsafe { UnixStream::from_raw_fd(HELPER_FD) };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut net = Network::new(cfg, &uds);
+    let mut byte = [0u8; 1];
+    loop {
+        match (&stream).read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                let r = match byte[0] {
+                    b'1' => net.set(true).map_err(|e| e.to_string()),
+                    b'0' => net.set(false).map_err(|e| e.to_string()),
+                    b'?' => Ok(()),
+                    _ => Err("unknown request".to_string()),
+                };
+                let answer = match r {
+                    Ok(()) if net.is_on() => "on\n".to_string(),
+                    Ok(()) => "off\n".to_string(),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                if (&stream).write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Reports a passt that ended on its own.
+                net.is_on();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(net);
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_arguments_round_trip() {
+        let args: Vec<String> = [
+            "/r/v.sock",
+            "--host-loopback",
+            "--publish",
+            "8080:80",
+            "--log",
+            "/r/l",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (uds, cfg) = parse(&args).unwrap();
+        assert_eq!(uds, Path::new("/r/v.sock"));
+        assert!(cfg.host_loopback);
+        assert_eq!(
+            cfg.publish,
+            vec![Publish {
+                host: 8080,
+                guest: 80
+            }]
+        );
+        assert_eq!(cfg.log.as_deref(), Some(Path::new("/r/l")));
+        assert!(parse(&["/r".into(), "--publish".into()]).is_err());
+        assert!(parse(&["/r".into(), "--publish".into(), "x".into()]).is_err());
+        assert!(parse(&["/r".into(), "--bogus".into()]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+}

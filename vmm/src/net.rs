@@ -1,0 +1,337 @@
+//! A VM's network, with no network device: the guest relays its TAP
+//! device's Ethernet frames over one vsock stream to host port
+//! [`NET_PORT`], and on the host that stream ends at **passt**, a user-mode
+//! network stack (NAT, DHCP, DNS forwarding) that needs no privileges.
+//!
+//! passt listens on the vsock device's `{uds_path}_{NET_PORT}`, so the
+//! vsock device connects the guest's stream straight to it: the VMM copies
+//! each frame once and parses none. The stream carries QEMU's `-netdev
+//! stream` protocol (each Ethernet frame preceded by its length, 4 bytes
+//! big-endian), which any guest can speak; the default guest's relay is
+//! `sommelier_guest::net`. A guest that sends garbage only confuses its own
+//! stream at passt, which discards frames it cannot parse.
+//!
+//! Turning the network off stops passt: its connections on the host close,
+//! the guest's stream ends, and the guest's connects to the port are
+//! refused until it is on again.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The host vsock port the guest's network stream connects to.
+pub const NET_PORT: u32 = 1026;
+
+/// Errors of the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// passt is not installed.
+    #[error(
+        "the network needs passt, which is not installed (Debian/Ubuntu/Fedora package `passt`)"
+    )]
+    NoPasst,
+    /// A `--publish` value that does not parse.
+    #[error("bad port forward {0:?}: expected HOSTPORT:GUESTPORT (1-65535)")]
+    BadPublish(String),
+    /// The VM has no vsock device to carry the network.
+    #[error("the network needs a vsock device")]
+    NoVsock,
+    /// The VM was built without a network.
+    #[error("this VM has no network")]
+    NoNetwork,
+    /// passt could not be started.
+    #[error("cannot start passt: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// passt ended before it listened.
+    #[error("passt did not start: {0}")]
+    NotListening(String),
+}
+
+/// A host loopback port forwarded to a guest port (`HOSTPORT:GUESTPORT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish {
+    /// The port on the host's 127.0.0.1.
+    pub host: u16,
+    /// The guest's port.
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Publish {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        let bad = || NetError::BadPublish(s.to_string());
+        let (h, g) = s.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        Ok(Self {
+            host: port(h)?,
+            guest: port(g)?,
+        })
+    }
+}
+
+/// How a VM's network is set up.
+#[derive(Clone, Debug, Default)]
+pub struct NetConfig {
+    /// The passt binary (default: `passt` on `PATH`).
+    pub passt: Option<PathBuf>,
+    /// Host loopback ports forwarded into the guest.
+    pub publish: Vec<Publish>,
+    /// Let the guest reach the host's own loopback services through the
+    /// gateway address (passt's default; off, the gateway is only a
+    /// router to the outside).
+    pub host_loopback: bool,
+    /// Where passt's messages go (default: discarded).
+    pub log: Option<PathBuf>,
+}
+
+impl NetConfig {
+    /// The passt binary to run: the configured one, or `passt` on `PATH`.
+    pub fn binary(&self) -> Result<PathBuf, NetError> {
+        if let Some(p) = &self.passt {
+            return Ok(p.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join("passt"))
+            .find(|p| p.is_file())
+            .ok_or(NetError::NoPasst)
+    }
+
+    /// passt's arguments for a socket at `socket`.
+    pub fn args(&self, socket: &Path) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["-f".into(), "-q".into()];
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            // passt drops to `nobody` by default, which could not bind in a
+            // root-only runtime directory; it keeps its own sandbox.
+            a.extend(["--runas".into(), "0:0".into()]);
+        }
+        if !self.host_loopback {
+            a.push("--no-map-gw".into());
+        }
+        for p in &self.publish {
+            a.push("-t".into());
+            a.push(format!("127.0.0.1/{}:{}", p.host, p.guest).into());
+        }
+        a.push("-s".into());
+        a.push(socket.into());
+        a
+    }
+}
+
+/// Where passt listens for a VM whose vsock socket is `uds`.
+pub fn socket_path(uds: &Path) -> PathBuf {
+    let mut p = uds.as_os_str().to_owned();
+    p.push(format!("_{NET_PORT}"));
+    PathBuf::from(p)
+}
+
+/// A running passt, stopped (and waited for) when dropped.
+pub struct Passt {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Passt {
+    /// Starts passt listening at `socket`; returns once it listens.
+    pub fn start(cfg: &NetConfig, socket: &Path) -> Result<Self, NetError> {
+        let bin = cfg.binary()?;
+        let _ = std::fs::remove_file(socket);
+        let log = match &cfg.log {
+            Some(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(Stdio::from)
+                .map_err(NetError::Spawn)?,
+            None => Stdio::null(),
+        };
+        let mut cmd = Command::new(&bin);
+        cmd.args(cfg.args(socket))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl takes plain values; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NetError::NoPasst,
+            _ => NetError::Spawn(e),
+        })?;
+        let mut p = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(st) = p.exited() {
+                return Err(NetError::NotListening(format!("it exited ({st})")));
+            }
+            if Instant::now() > deadline {
+                return Err(NetError::NotListening("no socket after 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(p)
+    }
+
+    /// How passt ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// passt's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.exited().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A VM's network switch: passt running (on) or not (off).
+pub struct Network {
+    cfg: NetConfig,
+    socket: PathBuf,
+    passt: Option<Passt>,
+}
+
+impl Network {
+    /// A switch for the VM whose vsock socket is `uds`, initially off.
+    pub fn new(cfg: NetConfig, uds: &Path) -> Self {
+        Self {
+            cfg,
+            socket: socket_path(uds),
+            passt: None,
+        }
+    }
+
+    /// Turns the network on (starts passt unless it runs) or off (stops
+    /// passt and waits until it has ended: nothing leaves after this
+    /// returns).
+    pub fn set(&mut self, on: bool) -> Result<(), NetError> {
+        if on {
+            if self.is_on() {
+                return Ok(());
+            }
+            self.passt = Some(Passt::start(&self.cfg, &self.socket)?);
+        } else {
+            self.passt = None;
+        }
+        Ok(())
+    }
+
+    /// Whether passt runs. A passt that ended on its own is reported once
+    /// (a warning) and counts as off.
+    pub fn is_on(&mut self) -> bool {
+        let Some(p) = self.passt.as_mut() else {
+            return false;
+        };
+        if let Some(st) = p.exited() {
+            tracing::warn!(
+                "passt ended ({st}): the VM is offline until its network is turned on again"
+            );
+            self.passt = None;
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_parses_host_and_guest_ports() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!((p.host, p.guest), (8080, 80));
+        for bad in [
+            "80", "0:80", "80:0", "70000:80", "a:b", ":80", "80:", "1:2:3",
+        ] {
+            assert!(bad.parse::<Publish>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passt_binds_published_ports_on_loopback_only() {
+        let cfg = NetConfig {
+            publish: vec![Publish {
+                host: 8080,
+                guest: 80,
+            }],
+            ..Default::default()
+        };
+        let a: Vec<String> = cfg
+            .args(Path::new("/r/v.sock_1026"))
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let t = a.iter().position(|x| x == "-t").unwrap();
+        assert_eq!(a[t + 1], "127.0.0.1/8080:80");
+        assert!(a.contains(&"--no-map-gw".to_string()));
+        assert_eq!(a.last().unwrap(), "/r/v.sock_1026");
+        assert_eq!(
+            socket_path(Path::new("/r/v.sock")),
+            Path::new("/r/v.sock_1026")
+        );
+    }
+
+    #[test]
+    fn a_missing_passt_is_named() {
+        let cfg = NetConfig {
+            passt: Some("/nonexistent/passt".into()),
+            ..Default::default()
+        };
+        let e = Passt::start(&cfg, Path::new("/tmp/vmapp-no-passt.sock"))
+            .err()
+            .unwrap();
+        assert!(matches!(e, NetError::NoPasst), "{e}");
+        assert!(e.to_string().contains("package `passt`"));
+    }
+
+    #[test]
+    fn passt_listens_and_stops() {
+        let cfg = NetConfig::default();
+        if cfg.binary().is_err() {
+            panic!("passt is required for this test (package `passt`)");
+        }
+        let dir = std::env::temp_dir().join(format!("vmm-net-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uds = dir.join("v.sock");
+        let mut n = Network::new(cfg, &uds);
+        assert!(!n.is_on());
+        n.set(true).unwrap_or_else(|e| {
+            panic!("passt must start here (it needs an interface with a default route): {e}")
+        });
+        assert!(n.is_on());
+        let pid = n.passt.as_ref().unwrap().pid();
+        std::os::unix::net::UnixStream::connect(socket_path(&uds)).expect("passt accepts");
+        n.set(false).unwrap();
+        assert!(!n.is_on());
+        assert!(!socket_path(&uds).exists());
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "passt was reaped"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
