@@ -40,6 +40,10 @@ $E sh -c 'i=0; until ip -4 addr show eth0 | grep -q inet; do i=$((i+1)); [ $i -g
   echo @@mtu=$(cat /sys/class/net/eth0/mtu)
   echo @@dns=$(sed -n "s/^nameserver //p" /etc/resolv.conf | head -n 1)'
 $E sh -c 'wget -q -O /tmp/big http://{GW}:8000/big && echo @@guest-sha=$(sha256sum /tmp/big | cut -c1-64)'
+$E sh -c 'dd if=/dev/urandom of=/tmp/up bs=1048576 count=8 2>/dev/null; echo @@up-sha="8388608 $(sha256sum /tmp/up | cut -c1-64)"
+  nc {GW} 8001 < /tmp/up; echo @@up-rc=$?'
+i=0; while [ ! -e $d/upload ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo "@@uploaded=$(cat $d/upload 2>/dev/null)"
 $E sh -c 'echo @@lookup=$(nslookup files.vmapp.test 2>&1 | sed -n "s/^Address: *\([0-9.]*\)$/\1/p" | tail -n 1)
   echo @@by-name=$(wget -q -O- http://files.vmapp.test:8000/hello)'
 echo @@dns-log=$(grep -c '^files.vmapp.test 1$' $d/dns.log)
@@ -104,6 +108,13 @@ fn the_guest_reaches_host_services_by_name_publishes_a_port_and_its_network_swit
         value(&out, "@@host-sha="),
         "{all}"
     );
+    assert_eq!(value(&out, "@@up-rc="), "0", "{all}");
+    assert_eq!(
+        value(&out, "@@uploaded="),
+        value(&out, "@@up-sha="),
+        "{all}"
+    );
+    assert_eq!(value(&out, "@@mtu="), "16000", "{all}");
     assert_eq!(value(&out, "@@lookup="), GW, "{all}");
     assert_eq!(value(&out, "@@by-name="), "hello", "{all}");
     assert_ne!(value(&out, "@@dns-log="), "0", "{all}");

@@ -1,7 +1,8 @@
 # The network test's host services, all on 127.0.0.1 of the test's own
 # network namespace: an HTTP server on port 8000 (files from DIR/www,
 # /hello, and /slow, which trickles data until its client goes away and
-# then writes how much it sent to DIR/slow-cut), and a DNS server on port 53
+# then writes how much it sent to DIR/slow-cut), an upload sink on port
+# 8001 (size and sha256 of each stream to DIR/upload), and a DNS server on port 53
 # that answers files.vmapp.test with the address GW and logs every query
 # to DIR/dns.log.
 import http.server, socket, socketserver, struct, sys, threading, time
@@ -69,7 +70,33 @@ def dns():
         s.sendto(hdr + question + ans, a)
 
 
+def upload():
+    # 127.0.0.1:8001 takes one stream per connection and writes its size
+    # and sha256 to DIR/upload.
+    import hashlib
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", 8001))
+    l.listen(4)
+    while True:
+        c, _ = l.accept()
+        h, n = hashlib.sha256(), 0
+        try:
+            while True:
+                b = c.recv(1 << 18)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+        except OSError as e:
+            sys.stderr.write("upload: %s\n" % e)
+        c.close()
+        with open(d + "/upload", "w") as f:
+            f.write("%d %s\n" % (n, h.hexdigest()))
+
+
 threading.Thread(target=dns, daemon=True).start()
+threading.Thread(target=upload, daemon=True).start()
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), H)
 open(d + "/servers-up", "w").close()
