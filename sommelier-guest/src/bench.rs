@@ -50,6 +50,22 @@ impl Drop for Aligned {
     }
 }
 
+/// Reads `r` to its end in `chunk`-byte reads: the bytes, and the time from
+/// the first read's return to the end.
+fn read_timed(mut r: impl std::io::Read, chunk: usize) -> std::io::Result<(u64, Duration)> {
+    let mut buf = vec![0u8; chunk];
+    let (mut n, mut t) = (0u64, None);
+    loop {
+        let k = r.read(&mut buf)?;
+        t.get_or_insert_with(Instant::now);
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    Ok((n, t.map_or(Duration::ZERO, |t| t.elapsed())))
+}
+
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(1e-9)
 }
@@ -111,19 +127,8 @@ fn vsock(cid: u32, txport: u32, rxport: u32, mib: u64) -> std::io::Result<()> {
     println!("@@vsock_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
     let l = sommelier_guest::vsock_socket::listen(rxport)?;
     println!("@@vsock-listening");
-    let mut c = sommelier_guest::vsock_socket::accept(&l)?;
-    let mut rbuf = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    let mut t = None;
-    loop {
-        let r = c.read(&mut rbuf)?;
-        t.get_or_insert_with(Instant::now);
-        if r == 0 {
-            break;
-        }
-        n += r as u64;
-    }
-    let d = t.map_or(Duration::ZERO, |t| t.elapsed());
+    let c = sommelier_guest::vsock_socket::accept(&l)?;
+    let (n, d) = read_timed(c, 64 * 1024)?;
     println!("@@vsock_rx_mbps={:.1}", mbps(n, d));
     Ok(())
 }
@@ -248,18 +253,7 @@ fn tcp(host: &str, tx: u16, rx: u16, mib: u64, static_cfg: bool) -> std::io::Res
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
     println!("@@net_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
-    let mut c = TcpStream::connect((ip, rx))?;
-    let mut rbuf = vec![0u8; 256 * 1024];
-    let (mut n, mut t) = (0u64, None);
-    loop {
-        let r = c.read(&mut rbuf)?;
-        t.get_or_insert_with(Instant::now);
-        if r == 0 {
-            break;
-        }
-        n += r as u64;
-    }
-    let d = t.map_or(Duration::ZERO, |t| t.elapsed());
+    let (n, d) = read_timed(TcpStream::connect((ip, rx))?, 256 * 1024)?;
     println!("@@net_rx_mbps={:.1}", mbps(n, d));
     Ok(())
 }

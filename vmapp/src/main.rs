@@ -757,6 +757,24 @@ fn take_app_dir(a: &Launch) -> anyhow::Result<Result<Option<RuntimeDir>, ExitCod
     }
 }
 
+/// What the control socket of the VM in runtime directory `t` serves.
+fn control_spec(
+    t: &RuntimeDir,
+    pid: u32,
+    a: &Launch,
+    exec: bool,
+    net: Option<vmapp::net::NetSwitch>,
+) -> ControlSpec {
+    ControlSpec {
+        dir: t.path().to_path_buf(),
+        name: t.name(),
+        pid,
+        command: a.command.clone(),
+        exec,
+        net,
+    }
+}
+
 fn runtime_path(tmp: &Option<RuntimeDir>) -> Option<PathBuf> {
     tmp.as_ref().map(|t| t.path().to_path_buf())
 }
@@ -766,9 +784,9 @@ fn start_network(
     a: &Launch,
     vsock: Option<&std::path::Path>,
     runtime: Option<&std::path::Path>,
-) -> anyhow::Result<Option<(vmapp::net::NetSwitch, vmapp::net::NetHelper)>> {
+) -> anyhow::Result<(Option<vmapp::net::NetSwitch>, Option<vmapp::net::NetHelper>)> {
     if !a.net {
-        return Ok(None);
+        return Ok((None, None));
     }
     let (Some(uds), Some(dir)) = (vsock, runtime) else {
         anyhow::bail!(
@@ -782,7 +800,8 @@ fn start_network(
         host_loopback: a.net_host_loopback,
         log: Some(dir.join("passt.log")),
     };
-    Ok(Some(vmapp::net::NetSwitch::spawn(&cfg, uds, true)?))
+    let (switch, helper) = vmapp::net::NetSwitch::spawn(&cfg, uds, true)?;
+    Ok((Some(switch), Some(helper)))
 }
 
 /// Moves into the jail: `Some(status)` in the parent, once the VM has
@@ -866,19 +885,11 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     };
     let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
     // Started here, in the host's namespaces, for the jail's sake.
-    let (net, mut helper) =
-        match start_network(&a, vsock.as_deref(), runtime_path(&tmp).as_deref())? {
-            Some((s, h)) => (Some(s), Some(h)),
-            None => (None, None),
-        };
-    let ctl = tmp.as_ref().map(|t| ControlSpec {
-        dir: t.path().to_path_buf(),
-        name: t.name(),
-        pid: host_pid,
-        command: a.command.clone(),
-        exec: default_guest && vsock.is_some(),
-        net,
-    });
+    let (net, mut helper) = start_network(&a, vsock.as_deref(), runtime_path(&tmp).as_deref())?;
+    let exec = default_guest && vsock.is_some();
+    let ctl = tmp
+        .as_ref()
+        .map(|t| control_spec(t, host_pid, &a, exec, net));
     if let Some(spec) = &jail {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).

@@ -43,7 +43,7 @@ fn timeout(default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// `cargo xtask bench [boot|io|vsock|fs|gpu] [ARGS…]`: a VM benchmark, in
+/// `cargo xtask bench [boot|io|vsock|net|fs|gpu] [ARGS…]`: a VM benchmark, in
 /// the emulated KVM host where /dev/kvm cannot run stock kernels.
 fn bench(args: &[String]) -> Result<i32> {
     cargo(&["build", "--release", "--workspace", "--bins"])?;
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|fs|gpu|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|net|fs|gpu|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

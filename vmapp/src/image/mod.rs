@@ -501,46 +501,26 @@ pub fn default_init_path() -> Result<PathBuf, ImageError> {
 }
 
 /// The default guest's initramfs: busybox, the modules (with the lists
-/// its init loads: always, for the gpu, for host-root mode) and `init`.
+/// its init loads: always, for the gpu, for host-root mode, for the network,
+/// for the network benchmark) and `init`.
 fn guest_initramfs(tree: &KernelTree, init_data: &[u8]) -> Result<Vec<u8>, ImageError> {
-    let wanted: Vec<&str> = GUEST_MODULES
-        .iter()
-        .chain(GPU_MODULES)
-        .chain(HOST_ROOT_MODULES)
-        .chain(NET_MODULES)
-        .chain(BENCH_MODULES)
-        .copied()
-        .collect();
+    // Each list the init loads, by the file it reads it from.
+    let lists: [(&str, &[&str]); 5] = [
+        ("modules", GUEST_MODULES),
+        ("modules-gpu", GPU_MODULES),
+        ("modules-host-root", HOST_ROOT_MODULES),
+        ("modules-net", NET_MODULES),
+        ("modules-bench", BENCH_MODULES),
+    ];
+    let wanted: Vec<&str> = lists.iter().flat_map(|(_, l)| l.iter().copied()).collect();
     let mods = modules::resolve(&tree.moddir, &wanted)?;
     let mut c = Cpio::new();
     add_base(&mut c, tree, &mods)?;
     c.dir("etc/vmapp");
-    let order: Vec<&str> = GUEST_MODULES.to_vec();
-    c.file(
-        "etc/vmapp/modules",
-        0o644,
-        format!("{}\n", order.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-gpu",
-        0o644,
-        format!("{}\n", GPU_MODULES.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-host-root",
-        0o644,
-        format!("{}\n", HOST_ROOT_MODULES.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-net",
-        0o644,
-        format!("{}\n", NET_MODULES.join("\n")).as_bytes(),
-    );
-    c.file(
-        "etc/vmapp/modules-bench",
-        0o644,
-        format!("{}\n", BENCH_MODULES.join("\n")).as_bytes(),
-    );
+    for (name, list) in lists {
+        let text = format!("{}\n", list.join("\n"));
+        c.file(&format!("etc/vmapp/{name}"), 0o644, text.as_bytes());
+    }
     c.file("init", 0o755, init_data);
     let mut buf = Vec::new();
     c.finish(&mut buf).map_err(io_err("initramfs"))?;
