@@ -726,6 +726,13 @@ fn add_channels(
         b = b.vsock(VsockConfig {
             cid: a.cid,
             uds_path,
+            // passt takes the guest's frames over this stream (the helper
+            // starts it, so the builder's own network is not used).
+            framed_ports: if a.net {
+                vec![vmm::net::NET_PORT]
+            } else {
+                Vec::new()
+            },
         });
     }
     if default_guest {

@@ -46,6 +46,9 @@ pub enum NetHelperError {
 /// [`NetHelper`].
 pub struct NetSwitch {
     stream: UnixStream,
+    /// A request went unanswered: a late answer could be read as the next
+    /// one's, so the switch refuses from then on.
+    broken: bool,
 }
 
 /// The helper process, reaped when dropped (drop it after the switch, on a
@@ -81,8 +84,16 @@ impl NetSwitch {
         if let Some(l) = &cfg.log {
             cmd.arg("--log").arg(l);
         }
+        // Above fd 3, so that the child's dup2 to fd 3 is never a no-op
+        // (which would leave close-on-exec set) and stdio set-up, done
+        // before it, cannot overwrite it.
+        let theirs = above_helper_fd(theirs)?;
         let fd = theirs.as_raw_fd();
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        // Its own process group: a terminal's Ctrl-C or hang-up reaches
+        // vmapp, which stops the VM in order, but not the helper and passt,
+        // so the app keeps its network for its grace period.
+        cmd.process_group(0);
         // SAFETY: between fork and exec only async-signal-safe calls: the
         // pair's end to fd 3, a clean signal mask (vmapp blocks its stop
         // signals), and death with vmapp.
@@ -102,14 +113,30 @@ impl NetSwitch {
         drop(theirs);
         mine.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         let helper = NetHelper { child };
-        let mut s = Self { stream: mine };
+        let mut s = Self {
+            stream: mine,
+            broken: false,
+        };
         // On an error `helper` is dropped after `s`: the helper sees the end
         // of its socket and exits before it is waited for.
-        s.ask(if on { b'1' } else { b'0' })?;
+        s.set(Some(on))?;
         Ok((s, helper))
     }
 
     fn ask(&mut self, req: u8) -> Result<bool, NetHelperError> {
+        if self.broken {
+            return Err(NetHelperError::Refused(
+                "the network helper stopped answering".into(),
+            ));
+        }
+        let r = self.exchange(req);
+        if matches!(r, Err(NetHelperError::Io(_))) {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn exchange(&mut self, req: u8) -> Result<bool, NetHelperError> {
         self.stream.write_all(&[req])?;
         // One short line per request: byte by byte, so nothing of a later
         // answer is read ahead.
@@ -132,12 +159,33 @@ impl NetSwitch {
     /// Turns the network on or off (`Some`), or asks (`None`): whether it is
     /// on.
     pub fn set(&mut self, on: Option<bool>) -> Result<bool, NetHelperError> {
-        self.ask(match on {
+        let now = self.ask(match on {
             Some(true) => b'1',
             Some(false) => b'0',
             None => b'?',
-        })
+        })?;
+        if on == Some(true) && !now {
+            return Err(NetHelperError::Refused(
+                "passt ended as soon as it started (see passt.log in the VM's runtime directory)"
+                    .into(),
+            ));
+        }
+        Ok(now)
     }
+}
+
+/// `fd` moved above [`HELPER_FD`] (close-on-exec, as Rust opens every fd).
+fn above_helper_fd(fd: UnixStream) -> std::io::Result<UnixStream> {
+    if fd.as_raw_fd() > HELPER_FD {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on our own open fd returns a new fd or -1.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HELPER_FD + 1) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { UnixStream::from_raw_fd(n) })
 }
 
 /// The helper's arguments after [`HELPER_ARG`]: `UDS [--host-loopback]
@@ -173,7 +221,14 @@ pub fn helper_main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // SAFETY: fd 3 is the socket pair's end vmapp handed over; we own it.
+    // fd 3 must be the socket pair's end vmapp handed over, and must not
+    // leak into passt.
+    // SAFETY: fcntl on an fd number; fails cleanly when it is not open.
+    if unsafe { libc::fcntl(HELPER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        eprintln!("vmapp {HELPER_ARG}: no socket at fd {HELPER_FD} (vmapp starts this helper)");
+        return ExitCode::from(2);
+    }
+    // SAFETY: fd 3 is open (checked above) and was handed to us; we own it.
     let stream = unsafe { UnixStream::from_raw_fd(HELPER_FD) };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut net = Network::new(cfg, &uds);
@@ -217,6 +272,64 @@ pub fn helper_main(args: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A switch whose helper is the test, at the other end of `peer`.
+    fn switch(timeout: Duration) -> (NetSwitch, UnixStream) {
+        let (mine, peer) = UnixStream::pair().unwrap();
+        mine.set_read_timeout(Some(timeout)).unwrap();
+        let s = NetSwitch {
+            stream: mine,
+            broken: false,
+        };
+        (s, peer)
+    }
+
+    /// Answers each of `answers` to one request.
+    fn helper(
+        mut peer: UnixStream,
+        answers: &'static [&'static str],
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for a in answers {
+                let mut b = [0u8; 1];
+                if peer.read_exact(&mut b).is_err() {
+                    break;
+                }
+                asked.push(b[0]);
+                let _ = peer.write_all(a.as_bytes());
+            }
+            asked
+        })
+    }
+
+    #[test]
+    fn on_is_an_error_when_passt_ended_at_once() {
+        let (mut s, peer) = switch(ANSWER_TIMEOUT);
+        let h = helper(
+            peer,
+            &["off\n", "on\n", "off\n", "error: cannot start passt: x\n"],
+        );
+        let e = s.set(Some(true)).unwrap_err();
+        assert!(e.to_string().contains("passt ended"), "{e}");
+        assert!(s.set(Some(true)).unwrap());
+        assert!(!s.set(Some(false)).unwrap());
+        let e = s.set(Some(true)).unwrap_err();
+        assert_eq!(e.to_string(), "cannot start passt: x");
+        assert_eq!(h.join().unwrap(), b"1101");
+    }
+
+    #[test]
+    fn a_late_answer_is_never_taken_for_the_next_one() {
+        let (mut s, mut peer) = switch(Duration::from_millis(200));
+        let e = s.set(Some(false)).unwrap_err();
+        assert!(matches!(e, NetHelperError::Io(_)), "{e}");
+        // The answer comes late; the switch must not read it as the
+        // answer to the next request.
+        peer.write_all(b"on\n").unwrap();
+        let e = s.set(None).unwrap_err();
+        assert!(e.to_string().contains("stopped answering"), "{e}");
+    }
 
     #[test]
     fn helper_arguments_round_trip() {

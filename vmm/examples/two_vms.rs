@@ -46,6 +46,7 @@ fn start(
             .vsock(VsockConfig {
                 cid: 3,
                 uds_path: p.to_path_buf(),
+                framed_ports: Vec::new(),
             })
             .append_cmdline(&format!("vmapp.exec={EXEC_PORT}"));
     }

@@ -15,9 +15,12 @@
 //! the guest's stream ends, and the guest's connects to the port are
 //! refused until it is on again.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The host vsock port the guest's network stream connects to.
@@ -128,9 +131,31 @@ pub fn socket_path(uds: &Path) -> PathBuf {
 }
 
 /// A running passt, stopped (and waited for) when dropped.
+///
+/// passt is forked by a thread of its own (`passt`), which then waits for
+/// it: the parent-death signal that stops passt when the VMM dies without
+/// dropping this (killed, say) follows the thread that forked, not the
+/// process, so forking from the caller's thread would stop passt as soon
+/// as an embedder's short-lived thread that turned the network on ends.
+/// It is signalled through a pidfd, so a passt that has ended and been
+/// reaped is never confused with a process that reused its PID.
 pub struct Passt {
-    child: Child,
+    pid: u32,
+    pidfd: OwnedFd,
+    status: Arc<Mutex<Option<ExitStatus>>>,
+    keeper: Option<JoinHandle<()>>,
     socket: PathBuf,
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 impl Passt {
@@ -159,12 +184,29 @@ impl Passt {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NetError::NoPasst,
-            _ => NetError::Spawn(e),
-        })?;
-        let mut p = Self {
-            child,
+        let status = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel();
+        let st = status.clone();
+        let keeper = std::thread::Builder::new()
+            .name("passt".into())
+            .spawn(move || keep(cmd, &tx, &st))
+            .map_err(NetError::Spawn)?;
+        let (pid, pidfd) = match rx.recv() {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                let _ = keeper.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = keeper.join();
+                return Err(NetError::NotListening("its thread ended".into()));
+            }
+        };
+        let p = Self {
+            pid,
+            pidfd,
+            status,
+            keeper: Some(keeper),
             socket: socket.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -181,27 +223,76 @@ impl Passt {
     }
 
     /// How passt ended, if it has.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// passt's process ID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: our pidfd; a null siginfo means an ordinary kill. A passt
+        // already reaped gives ESRCH, which is fine.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+/// What the `passt` thread hands back: passt's PID and pidfd.
+type Started = Result<(u32, OwnedFd), NetError>;
+
+/// The `passt` thread: forks passt, hands back its PID and pidfd, and waits
+/// for it.
+fn keep(mut cmd: Command, tx: &mpsc::Sender<Started>, status: &Mutex<Option<ExitStatus>>) {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Err(match e.kind() {
+                std::io::ErrorKind::NotFound => NetError::NoPasst,
+                _ => NetError::Spawn(e),
+            }));
+            return;
+        }
+    };
+    match pidfd_open(child.id()) {
+        Ok(fd) => {
+            let _ = tx.send(Ok((child.id(), fd)));
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = tx.send(Err(NetError::Spawn(e)));
+            return;
+        }
+    }
+    if let Ok(st) = child.wait() {
+        *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
     }
 }
 
 impl Drop for Passt {
     fn drop(&mut self) {
         if self.exited().is_none() {
-            // SAFETY: our own child, not yet reaped.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            self.signal(libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(2);
             while self.exited().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if self.exited().is_none() {
+                self.signal(libc::SIGKILL);
+            }
+        }
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
         }
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -306,6 +397,25 @@ mod tests {
             .unwrap();
         assert!(matches!(e, NetError::NoPasst), "{e}");
         assert!(e.to_string().contains("package `passt`"));
+    }
+
+    #[test]
+    fn passt_outlives_the_thread_that_started_it() {
+        let dir = std::env::temp_dir().join(format!("vmm-net-thread-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("p.sock");
+        let s = sock.clone();
+        let p = std::thread::spawn(move || Passt::start(&NetConfig::default(), &s))
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("passt must start here: {e}"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(p.exited().is_none(), "passt ended with its thread");
+        std::os::unix::net::UnixStream::connect(&sock).expect("passt accepts");
+        let pid = p.pid();
+        drop(p);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

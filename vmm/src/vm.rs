@@ -336,9 +336,12 @@ impl VmBuilder {
 
     /// Checks the configuration and KVM, and sets the VM up.
     pub fn build(mut self) -> Result<Vm, VmError> {
-        let network = match (self.network.take(), &self.vsock) {
+        let network = match (self.network.take(), self.vsock.as_mut()) {
             (Some(n), Some(v)) => {
                 n.binary()?;
+                if !v.framed_ports.contains(&crate::net::NET_PORT) {
+                    v.framed_ports.push(crate::net::NET_PORT);
+                }
                 Some(crate::net::Network::new(n, &v.uds_path))
             }
             (Some(_), None) => return Err(crate::net::NetError::NoVsock.into()),

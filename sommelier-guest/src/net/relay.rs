@@ -178,7 +178,13 @@ fn uplink(tap: &File, s: &mut File, stop: &AtomicBool) -> Result<(), NetError> {
             }
         }
         if !out.is_empty() {
-            s.write_all(&out).map_err(|e| NetError::Io("send", e))?;
+            s.write_all(&out).map_err(|e| match e.kind() {
+                // The host ended the stream.
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                    NetError::Closed
+                }
+                _ => NetError::Io("send", e),
+            })?;
         }
     }
     Ok(())
@@ -206,7 +212,11 @@ fn session(tap: &Tap, mut s: File) -> Result<(), NetError> {
     let mut d = Deframer::new();
     let mut l = lease(&mut s, &mut d, mac)?;
     l.mtu = l.mtu.map(|m| m.min(MAX_MTU));
-    tap.iface().up(&l)?;
+    if let Err(e) = tap.iface().up(&l) {
+        // Nothing half-configured stays behind.
+        let _ = tap.iface().down();
+        return Err(e);
+    }
     set_resolvers(&l.dns);
     log(&format!(
         "up: {}.{}.{}.{}",
@@ -230,7 +240,11 @@ fn session(tap: &Tap, mut s: File) -> Result<(), NetError> {
     unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR) };
     let up_result = up.join().unwrap_or(Ok(()));
     tap.iface().down()?;
-    r.and(up_result)
+    match (r, up_result) {
+        // The uplink failed first and its shutdown ended the downlink.
+        (Err(NetError::Closed), Err(e)) => Err(e),
+        (r, u) => r.and(u),
+    }
 }
 
 /// Runs the guest's network on host port `port`, forever (a thread).

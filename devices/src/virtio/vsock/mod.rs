@@ -39,6 +39,10 @@ pub struct VsockConfig {
     /// Host socket: host clients connect here; guest connections to port P
     /// go to `PATH_P`.
     pub uds_path: PathBuf,
+    /// Host ports whose guest streams carry length-prefixed frames, written
+    /// to the host peer whole (see [`muxer`]'s documentation): the network
+    /// port when the VM has a network.
+    pub framed_ports: Vec<u32>,
 }
 
 /// Errors creating the device.
@@ -202,7 +206,8 @@ impl VirtioDevice for Vsock {
             .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 3", q.len())))?;
         let listener = self.listener.try_clone()?;
         let mux = Muxer::new(self.cfg.cid, self.cfg.uds_path.clone(), Some(listener))
-            .map_err(|e| ActivateError::BadQueues(e.to_string()))?;
+            .map_err(|e| ActivateError::BadQueues(e.to_string()))?
+            .frame_ports(&self.cfg.framed_ports);
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let k = kill.try_clone()?;
         for (fd, token) in [

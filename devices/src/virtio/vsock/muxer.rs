@@ -12,9 +12,17 @@
 //! and host data is only read when the guest has credit and an rx buffer for
 //! it, so a guest that never reads its rx queue stalls its streams instead of
 //! making the VMM buffer. Streams whose data cannot go anywhere are not polled.
+//!
+//! Streams to a *framed* host port ([`Muxer::frame_ports`]) carry
+//! length-prefixed frames (4 bytes big-endian, then [`FRAME_MIN`] to
+//! [`FRAME_MAX`] bytes: QEMU's `-netdev stream` protocol). The muxer writes
+//! their guest data to the host peer one whole frame per write, never a
+//! frame's head alone, so a peer that expects frames to arrive whole (passt
+//! does: it loses a length split across its reads) sees them whole; a
+//! length out of range resets the stream.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -34,6 +42,10 @@ pub const HOST_CID: u64 = 2;
 pub const BUF_ALLOC: u32 = 256 * 1024;
 /// Largest packet payload accepted from the guest.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// Smallest frame on a framed stream (an Ethernet header).
+pub const FRAME_MIN: usize = 14;
+/// Largest frame on a framed stream (a 65535-byte MTU and the header).
+pub const FRAME_MAX: usize = 65_535 + 14;
 /// Most streams at once.
 pub const MAX_CONNS: usize = 1024;
 /// Most control packets waiting for rx buffers.
@@ -106,6 +118,10 @@ struct Conn {
     uncounted: usize,
     /// Epoll mask registered; `u32::MAX` when not in the epoll set.
     interest: u32,
+    /// Guest data goes to the host peer in whole frames.
+    framed: bool,
+    /// Bytes of a frame whose head the host peer already has.
+    frame_left: usize,
 }
 
 impl Conn {
@@ -125,7 +141,35 @@ impl Conn {
             host_eof: false,
             uncounted: 0,
             interest: u32::MAX,
+            framed: false,
+            frame_left: 0,
         }
+    }
+
+    /// How many bytes at the front of `txbuf` may go to the host peer in
+    /// one write: all of them, or on a framed stream the rest of a frame
+    /// begun or the next whole frame (0: not all there yet). `Err` carries
+    /// a frame length out of range.
+    fn next_write(&self) -> Result<usize, u32> {
+        if !self.framed {
+            return Ok(self.txbuf.len());
+        }
+        if self.frame_left > 0 {
+            return Ok(self.frame_left.min(self.txbuf.len()));
+        }
+        let mut head = [0u8; 4];
+        for (d, s) in head.iter_mut().zip(self.txbuf.iter()) {
+            *d = *s;
+        }
+        if self.txbuf.len() < 4 {
+            return Ok(0);
+        }
+        let len = u32::from_be_bytes(head);
+        let n = len as usize;
+        if !(FRAME_MIN..=FRAME_MAX).contains(&n) {
+            return Err(len);
+        }
+        Ok(if self.txbuf.len() >= 4 + n { 4 + n } else { 0 })
     }
 
     fn peer_credit(&self) -> u32 {
@@ -241,6 +285,7 @@ pub struct Muxer {
     ctrl: VecDeque<Ctrl>,
     want_rx: VecDeque<Key>,
     next_local: u32,
+    framed: Vec<u32>,
 }
 
 impl Muxer {
@@ -266,7 +311,15 @@ impl Muxer {
             ctrl: VecDeque::new(),
             want_rx: VecDeque::new(),
             next_local: FIRST_LOCAL_PORT,
+            framed: Vec::new(),
         })
+    }
+
+    /// Makes guest streams to these host ports framed (see the module's
+    /// documentation).
+    pub fn frame_ports(mut self, ports: &[u32]) -> Self {
+        self.framed = ports.to_vec();
+        self
     }
 
     /// The epoll the worker waits on (queue and kill eventfds are added to it).
@@ -519,6 +572,7 @@ impl Muxer {
         match connect_nonblocking(Path::new(&path)) {
             Ok(s) => {
                 let mut c = Conn::new(s, State::Established);
+                c.framed = self.framed.contains(&key.local);
                 c.peer_buf_alloc = buf_alloc;
                 c.peer_fwd_cnt = fwd_cnt;
                 self.add_conn(key, c);
@@ -550,7 +604,7 @@ impl Muxer {
         // Straight from guest memory to the host stream when nothing is
         // queued before it; only what the stream does not take is copied.
         let mut off = 0;
-        if c.txbuf.is_empty() && len > 0 {
+        if c.txbuf.is_empty() && len > 0 && !c.framed {
             let guard = data.ptr_guard();
             // SAFETY: the guard points at `data.len()` ≥ len bytes of mapped
             // guest memory; send reads at most len of them.
@@ -595,14 +649,35 @@ impl Muxer {
         };
         let mut failed = false;
         while !c.txbuf.is_empty() {
-            let (a, _) = c.txbuf.as_slices();
-            match c.stream.write(a) {
+            let want = match c.next_write() {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(len) => {
+                    warn_limited!(
+                        "vsock: frame length {len} out of range on port {}; stream reset",
+                        key.local
+                    );
+                    failed = true;
+                    break;
+                }
+            };
+            let (a, b) = c.txbuf.as_slices();
+            let res = if want <= a.len() {
+                c.stream.write(&a[..want])
+            } else {
+                let parts = [IoSlice::new(a), IoSlice::new(&b[..want - a.len()])];
+                c.stream.write_vectored(&parts)
+            };
+            match res {
                 Ok(0) => {
                     failed = true;
                     break;
                 }
                 Ok(n) => {
                     c.txbuf.drain(..n);
+                    if c.framed {
+                        c.frame_left = want - n;
+                    }
                     let ours = n.min(c.uncounted);
                     c.uncounted -= ours;
                     c.fwd_cnt = c.fwd_cnt.wrapping_add((n - ours) as u32);
@@ -618,6 +693,11 @@ impl Muxer {
         if failed {
             self.reset_conn(key);
             return;
+        }
+        if c.guest_shut_send && c.next_write() == Ok(0) {
+            // A frame the guest ended in the middle of: the peer never
+            // gets its head.
+            c.txbuf.clear();
         }
         if c.txbuf.is_empty() && c.guest_shut_send {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
