@@ -764,3 +764,89 @@ fn framed_data_survives_a_host_peer_that_reads_late() {
     }
     assert_eq!(got, stream);
 }
+
+/// The environment variable that makes
+/// [`framed_traffic_runs_under_the_worker_filter`] the filtered child.
+const FILTER_CHILD: &str = "VSOCK_TEST_FILTER_CHILD";
+
+/// Framed traffic whose frames wrap around the stream's buffer, with the
+/// worker thread's seccomp filter installed (in a child process: a
+/// forbidden syscall ends the process).
+#[test]
+fn framed_traffic_runs_under_the_worker_filter() {
+    let Some(parent) = std::env::var_os(FILTER_CHILD) else {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "virtio::vsock::tests::framed_traffic_runs_under_the_worker_filter",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FILTER_CHILD, dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{:?}\n{err}",
+            out.status
+        );
+        return;
+    };
+    // Everything that touches the file system first: the filter allows none
+    // of it (the directory is left to the parent to remove).
+    let dir = tempfile::tempdir_in(parent).unwrap().keep();
+    let path = dir.join("v.sock");
+    let mux = Muxer::new(CID, path.clone(), None)
+        .unwrap()
+        .frame_ports(&[52]);
+    let mut e = Env {
+        _dir: tempfile::tempdir_in(&dir).unwrap(),
+        path,
+        mux,
+    };
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    host.set_nonblocking(true).unwrap();
+    seccomp_policies::install(
+        seccomp_policies::ThreadKind::VirtioVsock,
+        seccomp_policies::Mode::Kill,
+    )
+    .unwrap();
+    // Odd frame sizes and a host that reads late: the buffer fills, drains
+    // from its front and wraps, and frames straddle its end.
+    let (stream, _) = frames(&[
+        FRAME_MAX, 40_000, 777, FRAME_MAX, 30_001, 14, 65_000, 50_000, FRAME_MAX, 12_345,
+    ]);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 100_000];
+    for p in stream.chunks(50_000) {
+        g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), p);
+        // Read a little only: what is left stays in the buffer.
+        if let Ok(n) = host.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        pump(&mut e.mux);
+        while g.recv(&mut e.mux).is_some() {}
+    }
+    for _ in 0..200 {
+        match host.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
+        pump(&mut e.mux);
+        while g.recv(&mut e.mux).is_some() {}
+        if got.len() == stream.len() {
+            break;
+        }
+    }
+    assert!(
+        got == stream,
+        "{} of {} bytes arrived intact",
+        got.len(),
+        stream.len()
+    );
+    std::mem::forget(e);
+}
