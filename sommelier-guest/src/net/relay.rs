@@ -24,10 +24,10 @@ use crate::vsock_socket;
 /// The most bytes one write to the host carries.
 pub const BATCH: usize = 256 << 10;
 /// The largest MTU the guest takes, whatever DHCP offers (passt offers
-/// 65520). passt (0.0~git20230309, checked through the emulated host) resets
-/// TCP flows whose frames near 64 KiB reach its stream socket split across
-/// reads, as frames relayed over vsock do: an 8 MiB upload failed at 65520
-/// and passed at 16000 and 1500.
+/// 65520). With passt 0.0~git20230309 (checked through the emulated host)
+/// an upload at 65520 stalled at once even with the vsock device handing
+/// passt whole frames, and failed after ~1 MB before it did; at 16000 (and
+/// 1500) 8 MiB uploads pass.
 pub const MAX_MTU: u16 = 16000;
 /// How long the DHCP exchange may take.
 const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
