@@ -130,6 +130,8 @@ impl NetSwitch {
             ));
         }
         let r = self.exchange(req);
+        // No whole answer (timeout, error, or a line too long to be one):
+        // what is left of it must not be read as the next one's.
         if matches!(r, Err(NetHelperError::Io(_))) {
             self.broken = true;
         }
@@ -142,8 +144,20 @@ impl NetSwitch {
         // answer is read ahead.
         let mut line = Vec::new();
         let mut b = [0u8; 1];
-        while line.len() < 4096 && (&self.stream).read(&mut b)? == 1 && b[0] != b'\n' {
-            line.push(b[0]);
+        loop {
+            match (&self.stream).read(&mut b) {
+                Ok(0) => break,
+                Ok(_) if b[0] == b'\n' => break,
+                Ok(_) if line.len() < 4096 => line.push(b[0]),
+                Ok(_) => {
+                    return Err(NetHelperError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the network helper's answer is too long",
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let line = String::from_utf8_lossy(&line);
         match line.trim_end() {
@@ -317,6 +331,17 @@ mod tests {
         let e = s.set(Some(true)).unwrap_err();
         assert_eq!(e.to_string(), "cannot start passt: x");
         assert_eq!(h.join().unwrap(), b"1101");
+    }
+
+    #[test]
+    fn an_overlong_answer_breaks_the_switch() {
+        let (mut s, mut peer) = switch(ANSWER_TIMEOUT);
+        peer.write_all(&[b'x'; 5000]).unwrap();
+        peer.write_all(b"\non\n").unwrap();
+        let e = s.set(None).unwrap_err();
+        assert!(e.to_string().contains("too long"), "{e}");
+        let e = s.set(None).unwrap_err();
+        assert!(e.to_string().contains("stopped answering"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! refused until it is on again.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -137,8 +137,9 @@ pub fn socket_path(uds: &Path) -> PathBuf {
 /// dropping this (killed, say) follows the thread that forked, not the
 /// process, so forking from the caller's thread would stop passt as soon
 /// as an embedder's short-lived thread that turned the network on ends.
-/// It is signalled through a pidfd, so a passt that has ended and been
-/// reaped is never confused with a process that reused its PID.
+/// It is signalled through a pidfd (Linux 5.3 or later), so a passt that
+/// has ended and been reaped is never confused with a process that reused
+/// its PID.
 pub struct Passt {
     pid: u32,
     pidfd: OwnedFd,
@@ -263,6 +264,8 @@ fn keep(mut cmd: Command, tx: &mpsc::Sender<Started>, status: &Mutex<Option<Exit
             return;
         }
     };
+    // The log and /dev/null are passt's now, not ours.
+    drop(cmd);
     match pidfd_open(child.id()) {
         Ok(fd) => {
             let _ = tx.send(Ok((child.id(), fd)));
@@ -274,9 +277,14 @@ fn keep(mut cmd: Command, tx: &mpsc::Sender<Started>, status: &Mutex<Option<Exit
             return;
         }
     }
-    if let Ok(st) = child.wait() {
-        *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
-    }
+    // A wait that fails (an embedder that ignores SIGCHLD or reaps every
+    // child itself) counts as ended, so that passt is not reported running
+    // for ever.
+    let st = child.wait().unwrap_or_else(|e| {
+        tracing::warn!("passt: cannot wait for it ({e}); counting it as ended");
+        std::process::ExitStatus::from_raw(0)
+    });
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
 }
 
 impl Drop for Passt {

@@ -16,10 +16,13 @@
 //! Streams to a *framed* host port ([`Muxer::frame_ports`]) carry
 //! length-prefixed frames (4 bytes big-endian, then [`FRAME_MIN`] to
 //! [`FRAME_MAX`] bytes: QEMU's `-netdev stream` protocol). The muxer writes
-//! their guest data to the host peer one whole frame per write, never a
-//! frame's head alone, so a peer that expects frames to arrive whole (passt
-//! does: it loses a length split across its reads) sees them whole; a
-//! length out of range resets the stream.
+//! their guest data to the host peer one frame per write(2), never more and
+//! never before the whole frame is there, as QEMU does, so a peer that
+//! expects frames to arrive whole (passt does: it loses a length split
+//! across its reads) sees them whole as long as its socket takes each write
+//! whole (a Unix socket takes a write of up to ~32 KiB at once or not at
+//! all; a longer one may be taken in part when the socket is nearly full,
+//! and its rest follows first). A length out of range resets the stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -352,7 +355,10 @@ impl Muxer {
         if c.armed_in {
             ev |= EventSet::IN;
         }
-        if !c.txbuf.is_empty() {
+        // Only when there is something to write: a framed stream holding
+        // part of a frame waits for the guest, not for the host socket
+        // (which is writable, and would wake the worker for ever).
+        if c.next_write() != Ok(0) {
             ev |= EventSet::OUT;
         }
         let bits = if ev.is_empty() { u32::MAX } else { ev.bits() };
