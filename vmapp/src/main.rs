@@ -830,6 +830,22 @@ fn enter_jail(
     }
 }
 
+/// The jail of a launch whose runtime directory is `t` (and its vsock
+/// socket's directory, when given outside it).
+fn launch_jail_spec(
+    a: &Launch,
+    t: &RuntimeDir,
+    kernel: &std::path::Path,
+    initramfs: Option<&std::path::Path>,
+    disks: &[DiskConfig],
+    shares: &[ShareConfig],
+) -> vmapp::jail::Spec {
+    let vsock_dir = a.vsock.as_ref().and_then(|v| v.parent());
+    let runtime = [t.path()].into_iter().chain(vsock_dir).map(PathBuf::from);
+    let scratch = t.path().join("jail");
+    jail_spec(kernel, initramfs, disks, shares, runtime.collect(), scratch)
+}
+
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     let app_dir = match take_app_dir(&a)? {
         Ok(d) => d,
@@ -869,19 +885,10 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         None if agent || want_wayland || jailed || a.net => Some(RuntimeDir::temp()?),
         None => None,
     };
-    let jail = tmp.as_ref().filter(|_| jailed).map(|t| {
-        let vsock_dir = a.vsock.as_ref().and_then(|v| v.parent());
-        let runtime = [t.path()].into_iter().chain(vsock_dir).map(PathBuf::from);
-        let scratch = t.path().join("jail");
-        jail_spec(
-            &kernel,
-            initramfs.as_deref(),
-            &disks,
-            &shares,
-            runtime.collect(),
-            scratch,
-        )
-    });
+    let jail = tmp
+        .as_ref()
+        .filter(|_| jailed)
+        .map(|t| launch_jail_spec(&a, t, &kernel, initramfs.as_deref(), &disks, &shares));
     b = disks.into_iter().fold(b, VmBuilder::disk);
     b = shares.into_iter().fold(b, VmBuilder::share);
     let runtime = tmp.as_ref().map(|t| t.path());

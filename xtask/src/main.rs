@@ -102,36 +102,47 @@ fn bench(args: &[String]) -> Result<i32> {
     Ok(o.status)
 }
 
+/// `cargo xtask run -- VMAPP-ARGS…`: a release vmapp, directly or in the
+/// emulated KVM host.
+fn run(args: &[String]) -> Result<i32> {
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let rest: Vec<&str> = args[1..]
+        .iter()
+        .map(String::as_str)
+        .skip_while(|a| *a == "--")
+        .collect();
+    let vmapp = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-gnu/release/vmapp")
+        .canonicalize()?;
+    // The guest image is built here, where the cache is writable.
+    let prep = Command::new(&vmapp).arg("prepare").output()?;
+    if !prep.status.success() {
+        bail!(
+            "vmapp prepare failed: {}",
+            String::from_utf8_lossy(&prep.stderr)
+        );
+    }
+    let mut script = xtask::sh_quote(&vmapp.display().to_string());
+    for a in rest {
+        script.push(' ');
+        script.push_str(&xtask::sh_quote(a));
+    }
+    if xtask::host() == xtask::Host::Direct {
+        let st = Command::new("sh").args(["-c", &script]).status()?;
+        return Ok(st.code().unwrap_or(1));
+    }
+    eprintln!("xtask: /dev/kvm cannot run stock kernels here; using the emulated KVM host");
+    let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
+    print!("{}", o.stdout);
+    eprint!("{}", o.stderr);
+    Ok(o.status)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = (|| -> Result<i32> {
         match args.first().map(String::as_str) {
-            Some("run") => {
-                cargo(&["build", "--release", "--workspace", "--bins"])?;
-                let rest: Vec<&str> = args[1..].iter().map(String::as_str).skip_while(|a| *a == "--").collect();
-                let vmapp = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/x86_64-unknown-linux-gnu/release/vmapp")
-                    .canonicalize()?;
-                // The guest image is built here, where the cache is writable.
-                let prep = Command::new(&vmapp).arg("prepare").output()?;
-                if !prep.status.success() {
-                    bail!("vmapp prepare failed: {}", String::from_utf8_lossy(&prep.stderr));
-                }
-                let mut script = xtask::sh_quote(&vmapp.display().to_string());
-                for a in rest {
-                    script.push(' ');
-                    script.push_str(&xtask::sh_quote(a));
-                }
-                if xtask::host() == xtask::Host::Direct {
-                    let st = Command::new("sh").args(["-c", &script]).status()?;
-                    return Ok(st.code().unwrap_or(1));
-                }
-                eprintln!("xtask: /dev/kvm cannot run stock kernels here; using the emulated KVM host");
-                let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
-                print!("{}", o.stdout);
-                eprint!("{}", o.stderr);
-                Ok(o.status)
-            }
+            Some("run") => run(&args),
             Some("test") => {
                 cargo(&["build", "--workspace", "--bins", "--examples"])?;
                 let mut a = vec!["test", "--workspace"];
