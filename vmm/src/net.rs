@@ -4,12 +4,15 @@
 //! network stack (NAT, DHCP, DNS forwarding) that needs no privileges.
 //!
 //! passt listens on the vsock device's `{uds_path}_{NET_PORT}`, so the
-//! vsock device connects the guest's stream straight to it: the VMM copies
-//! each frame once and parses none. The stream carries QEMU's `-netdev
-//! stream` protocol (each Ethernet frame preceded by its length, 4 bytes
-//! big-endian), which any guest can speak; the default guest's relay is
-//! `sommelier_guest::net`. A guest that sends garbage only confuses its own
-//! stream at passt, which discards frames it cannot parse.
+//! vsock device connects the guest's stream straight to it. The stream
+//! carries QEMU's `-netdev stream` protocol (each Ethernet frame preceded by
+//! its length, 4 bytes big-endian), which any guest can speak; the default
+//! guest's relay is `sommelier_guest::net`. The port is one of the vsock
+//! device's framed ports ([`VsockConfig::framed_ports`](crate::VsockConfig)):
+//! it reads only the lengths and hands passt one whole frame per write; a
+//! length out of range resets the stream. Garbage within valid lengths only
+//! confuses the guest's own stream at passt, which discards what it cannot
+//! parse.
 //!
 //! Turning the network off stops passt: its connections on the host close,
 //! the guest's stream ends, and the guest's connects to the port are
