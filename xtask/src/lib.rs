@@ -69,8 +69,13 @@ limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
 # uses, refuse a chrooted caller). switch_root moves /host (with what is
 # mounted under it) to / and frees the initramfs.
 exec switch_root /host /bin/sh -c '
-timeout -k 10 "$1" /bin/sh "$2" </dev/null >/tmp/xtask.out 2>/tmp/xtask.err
+: > /tmp/xtask.out
+# What the script prints also goes to the console as it comes, so that a
+# run the host has to kill (the L1 host hung) still shows how far it got.
+tail -n +1 -f /tmp/xtask.out | sed -u "s/^/@@XTASK-LIVE /" & live=$!
+timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err
 rc=$?
+sleep 1; pkill -f "^tail -n .1 -f /tmp/xtask.out"; wait $live
 [ $rc = 124 ] && echo "xtask: the script overran its $1 s and was stopped" >> /tmp/xtask.err
 echo "@@XTASK-STDOUT"
 cat /tmp/xtask.out
@@ -238,7 +243,11 @@ impl EmulatedHost {
             eprintln!("xtask: emulated host console:\n{text}\n{err}");
         }
         let Some(status) = status else {
-            bail!("the emulated KVM host did not finish within {timeout:?}; it printed:\n{text}");
+            bail!(
+                "the emulated KVM host did not finish within {timeout:?}; its script's output so far:\n{}\nits console's last lines:\n{}\n{err}",
+                live_lines(&text),
+                last_lines(&text, 40)
+            );
         };
         parse_output(&text).with_context(|| {
             format!("the emulated KVM host ended ({status}) without a result; it printed:\n{text}\n{err}")
@@ -258,6 +267,23 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The script's stdout as the L1 host echoed it while the script ran.
+pub fn live_lines(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("@@XTASK-LIVE "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last `n` lines of `text` that are not live echoes.
+fn last_lines(text: &str, n: usize) -> String {
+    let rest: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("@@XTASK-LIVE "))
+        .collect();
+    rest[rest.len().saturating_sub(n)..].join("\n")
 }
 
 /// Splits the L1 console output into the script's stdout, stderr and status.
@@ -359,6 +385,14 @@ mod tests {
             (7, "hello\n", "oops\n")
         );
         assert!(parse_output("@@XTASK-STDOUT\nno end").is_none());
+    }
+
+    #[test]
+    fn a_killed_run_shows_its_live_lines_apart_from_the_console() {
+        let t = "boot\n@@XTASK-LIVE @@phase=fs\nkernel says\n@@XTASK-LIVE @@listed=3\n";
+        assert_eq!(live_lines(t), "@@phase=fs\n@@listed=3");
+        assert_eq!(last_lines(t, 1), "kernel says");
+        assert_eq!(last_lines(t, 9), "boot\nkernel says");
     }
 
     #[test]
