@@ -806,6 +806,7 @@ fn start_network(
         publish: publish.collect::<Result<_, vmm::net::NetError>>()?,
         host_loopback: a.net_host_loopback,
         log: Some(dir.join("passt.log")),
+        mtu: None,
     };
     let (switch, helper) = vmapp::net::NetSwitch::spawn(&cfg, uds, true)?;
     Ok((Some(switch), Some(helper)))

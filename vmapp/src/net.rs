@@ -84,6 +84,9 @@ impl NetSwitch {
         if let Some(l) = &cfg.log {
             cmd.arg("--log").arg(l);
         }
+        if let Some(m) = cfg.mtu {
+            cmd.arg("--mtu").arg(m.to_string());
+        }
         // Above fd 3, so that the child's dup2 to fd 3 is never a no-op
         // (which would leave close-on-exec set) and stdio set-up, done
         // before it, cannot overwrite it.
@@ -203,7 +206,7 @@ fn above_helper_fd(fd: UnixStream) -> std::io::Result<UnixStream> {
 }
 
 /// The helper's arguments after [`HELPER_ARG`]: `UDS [--host-loopback]
-/// [--publish H:G]… [--log FILE]`.
+/// [--publish H:G]… [--log FILE] [--mtu N]`.
 fn parse(args: &[String]) -> Result<(PathBuf, NetConfig), String> {
     let mut it = args.iter();
     let uds = PathBuf::from(it.next().ok_or("no vsock socket")?);
@@ -220,6 +223,10 @@ fn parse(args: &[String]) -> Result<(PathBuf, NetConfig), String> {
                 cfg.publish.push(p);
             }
             "--log" => cfg.log = Some(it.next().ok_or("--log needs a value")?.into()),
+            "--mtu" => {
+                let m = it.next().ok_or("--mtu needs a value")?;
+                cfg.mtu = Some(m.parse().map_err(|_| format!("bad MTU {m:?}"))?);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -365,6 +372,8 @@ mod tests {
             "8080:80",
             "--log",
             "/r/l",
+            "--mtu",
+            "1500",
         ]
         .map(String::from)
         .to_vec();
@@ -379,6 +388,8 @@ mod tests {
             }]
         );
         assert_eq!(cfg.log.as_deref(), Some(Path::new("/r/l")));
+        assert_eq!(cfg.mtu, Some(1500));
+        assert!(parse(&["/r".into(), "--mtu".into(), "big".into()]).is_err());
         assert!(parse(&["/r".into(), "--publish".into()]).is_err());
         assert!(parse(&["/r".into(), "--publish".into(), "x".into()]).is_err());
         assert!(parse(&["/r".into(), "--bogus".into()]).is_err());

@@ -89,6 +89,69 @@ pub struct NetConfig {
     pub host_loopback: bool,
     /// Where passt's messages go (default: discarded).
     pub log: Option<PathBuf>,
+    /// The MTU passt offers the guest by DHCP. `None`: passt's own (65520)
+    /// when the passt is release [`PASST_FIXED`] or later, else
+    /// [`OLD_PASST_MTU`] (see [`passt_release`]).
+    pub mtu: Option<u16>,
+}
+
+/// The first passt release that carries long transfers over its stream
+/// socket (YYYYMMDD). Earlier ones (Debian 12's 0.0~git20230309, Ubuntu
+/// 24.04's 0.0~git20240220) lose their stream when a frame arrives in
+/// pieces and stall or reset long TCP flows, for QEMU too; upstream fixed
+/// it in releases up to 2024_07_26.
+pub const PASST_FIXED: u32 = 20240726;
+
+/// The MTU given to the guest through an older passt: it stalled at once
+/// at 65520 and carried short transfers at 16000 (measured).
+pub const OLD_PASST_MTU: u16 = 16000;
+
+/// The release date (YYYYMMDD) of the passt binary at `bin`, read from the
+/// version it embeds (upstream's `2025_05_03.587980c`, Debian's
+/// `0.0~git20250503.587980c-2`, Fedora's `0^20250512.g8ec1341`); `None`
+/// when it names none (Debian 12's says "unknown version"). The binary is
+/// read rather than run: passt's `--version` writes into a buffer it never
+/// flushes when stdout is not a terminal.
+pub fn passt_release(bin: &Path) -> Option<u32> {
+    let data = std::fs::read(bin).ok()?;
+    // passt's log lines start with "%s VERSION: %s (%i)".
+    let end = find(&data, b": %s (%i)")?;
+    let start = data[..end].iter().rposition(|b| *b == 0)? + 1;
+    let version = data[start..end].strip_prefix(b"%s ")?;
+    release_date(version)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The first date in `v`: eight digits in a row, or `YYYY_MM_DD`.
+fn release_date(v: &[u8]) -> Option<u32> {
+    let digits: Vec<u8> = v
+        .iter()
+        .map(|b| if *b == b'_' { b'x' } else { *b })
+        .collect();
+    for i in 0..digits.len() {
+        let w = |n: usize| digits.get(i..i + n);
+        if let Some(d) = w(10).filter(|d| {
+            d[4] == b'x' && d[7] == b'x' && d.iter().filter(|c| c.is_ascii_digit()).count() == 8
+        }) {
+            let s: String = d
+                .iter()
+                .filter(|c| c.is_ascii_digit())
+                .map(|c| *c as char)
+                .collect();
+            return s.parse().ok();
+        }
+        if let Some(d) = w(8).filter(|d| d.iter().all(u8::is_ascii_digit)) {
+            let before = i.checked_sub(1).and_then(|j| digits.get(j));
+            let after = digits.get(i + 8);
+            if !before.is_some_and(u8::is_ascii_digit) && !after.is_some_and(u8::is_ascii_digit) {
+                return std::str::from_utf8(d).ok()?.parse().ok();
+            }
+        }
+    }
+    None
 }
 
 impl NetConfig {
@@ -104,9 +167,27 @@ impl NetConfig {
             .ok_or(NetError::NoPasst)
     }
 
-    /// passt's arguments for a socket at `socket`.
-    pub fn args(&self, socket: &Path) -> Vec<std::ffi::OsString> {
+    /// The MTU to give the guest through the passt at `bin`: the
+    /// configured one, else `None` (passt's own) for a release that
+    /// carries long transfers, else [`OLD_PASST_MTU`].
+    pub fn mtu_for(&self, bin: &Path) -> Option<u16> {
+        if self.mtu.is_some() {
+            return self.mtu;
+        }
+        match passt_release(bin) {
+            Some(d) if d >= PASST_FIXED => None,
+            _ => Some(OLD_PASST_MTU),
+        }
+    }
+
+    /// passt's arguments for a socket at `socket`, with the MTU `mtu`
+    /// offered to the guest (`None`: passt's own).
+    pub fn args(&self, socket: &Path, mtu: Option<u16>) -> Vec<std::ffi::OsString> {
         let mut a: Vec<std::ffi::OsString> = vec!["-f".into(), "-q".into()];
+        if let Some(m) = mtu {
+            a.push("-m".into());
+            a.push(m.to_string().into());
+        }
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } == 0 {
             // passt drops to `nobody` by default, which could not bind in a
@@ -176,8 +257,15 @@ impl Passt {
                 .map_err(NetError::Spawn)?,
             None => Stdio::null(),
         };
+        let mtu = cfg.mtu_for(&bin);
+        if mtu == Some(OLD_PASST_MTU) && cfg.mtu.is_none() {
+            tracing::warn!(
+                "{} predates passt 2024_07_26, which long transfers need; the guest gets MTU {OLD_PASST_MTU}",
+                bin.display()
+            );
+        }
         let mut cmd = Command::new(&bin);
-        cmd.args(cfg.args(socket))
+        cmd.args(cfg.args(socket, mtu))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -383,18 +471,67 @@ mod tests {
             ..Default::default()
         };
         let a: Vec<String> = cfg
-            .args(Path::new("/r/v.sock_1026"))
+            .args(Path::new("/r/v.sock_1026"), None)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
         let t = a.iter().position(|x| x == "-t").unwrap();
         assert_eq!(a[t + 1], "127.0.0.1/8080:80");
         assert!(a.contains(&"--no-map-gw".to_string()));
+        assert!(!a.contains(&"-m".to_string()), "passt's own MTU");
         assert_eq!(a.last().unwrap(), "/r/v.sock_1026");
+        let a = cfg.args(Path::new("/r/v.sock_1026"), Some(16000));
+        let m = a.iter().position(|x| x == "-m").unwrap();
+        assert_eq!(a[m + 1], "16000");
         assert_eq!(
             socket_path(Path::new("/r/v.sock")),
             Path::new("/r/v.sock_1026")
         );
+    }
+
+    #[test]
+    fn release_dates_in_each_packagers_version_format() {
+        for (v, d) in [
+            ("2025_05_03.587980c", Some(20250503)),
+            ("0.0~git20250503.587980c-2+deb13u1", Some(20250503)),
+            ("0.0~git20230309.7c7625d-1", Some(20230309)),
+            ("0^20250512.g8ec1341-1.fc42", Some(20250512)),
+            ("unknown version", None),
+            ("123456789", None),
+        ] {
+            assert_eq!(release_date(v.as_bytes()), d, "{v}");
+        }
+    }
+
+    /// A file laid out as passt's binary is around its log prefix.
+    fn fake_passt(name: &str, version: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vmm-{name}-{}", std::process::id()));
+        let mut data = b"\x7fELF\0junk\0%s\0".to_vec();
+        data.extend_from_slice(format!("%s {version}: %s (%i)\0more\0").as_bytes());
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_old_or_unnamed_passt_gets_the_smaller_mtu() {
+        let new = fake_passt("new", "0.0~git20250503.587980c-2+deb13u1");
+        let old = fake_passt("old", "unknown version");
+        let feb = fake_passt("feb", "0.0~git20240220.1e6f92b-1");
+        let cfg = NetConfig::default();
+        assert_eq!(passt_release(&new), Some(20250503));
+        assert_eq!(cfg.mtu_for(&new), None);
+        assert_eq!(passt_release(&old), None);
+        assert_eq!(cfg.mtu_for(&old), Some(OLD_PASST_MTU));
+        assert_eq!(cfg.mtu_for(&feb), Some(OLD_PASST_MTU));
+        assert_eq!(cfg.mtu_for(Path::new("/nonexistent")), Some(OLD_PASST_MTU));
+        let chosen = NetConfig {
+            mtu: Some(1500),
+            ..Default::default()
+        };
+        assert_eq!(chosen.mtu_for(&old), Some(1500));
+        for p in [new, old, feb] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     #[test]

@@ -23,6 +23,23 @@ use anyhow::{bail, Context, Result};
 use vmapp::image::{self, Cpio};
 use vmm::kvm_check::{self, KvmError};
 
+pub mod passt;
+
+/// An exclusive lock on a file, held until dropped (the file closes).
+pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    /// Waits for the lock on `path` (created if missing).
+    pub(crate) fn take(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path)?;
+        // SAFETY: flock on an fd we own, open for the call's duration.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("flock");
+        }
+        Ok(Self(f))
+    }
+}
+
 /// Modules the L1 host loads, in this order (with their dependencies).
 const L1_MODULES: &[&str] = &[
     "virtio_pci",
@@ -130,13 +147,17 @@ pub struct EmulatedHost {
     initramfs: PathBuf,
 }
 
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 fn target_tmp() -> PathBuf {
     // Scripts must be visible inside L1, which sees this machine's `/`
     // read-only: keep them under the workspace's target dir.
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    base.join("xtask")
+    target_dir().join("xtask")
 }
 
 impl EmulatedHost {
@@ -145,9 +166,7 @@ impl EmulatedHost {
         let cache = image::cache_dir();
         let dir = cache.join("emulated-host");
         std::fs::create_dir_all(&dir)?;
-        let lock = std::fs::File::create(dir.join("lock"))?;
-        // SAFETY: flock on an fd we own.
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        let _lock = Lock::take(&dir.join("lock"))?;
         let packages = image::resolve_packages()?;
         let stamp = format!(
             "{} {} {}\n{L1_INIT}{L1_MODULES:?}",

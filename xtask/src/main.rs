@@ -17,6 +17,9 @@
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
 //!
+//! `test`, `bench`, `run` and `sh` put a pinned passt first on `PATH`
+//! (built into `target/passt/` on first use; see `xtask::passt`).
+//!
 //! `XTASK_TIMEOUT=SECS` bounds `run`, `bench` and `sh` in the emulated host
 //! (default 30 min, 4 h for `bench`).
 
@@ -34,6 +37,14 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Puts the pinned passt ([`xtask::passt`]) first on `PATH` for everything
+/// this command starts (the emulated host's scripts take `PATH` along).
+fn use_pinned_passt() -> Result<()> {
+    let dir = xtask::passt::ensure(&xtask::target_dir())?;
+    std::env::set_var("PATH", xtask::passt::path_with(&dir));
+    Ok(())
+}
+
 /// `XTASK_TIMEOUT` in seconds, else `default`.
 fn timeout(default: Duration) -> Duration {
     std::env::var("XTASK_TIMEOUT")
@@ -47,6 +58,7 @@ fn timeout(default: Duration) -> Duration {
 /// the emulated KVM host where /dev/kvm cannot run stock kernels.
 fn bench(args: &[String]) -> Result<i32> {
     cargo(&["build", "--release", "--workspace", "--bins"])?;
+    use_pinned_passt()?;
     let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/x86_64-unknown-linux-gnu/release")
         .canonicalize()?;
@@ -106,6 +118,7 @@ fn bench(args: &[String]) -> Result<i32> {
 /// emulated KVM host.
 fn run(args: &[String]) -> Result<i32> {
     cargo(&["build", "--release", "--workspace", "--bins"])?;
+    use_pinned_passt()?;
     let rest: Vec<&str> = args[1..]
         .iter()
         .map(String::as_str)
@@ -145,6 +158,7 @@ fn main() -> ExitCode {
             Some("run") => run(&args),
             Some("test") => {
                 cargo(&["build", "--workspace", "--bins", "--examples"])?;
+                use_pinned_passt()?;
                 let mut a = vec!["test", "--workspace"];
                 a.extend(args[1..].iter().map(String::as_str));
                 let times = std::env::current_dir()?.join("target/script-times.txt");
@@ -173,6 +187,7 @@ fn main() -> ExitCode {
             }
             Some("bench") => bench(&args),
             Some("sh") => {
+                use_pinned_passt()?;
                 let script = args[1..].join(" ");
                 let o = xtask::run_script(&script, timeout(Duration::from_secs(1800)))?;
                 print!("{}", o.stdout);

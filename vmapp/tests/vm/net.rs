@@ -119,7 +119,7 @@ fn the_guest_reaches_host_services_by_name_publishes_a_port_and_its_network_swit
         value(&out, "@@up-sha="),
         "{all}"
     );
-    assert_eq!(value(&out, "@@mtu="), "16000", "{all}");
+    assert_eq!(value(&out, "@@mtu="), "65520", "{all}");
     assert_eq!(value(&out, "@@lookup="), GW, "{all}");
     assert_eq!(value(&out, "@@by-name="), "hello", "{all}");
     assert_ne!(value(&out, "@@dns-log="), "0", "{all}");
