@@ -164,7 +164,7 @@ fn check_end(out: &str, all: &str) {
 }
 
 #[test]
-fn vsock_floods_storms_held_and_half_open_streams_and_unread_data() {
+fn vsock_floods_storms_held_and_half_open_streams_unread_data_and_resets() {
     let guest = r#"echo @@phase=flood; /init vsock flood 2 6000 16 2
 /init vsock storm 2 6001 200; /init vsock storm 2 6100 200
 echo @@phase=stormed; waitgo 6201
@@ -177,6 +177,11 @@ until grep -q @@listening /tmp/s; do sleep 0.2; done
 echo @@phase=sink; waitgo 6203
 kill $s
 echo after-attacks | /init vsock connect 2 6300; echo @@after-rc=$?
+drv=/sys/bus/virtio/drivers/vmw_vsock_virtio_transport; dev=$(basename $(ls -d $drv/virtio*))
+n=0; for i in $(seq 20); do echo $dev > $drv/unbind && echo $dev > $drv/bind && n=$((n+1)); done
+echo @@vsock-resets=$n
+echo @@phase=vreset; waitgo 6204
+echo after-resets | /init vsock connect 2 6301; echo @@after-resets-rc=$?
 "#;
     let host = r#"wait_for @@phase=stormed $d/a.out; measure stormed $P; probe stormed; go 6201
 wait_for @@phase=held $d/a.out; measure held $P; probe held
@@ -187,19 +192,26 @@ sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/a.sock
 # Listening before the guest is let go: it connects as soon as it is.
 socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after & while [ ! -S $d/a.sock_6300 ]; do sleep 0.1; done
 go 6203
+# The guest resets its vsock device 20 times, then the device works on.
+wait_for @@phase=vreset $d/a.out; measure vreset $P; probe vreset
+socat -u UNIX-LISTEN:$d/a.sock_6301 CREATE:$d/after2 & while [ ! -S $d/a.sock_6301 ]; do sleep 0.1; done
+go 6204
 "#;
     let setup = "python3 $d/sink.py $d/a.sock_6000 & SINK=$!\n\
         python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(1e6)' $d/a.sock_6100 &\n\
         while [ ! -S $d/a.sock_6000 ] || [ ! -S $d/a.sock_6100 ]; do sleep 0.1; done";
-    let post = "echo @@after=$(cat $d/after)";
+    let post = "echo @@after=$(cat $d/after); echo @@after2=$(cat $d/after2)";
     let (out, err) = attack("", setup, guest, host, post);
     let all = format!("{out}\n{err}");
-    for phase in ["stormed", "held", "halfopen", "sink"] {
+    for phase in ["stormed", "held", "halfopen", "sink", "vreset"] {
         check_phase(&out, phase, &all);
     }
     assert_eq!(value(&out, "@@flood ok="), "16 failed=0", "{all}");
     assert_eq!(value(&out, "@@after-rc="), "0", "{all}");
     assert_eq!(value(&out, "@@after="), "after-attacks", "{all}");
+    assert_eq!(value(&out, "@@vsock-resets="), "20", "{all}");
+    assert_eq!(value(&out, "@@after-resets-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@after2="), "after-resets", "{all}");
     check_end(&out, &all);
 }
 
