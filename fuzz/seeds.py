@@ -159,6 +159,15 @@ os.makedirs("seeds/virtio_vsock", exist_ok=True)
 open("seeds/virtio_vsock/request_rw_shutdown", "wb").write(vsock([
     (vhdr(1, 1000, 7), b""), (vhdr(5, 1000, 7, 5), b"hello"), (vhdr(6, 1000, 7), b""),
     (vhdr(7, 1000, 7), b""), (vhdr(4, 1000, 7, 0, 3), b""), (vhdr(3, 1000, 7), b"")]))
+# A framed stream to port 1026 (whole frame, a frame in two packets, then a
+# length out of range) beside a plain one to port 8; both ports listen.
+fr = lambda n, fill: struct.pack(">I", n) + bytes([fill]) * n
+part = fr(100, 0xab)
+open("seeds/virtio_vsock/framed_and_plain", "wb").write(vsock([
+    (vhdr(1, 1000, 1026), b""), (vhdr(1, 2000, 8), b""),
+    (vhdr(5, 1000, 1026, 18 + 54), fr(14, 0x11) + part[:54]),
+    (vhdr(5, 1000, 1026, 50 + 4), part[54:] + b"\xff\xff\xff\xff"),
+    (vhdr(5, 2000, 8, 5), b"hello")], rx_bufs=8))
 
 # acpi: cpus, MiB, slots.
 # virtio_fs: a selector byte (odd: read-only share), then guest memory as for blk.

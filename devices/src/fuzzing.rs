@@ -157,21 +157,48 @@ fn queue_at(desc: u64, size: u16) -> Option<Queue> {
     Some(q)
 }
 
+/// Host ports [`vsock_queues`] listens on: a plain one and a framed one
+/// (as the network's), so guest streams reach the data path; other ports
+/// refuse.
+pub const VSOCK_FUZZ_PORTS: [u32; 2] = [8, 1026];
+
+/// The temporary directory of [`vsock_queues`] and its listeners.
+struct VsockHost {
+    dir: tempfile::TempDir,
+    listeners: Vec<std::os::unix::net::UnixListener>,
+}
+
+fn vsock_host() -> Option<&'static VsockHost> {
+    static HOST: OnceLock<Option<VsockHost>> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let dir = tempfile::tempdir().ok()?;
+        let mut listeners = Vec::new();
+        for p in VSOCK_FUZZ_PORTS {
+            let l = std::os::unix::net::UnixListener::bind(dir.path().join(format!("v.sock_{p}")))
+                .ok()?;
+            l.set_nonblocking(true).ok()?;
+            listeners.push(l);
+        }
+        Some(VsockHost { dir, listeners })
+    })
+    .as_ref()
+}
+
 /// virtio-vsock packets: the input is guest memory with a tx queue (layout
 /// of [`blk_queue`]) and an rx queue at [`VSOCK_RX_DESC`]. The muxer takes
-/// the guest's packets (requests to host ports that have no listener, data,
-/// credit updates, shutdowns, resets), then answers into rx, twice over.
-/// Returns the used indexes (tx, rx).
+/// the guest's packets (requests to host ports, with and without a
+/// listener, data, credit updates, shutdowns, resets; port 1026 framed),
+/// then answers into rx, twice over. Returns the used indexes (tx, rx).
 pub fn vsock_queues(data: &[u8]) -> (u16, u16) {
-    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
-    let Some(dir) = DIR.get_or_init(|| tempfile::tempdir().ok()).as_ref() else {
+    let Some(host) = vsock_host() else {
         return (0, 0);
     };
     let Some(m) = mem() else { return (0, 0) };
     let _ = m.write_slice(&data[..data.len().min(MEM)], GuestAddress(0));
-    let Ok(mut mux) = crate::virtio::vsock::Muxer::new(3, dir.path().join("v.sock"), None) else {
+    let Ok(mux) = crate::virtio::vsock::Muxer::new(3, host.dir.path().join("v.sock"), None) else {
         return (0, 0);
     };
+    let mut mux = mux.frame_ports(&VSOCK_FUZZ_PORTS[1..]);
     let (Some(mut tx), Some(mut rx)) = (queue_at(BLK_DESC, 16), queue_at(VSOCK_RX_DESC, 16)) else {
         return (0, 0);
     };
@@ -179,6 +206,10 @@ pub fn vsock_queues(data: &[u8]) -> (u16, u16) {
         if mux.process_tx(&m, &mut tx).is_err() || mux.fill_rx(&m, &mut rx).is_err() {
             break;
         }
+    }
+    // The streams of this run end here: their backlog must not fill up.
+    for l in &host.listeners {
+        while l.accept().is_ok() {}
     }
     let used = |at: u64| m.read_obj::<u16>(GuestAddress(at + 0x2002)).unwrap_or(0);
     (used(BLK_DESC), used(VSOCK_RX_DESC))
