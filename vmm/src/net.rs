@@ -95,11 +95,12 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
-/// The first passt release that carries long transfers over its stream
-/// socket (YYYYMMDD). Earlier ones (Debian 12's 0.0~git20230309, Ubuntu
-/// 24.04's 0.0~git20240220) lose their stream when a frame arrives in
-/// pieces and stall or reset long TCP flows, for QEMU too; upstream fixed
-/// it in releases up to 2024_07_26.
+/// The passt release (YYYYMMDD) from which vmapp offers passt's own MTU.
+/// Debian 12's 0.0~git20230309 loses its stream when a frame arrives in
+/// pieces and stalls or resets long TCP flows, for QEMU too (measured);
+/// 2025_05_03 does not (measured). The cut-off is the last of upstream's
+/// fixes to its stream handling in its history (2024_07_26), not a
+/// measurement: releases in between are treated as old.
 pub const PASST_FIXED: u32 = 20240726;
 
 /// The MTU given to the guest through an older passt: it stalled at once
@@ -260,7 +261,7 @@ impl Passt {
         let mtu = cfg.mtu_for(&bin);
         if mtu == Some(OLD_PASST_MTU) && cfg.mtu.is_none() {
             tracing::warn!(
-                "{} predates passt 2024_07_26, which long transfers need; the guest gets MTU {OLD_PASST_MTU}",
+                "{} names no passt release from 2024_07_26 on, which long transfers need; the guest gets MTU {OLD_PASST_MTU}",
                 bin.display()
             );
         }

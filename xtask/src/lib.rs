@@ -87,12 +87,14 @@ limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
 # mounted under it) to / and frees the initramfs.
 exec switch_root /host /bin/sh -c '
 : > /tmp/xtask.out
+timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err & sp=$!
 # What the script prints also goes to the console as it comes, so that a
-# run the host has to kill (the L1 host hung) still shows how far it got.
-tail -n +1 -f /tmp/xtask.out | sed -u "s/^/@@XTASK-LIVE /" & live=$!
-timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err
+# run the host has to kill (the L1 host hung) still shows how far it got;
+# tail reads the rest and ends once the script has.
+tail -n +1 -f --pid=$sp /tmp/xtask.out | sed -u "s/^/@@XTASK-LIVE /"
+wait $sp
 rc=$?
-sleep 1; pkill -f "^tail -n .1 -f /tmp/xtask.out"; wait $live
+echo
 [ $rc = 124 ] && echo "xtask: the script overran its $1 s and was stopped" >> /tmp/xtask.err
 echo "@@XTASK-STDOUT"
 cat /tmp/xtask.out
@@ -147,11 +149,12 @@ pub struct EmulatedHost {
     initramfs: PathBuf,
 }
 
-/// The workspace's target directory.
+/// The workspace's target directory (absolute: it goes on `PATH`).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
+    let d = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    std::path::absolute(&d).unwrap_or(d)
 }
 
 fn target_tmp() -> PathBuf {
@@ -307,7 +310,10 @@ fn last_lines(text: &str, n: usize) -> String {
 
 /// Splits the L1 console output into the script's stdout, stderr and status.
 pub fn parse_output(text: &str) -> Option<Output> {
-    let (_, rest) = text.split_once("@@XTASK-STDOUT\n")?;
+    // At the start of a line only: the live echo's lines carry the
+    // script's output after a prefix.
+    let text = format!("\n{text}");
+    let (_, rest) = text.split_once("\n@@XTASK-STDOUT\n")?;
     let (stdout, rest) = rest.split_once("@@XTASK-STDERR\n")?;
     let (stderr, rest) = rest.rsplit_once("@@XTASK-EXIT ")?;
     let status = rest.lines().next()?.trim().parse().ok()?;
@@ -404,6 +410,10 @@ mod tests {
             (7, "hello\n", "oops\n")
         );
         assert!(parse_output("@@XTASK-STDOUT\nno end").is_none());
+        // A script that prints the marker does not move the framing.
+        let t = "@@XTASK-LIVE @@XTASK-STDOUT\n@@XTASK-LIVE x\n\n@@XTASK-STDOUT\n@@XTASK-STDOUT\nx\n@@XTASK-STDERR\n@@XTASK-EXIT 0\n";
+        let o = parse_output(t).unwrap();
+        assert_eq!(o.stdout, "@@XTASK-STDOUT\nx\n");
     }
 
     #[test]

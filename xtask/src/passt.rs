@@ -7,6 +7,8 @@
 //! Upstream fixed both in 2023 and 2024; this is the release Debian 13
 //! ships. The tarball is checked against its SHA-256 before it is built;
 //! building needs `curl`, `make` and a C compiler, and fails loudly without.
+//! The URL lasts while Debian's archive holds that tarball (Debian 13's
+//! passt); when it moves on, so must the pin.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,7 +48,8 @@ pub fn ensure(target: &Path) -> Result<PathBuf> {
 fn build(work: &Path, bin: &Path) -> Result<()> {
     let tarball = work.join("passt.tar.xz");
     run(Command::new("curl")
-        .args(["-fsSL", "--retry", "3", "-o"])
+        .args(["-fsSL", "--retry", "3", "--connect-timeout", "20"])
+        .args(["--max-time", "300", "-o"])
         .arg(&tarball)
         .arg(URL))
     .context("downloading passt's source (needs curl: apt-get install curl)")?;
@@ -61,15 +64,20 @@ fn build(work: &Path, bin: &Path) -> Result<()> {
         .arg("-C")
         .arg(work))?;
     let src = work.join(format!("passt-{VERSION}"));
+    // Both builds, as packagers ship them: on a CPU with AVX2, passt runs
+    // `passt.avx2` from its own directory.
     run(Command::new("make")
         .current_dir(&src)
         .arg(format!("VERSION={VERSION}"))
-        .arg("passt"))
+        .args(["passt", "passt.avx2"]))
     .context("compiling passt (needs make and a C compiler: apt-get install make gcc libc6-dev)")?;
     std::fs::create_dir_all(bin)?;
-    let tmp = bin.join(".passt.new");
-    std::fs::copy(src.join("passt"), &tmp)?;
-    std::fs::rename(&tmp, bin.join("passt"))?;
+    // `passt` last: its presence says the directory is complete.
+    for name in ["passt.avx2", "passt"] {
+        let tmp = bin.join(format!(".{name}.new"));
+        std::fs::copy(src.join(name), &tmp)?;
+        std::fs::rename(&tmp, bin.join(name))?;
+    }
     Ok(())
 }
 
@@ -89,10 +97,10 @@ fn run(c: &mut Command) -> Result<()> {
 }
 
 /// `PATH` with `dir` first.
-pub fn path_with(dir: &Path) -> std::ffi::OsString {
+pub fn path_with(dir: &Path) -> Result<std::ffi::OsString> {
     let old = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&old));
-    std::env::join_paths(dirs).unwrap_or(old)
+    std::env::join_paths(dirs).with_context(|| format!("{} cannot go on PATH", dir.display()))
 }
 
 #[cfg(test)]
@@ -101,8 +109,9 @@ mod tests {
 
     #[test]
     fn the_pinned_passt_comes_first_on_the_path() {
-        let p = path_with(Path::new("/x/passt/bin"));
+        let p = path_with(Path::new("/x/passt/bin")).unwrap();
         let first = std::env::split_paths(&p).next().unwrap();
         assert_eq!(first, Path::new("/x/passt/bin"));
+        assert!(path_with(Path::new("/a:b")).is_err());
     }
 }

@@ -90,9 +90,9 @@ fn run() -> Result<()> {
     let (tx, rx) = (TX_PORT.to_string(), RX_PORT.to_string());
     let argv = ["/init", "bench", "tcp", GW, &tx, &rx, &mib];
     let qargv = ["/init", "bench", "tcp", GW, &tx, &rx, &mib, "static"];
-    // Far beyond a slow run (0.25 MB/s each way), short enough that a
-    // stalled transfer fails the run in minutes, with the guest's output
-    // (which direction finished) in the error.
+    // Room for 0.25 MB/s each way (runs here go at 2 to 10), short enough
+    // that a stalled transfer fails the run in minutes, with the guest's
+    // output (which direction finished) in the error.
     let timeout = Duration::from_secs(120 + 8 * a.mib);
     let net_word = format!("vmapp.net={}", vmm::net::NET_PORT);
     let mut results: benches::Results = [Vec::new(), Vec::new()];

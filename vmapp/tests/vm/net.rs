@@ -13,6 +13,11 @@ const SERVERS: &str = include_str!("net/servers.py");
 const GW: &str = "192.0.2.1";
 
 fn script() -> String {
+    // The library's own example of a VM with a network (`cargo xtask test`
+    // builds the workspace's examples).
+    let netex = std::path::Path::new(VMAPP).with_file_name("examples/network");
+    assert!(netex.exists(), "{} is not built", netex.display());
+    let netex = netex.display();
     format!(
         r#"for t in passt python3 ip unshare; do command -v $t >/dev/null || {{ echo "$t is required" >&2; exit 1; }}; done
 d=$(mktemp -d /tmp/vmapp-net.XXXXXX); mkdir -p $d/www $d/cfg $d/data $d/rt; chmod 700 $d/rt
@@ -87,6 +92,11 @@ echo @@passt-after-garbage=$(pgrep '^passt' | wc -l)
 wait $lp; echo @@web-rc=$?
 sleep 0.5; echo @@passt-after-stop=$(pgrep '^passt' | wc -l)
 echo "@@passt-log=$(cat $d/rt/vmapp/web/passt.log 2>/dev/null | tr '\n' ' ')"
+# The same through the library alone: VmBuilder::network, VmHandle::set_network.
+eval "$({VMAPP} prepare)"
+timeout {T} {netex} "$vmlinux" "$initramfs" {GW} 8000 hello hello > $d/lib.out 2> $d/lib.err; echo @@lib-rc=$?
+sed 's/^@@/@@lib-/' $d/lib.out; tail -n 5 $d/lib.err | sed 's/^/lib: /' >&2
+echo @@passt-after-lib=$(pgrep '^passt' | wc -l)
 kill $spid 2>/dev/null
 SHEOF
 unshare -n -m sh $d/inner.sh $d
@@ -159,4 +169,10 @@ fn the_guest_reaches_host_services_by_name_publishes_a_port_and_its_network_swit
     // seccomp kill of a thread that reaped the network helper.
     assert_eq!(value(&out, "@@web-rc="), "143", "{all}");
     assert_eq!(value(&out, "@@passt-after-stop="), "0", "{all}");
+    // The library path: fetched, cut off while off, back when on, passt gone.
+    assert_eq!(value(&out, "@@lib-fetched="), "hello", "{all}");
+    assert_ne!(value(&out, "@@lib-off-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@lib-back="), "hello", "{all}");
+    assert_eq!(value(&out, "@@lib-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@passt-after-lib="), "0", "{all}");
 }
