@@ -302,13 +302,18 @@ impl Passt {
             keeper: Some(keeper),
             socket: socket.to_path_buf(),
         };
+        // passt binds its socket while it reads its configuration and
+        // listens later: the file alone is not enough (a guest's connect in
+        // between is refused).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        while listening(socket) != Some(true) {
             if let Some(st) = p.exited() {
                 return Err(NetError::NotListening(format!("it exited ({st})")));
             }
             if Instant::now() > deadline {
-                return Err(NetError::NotListening("no socket after 10 s".into()));
+                return Err(NetError::NotListening(
+                    "its socket did not listen within 10 s".into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -338,6 +343,22 @@ impl Passt {
             )
         };
     }
+}
+
+/// Whether a Unix socket bound at `path` in this network namespace listens
+/// (`/proc/net/unix`: the flag `__SO_ACCEPTCON`); `None` when that table
+/// cannot be read, or `path` is not UTF-8.
+fn listening(path: &Path) -> Option<bool> {
+    const ACCEPTCON: u32 = 1 << 16;
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let end = format!(" {}", path.to_str()?);
+    Some(table.lines().skip(1).any(|l| {
+        l.ends_with(&end)
+            && l.split_whitespace()
+                .nth(3)
+                .and_then(|f| u32::from_str_radix(f, 16).ok())
+                .is_some_and(|f| f & ACCEPTCON != 0)
+    }))
 }
 
 /// What the `passt` thread hands back: passt's PID and pidfd.
@@ -533,6 +554,36 @@ mod tests {
         for p in [new, old, feb] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    #[test]
+    fn a_bound_socket_listens_only_after_listen() {
+        let dir = std::env::temp_dir().join(format!("vmm-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        // SAFETY: plain socket(2); checked below.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_un is plain data; all-zero is valid.
+        let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, b) in a.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+            *d = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: a is a valid sockaddr_un of len bytes.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+        assert_eq!(r, 0);
+        assert!(path.exists());
+        assert_eq!(listening(&path), Some(false), "bound, not listening");
+        // SAFETY: listen on our socket.
+        assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 1) }, 0);
+        assert_eq!(listening(&path), Some(true));
+        assert_eq!(listening(&dir.join("other.sock")), Some(false));
+        drop(fd);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
