@@ -17,17 +17,46 @@ pub mod virtio;
 pub mod worker;
 
 /// Waits until `fd` is readable: `None` waits forever. Returns false on
-/// timeout (or a poll error, e.g. EINTR — callers loop or give up).
+/// timeout — never before it has passed (the milliseconds poll takes are
+/// rounded up, EINTR is retried) — or on a poll error.
 pub fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Option<std::time::Duration>) -> bool {
-    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        // Whole milliseconds, rounded up: never less than asked for.
+        let ms = deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+        });
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            1 => return true,
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The guest memory type every device works on.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wait_readable_waits_at_least_the_timeout() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        for us in [1500, 2700, 999] {
+            let t = Duration::from_micros(us);
+            let start = Instant::now();
+            assert!(!wait_readable(&a, Some(t)));
+            assert!(start.elapsed() >= t, "{:?} < {t:?}", start.elapsed());
+        }
+    }
+}
