@@ -507,9 +507,17 @@ impl Muxer {
             }
             return;
         }
+        let mut resumed = false;
         if let Some(c) = self.conns.get_mut(&key) {
             c.peer_buf_alloc = pkt.buf_alloc();
             c.peer_fwd_cnt = pkt.fwd_cnt();
+            // Every header carries the guest's credit, not only
+            // CREDIT_UPDATE (which Linux sends only when it is nearly out of
+            // space): a stream paused for lack of credit resumes on any.
+            resumed = c.peer_credit() > 0 && !c.armed_in && !c.queued;
+        }
+        if resumed {
+            self.arm(key);
         }
         match pkt.op() {
             op::REQUEST => self.guest_connect(key, pkt.buf_alloc(), pkt.fwd_cnt()),

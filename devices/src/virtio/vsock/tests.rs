@@ -377,6 +377,48 @@ fn host_data_respects_the_guest_credit() {
     assert_eq!(more, 1000);
 }
 
+/// Linux sends a CREDIT_UPDATE only when its free space falls below 64 KiB;
+/// the rest of the time its credit travels in the headers of the packets it
+/// sends anyway (data on the same stream, the network relay's ACK frames).
+/// Credit arriving that way must resume a stream paused for lack of it.
+#[test]
+fn credit_in_a_data_packets_header_resumes_host_data() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
+    let mut h = Hdr::guest(1000, 52, op::REQUEST);
+    h.buf_alloc = 1000;
+    g.send(&mut e.mux, h, &[]);
+    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RESPONSE);
+    let (mut host, _) = srv.accept().unwrap();
+    host.write_all(&[7u8; 5000]).unwrap();
+    let mut total = 0;
+    for _ in 0..10 {
+        pump(&mut e.mux);
+        while let Some((_, d)) = g.recv(&mut e.mux) {
+            total += d.len();
+        }
+    }
+    assert_eq!(total, 1000, "exactly the guest's buffer");
+    // The guest consumed it all and says so in the header of its own data.
+    let mut h = Hdr::guest(1000, 52, op::RW);
+    h.buf_alloc = 1000;
+    h.fwd_cnt = 1000;
+    g.send(&mut e.mux, h, b"ack");
+    let mut got = [0u8; 3];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ack");
+    let mut more = 0;
+    for _ in 0..10 {
+        pump(&mut e.mux);
+        while let Some((_, d)) = g.recv(&mut e.mux) {
+            more += d.len();
+        }
+    }
+    assert_eq!(more, 1000, "the credit in the data packet was not used");
+}
+
 #[test]
 fn a_guest_that_never_reads_rx_stalls_the_host_writer() {
     let mut e = env();
