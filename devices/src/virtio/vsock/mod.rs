@@ -18,7 +18,9 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{
+    read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
+};
 use crate::worker::Parked;
 use crate::{warn_limited, GuestMemory};
 pub use muxer::{Muxer, MuxerError};
@@ -123,51 +125,60 @@ fn run_worker(
                 return;
             }
         };
-        let mut used = false;
+        let (mut rx_used, mut tx_used) = (false, false);
         let mut result = Ok(());
         for ev in &events[..n] {
             let r = match ev.data() {
                 TOKEN_KILL => return,
                 TOKEN_RXQ => {
                     let _ = q.rx_notify.read();
-                    Ok(false)
+                    Ok(())
                 }
                 TOKEN_TXQ => {
                     let _ = q.tx_notify.read();
-                    mux.process_tx(&mem, &mut q.tx)
+                    mux.process_tx(&mem, &mut q.tx).map(|u| tx_used |= u)
                 }
                 TOKEN_EVQ => {
                     let _ = q.ev_notify.read();
-                    Ok(false)
+                    Ok(())
                 }
                 t => {
                     mux.host_event(t, ev.event_set());
-                    Ok(false)
+                    Ok(())
                 }
             };
-            match r {
-                Ok(u) => used |= u,
-                Err(e) => result = Err(e),
+            if let Err(e) = r {
+                result = Err(e);
             }
         }
         // The guest may have queued more tx while we worked; and whatever
         // became ready goes into rx buffers.
         if result.is_ok() {
-            result = mux.process_tx(&mem, &mut q.tx).map(|u| used |= u);
+            result = mux.process_tx(&mem, &mut q.tx).map(|u| tx_used |= u);
         }
         if result.is_ok() {
-            result = mux.fill_rx(&mem, &mut q.rx).map(|u| used |= u);
+            result = mux.fill_rx(&mem, &mut q.rx).map(|u| rx_used |= u);
         }
-        if let Err(e) = result {
-            warn_limited!("vsock: broken queue: {e}; device needs reset");
-            let _ = interrupt.set_needs_reset();
-            // Close every stream and wait for the guest's reset.
-            drop(mux);
-            while !crate::wait_readable(&kill, None) {}
-            return;
-        }
-        if used {
-            let _ = interrupt.signal_used_queue();
+        // One interrupt for both queues, and none the driver suppressed
+        // (its used_event with EVENT_IDX, else VRING_AVAIL_F_NO_INTERRUPT).
+        let notify = result.and_then(|()| {
+            let tx = tx_used && q.tx.needs_notification(&mem)?;
+            let rx = rx_used && q.rx.needs_notification(&mem)?;
+            Ok(tx || rx)
+        });
+        match notify {
+            Ok(true) => {
+                let _ = interrupt.signal_used_queue();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn_limited!("vsock: broken queue: {e}; device needs reset");
+                let _ = interrupt.set_needs_reset();
+                // Close every stream and wait for the guest's reset.
+                drop(mux);
+                while !crate::wait_readable(&kill, None) {}
+                return;
+            }
         }
     }
 }
@@ -182,7 +193,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        0
+        1 << VIRTIO_F_RING_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -197,7 +208,7 @@ impl VirtioDevice for Vsock {
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
-        _acked_features: u64,
+        acked_features: u64,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         self.thread.stop();
@@ -224,8 +235,9 @@ impl VirtioDevice for Vsock {
         }
         let mut rxq = rx.queue;
         let mut txq = tx.queue;
-        rxq.set_event_idx(false);
-        txq.set_event_idx(false);
+        let event_idx = acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0;
+        rxq.set_event_idx(event_idx);
+        txq.set_event_idx(event_idx);
         let q = Queues {
             rx: rxq,
             tx: txq,

@@ -417,21 +417,40 @@ impl Muxer {
         q: &mut Queue,
     ) -> Result<bool, virtio_queue::Error> {
         let mut used = false;
-        while let Some(mut chain) = q.iter(mem)?.next() {
-            let head = chain.head_index();
-            let whole = chain.clone();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => self.guest_packet(&pkt),
-                Err(
-                    virtio_vsock::packet::Error::DescriptorLengthTooSmall
-                    | virtio_vsock::packet::Error::DescriptorChainTooShort,
-                ) => self.gathered_packet(mem, whole),
-                Err(e) => warn_limited!("vsock: bad tx packet: {e}"),
+        loop {
+            // No kicks while we drain; re-enabled (and re-checked) after.
+            q.disable_notification(mem)?;
+            while let Some(chain) = q.iter(mem)?.next() {
+                self.tx_packet(mem, q, chain)?;
+                used = true;
             }
-            q.add_used(mem, head, 0)?;
-            used = true;
+            if !q.enable_notification(mem)? {
+                return Ok(used);
+            }
         }
-        Ok(used)
+    }
+
+    /// Serves one tx packet and returns its buffer.
+    fn tx_packet<M>(
+        &mut self,
+        mem: &GuestMemory,
+        q: &mut Queue,
+        mut chain: DescriptorChain<M>,
+    ) -> Result<(), virtio_queue::Error>
+    where
+        M: Deref<Target = GuestMemory> + Clone,
+    {
+        let head = chain.head_index();
+        let whole = chain.clone();
+        match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+            Ok(pkt) => self.guest_packet(&pkt),
+            Err(
+                virtio_vsock::packet::Error::DescriptorLengthTooSmall
+                | virtio_vsock::packet::Error::DescriptorChainTooShort,
+            ) => self.gathered_packet(mem, whole),
+            Err(e) => warn_limited!("vsock: bad tx packet: {e}"),
+        }
+        q.add_used(mem, head, 0)
     }
 
     /// A tx packet split over descriptors in a way `VsockPacket` does not
@@ -861,6 +880,11 @@ impl Muxer {
         let mut used = false;
         while self.has_rx_work() {
             let Some(mut chain) = q.iter(mem)?.next() else {
+                // Out of buffers with work waiting: ask the guest to kick
+                // when it adds some (it may have just done so).
+                if q.enable_notification(mem)? {
+                    continue;
+                }
                 break;
             };
             let head = chain.head_index();
