@@ -17,6 +17,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -86,6 +87,7 @@ limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
 # uses, refuse a chrooted caller). switch_root moves /host (with what is
 # mounted under it) to / and frees the initramfs.
 exec switch_root /host /bin/sh -c '
+echo "@@XTASK-L1-UP"
 : > /tmp/xtask.out
 timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err & sp=$!
 # What the script prints also goes to the console as it comes, so that a
@@ -105,6 +107,20 @@ sync
 echo o > /proc/sysrq-trigger
 sleep 60' sh "${limit:-3600}" "$script"
 "#;
+
+/// QEMU's arguments for an HMP monitor on `DIR/l1-monitor-PID.sock` when
+/// `XTASK_DEBUG` is set (none otherwise).
+fn debug_monitor(dir: &Path) -> Vec<String> {
+    if std::env::var_os("XTASK_DEBUG").is_none() {
+        return Vec::new();
+    }
+    let sock = dir.join(format!("l1-monitor-{}.sock", std::process::id()));
+    eprintln!("xtask: L1 monitor on {}", sock.display());
+    vec![
+        "-monitor".into(),
+        format!("unix:{},server=on,wait=off", sock.display()),
+    ]
+}
 
 /// How commands that need KVM run on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,14 +217,47 @@ impl EmulatedHost {
     }
 
     /// Runs `script` (sh) inside the L1 host; `timeout` bounds the whole run.
+    ///
+    /// Now and then the L1 host (QEMU TCG) stops at boot, idle, before the
+    /// script starts; such a boot is abandoned after [`BOOT_LIMIT`] and the
+    /// L1 host started again (at most [`BOOT_TRIES`] times), since nothing
+    /// of the script ran yet.
     pub fn run(&self, script: &str, timeout: Duration) -> Result<Output> {
-        let qemu = "qemu-system-x86_64";
         let tmp = target_tmp();
         std::fs::create_dir_all(&tmp)?;
         let script_path = tmp.join(format!("script-{}-{}.sh", std::process::id(), unique()));
         std::fs::write(&script_path, script)?;
         let script_path = script_path.canonicalize()?;
-        let mut child = Command::new(qemu)
+        let mut tries = 0;
+        let r = loop {
+            tries += 1;
+            match self.attempt(&script_path, timeout) {
+                Err(Attempt::BootHang(console)) if tries < BOOT_TRIES => eprintln!(
+                    "xtask: the emulated KVM host did not start the script within {BOOT_LIMIT:?} \
+                     (stopped at boot); starting it again. Its console:\n{}",
+                    last_lines(&console, 20)
+                ),
+                Err(Attempt::BootHang(console)) => {
+                    break Err(anyhow::anyhow!(
+                    "the emulated KVM host stopped at boot {tries} times; its console:\n{console}"
+                ))
+                }
+                Err(Attempt::Failed(e)) => break Err(e),
+                Ok(o) => break Ok(o),
+            }
+        };
+        let _ = std::fs::remove_file(&script_path);
+        r
+    }
+
+    fn spawn(
+        &self,
+        script_path: &Path,
+        timeout: Duration,
+        tmp: &Path,
+    ) -> Result<std::process::Child> {
+        let qemu = "qemu-system-x86_64";
+        let child = Command::new(qemu)
             .args(["-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "3072", "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio"])
@@ -222,7 +271,7 @@ impl EmulatedHost {
                 // With XTASK_DEBUG the L1 kernel's own messages (lockups,
                 // hung tasks, OOM) reach the output too.
                 if std::env::var_os("XTASK_DEBUG").is_some() {
-                    "loglevel=6 hung_task_timeout_secs=60"
+                    "loglevel=6 sysctl.kernel.hung_task_timeout_secs=60"
                 } else {
                     "quiet loglevel=0"
                 },
@@ -231,50 +280,120 @@ impl EmulatedHost {
                 if std::env::var_os("XTASK_DEBUG").is_some() { "XTASK_L1_DEBUG=1" } else { "" }
             ))
             .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+            // With XTASK_DEBUG a monitor, to inspect (`info registers`,
+            // `info lapic`) or poke (`nmi`) an L1 host that stopped.
+            .args(debug_monitor(tmp))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("{qemu} is required for the emulated KVM host (apt-get install qemu-system-x86)"))?;
-        let mut stdout = child.stdout.take().context("qemu stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stdout.read_to_end(&mut v);
-            v
-        });
+        Ok(child)
+    }
+
+    /// One boot of the L1 host running the script at `script_path`.
+    fn attempt(&self, script_path: &Path, timeout: Duration) -> Result<Output, Attempt> {
+        let mut child = self
+            .spawn(script_path, timeout, &target_tmp())
+            .map_err(Attempt::Failed)?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let mut stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| Attempt::Failed(anyhow::anyhow!("qemu stdout")))?;
+            let console = console.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    console
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+            })
+        };
         let start = Instant::now();
+        let mut up = false;
         let status = loop {
-            if let Some(s) = child.try_wait()? {
+            if let Some(s) = child.try_wait().map_err(|e| Attempt::Failed(e.into()))? {
                 break Some(s);
             }
-            if start.elapsed() > timeout {
+            if !up {
+                up = started(&console.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+            let hung_at_boot = !up && start.elapsed() > BOOT_LIMIT;
+            if hung_at_boot || start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
+                if hung_at_boot {
+                    let _ = reader.join();
+                    let raw = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    return Err(Attempt::BootHang(
+                        String::from_utf8_lossy(&raw).into_owned(),
+                    ));
+                }
                 break None;
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let raw = reader.join().unwrap_or_default();
-        let _ = std::fs::remove_file(&script_path);
+        let _ = reader.join();
+        let raw = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let text = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut err);
         }
-        if std::env::var_os("XTASK_DEBUG").is_some() {
-            eprintln!("xtask: emulated host console:\n{text}\n{err}");
-        }
-        let Some(status) = status else {
-            bail!(
-                "the emulated KVM host did not finish within {timeout:?}; its script's output so far:\n{}\nits console's last lines:\n{}\n{err}",
-                live_lines(&text),
-                last_lines(&text, 40)
-            );
-        };
-        parse_output(&text).with_context(|| {
-            format!("the emulated KVM host ended ({status}) without a result; it printed:\n{text}\n{err}")
-        })
+        finish(&text, &err, status, timeout).map_err(Attempt::Failed)
     }
+}
+
+/// How long the L1 host may take from its start to the script's: it boots
+/// in well under a minute even on a loaded 2-core machine.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(180);
+/// How many times the L1 host is started when it stops at boot.
+pub const BOOT_TRIES: u32 = 3;
+
+/// Why one boot of the L1 host gave no output.
+enum Attempt {
+    /// It never reached the script (its console so far).
+    BootHang(String),
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+/// Whether the console shows the L1 host has started the script.
+fn started(console: &[u8]) -> bool {
+    console
+        .split(|b| *b == b'\n')
+        .any(|l| l.strip_suffix(b"\r").unwrap_or(l) == b"@@XTASK-L1-UP")
+}
+
+/// The script's output from the L1 host's console, or why there is none.
+fn finish(
+    text: &str,
+    err: &str,
+    status: Option<std::process::ExitStatus>,
+    timeout: Duration,
+) -> Result<Output> {
+    if std::env::var_os("XTASK_DEBUG").is_some() {
+        eprintln!("xtask: emulated host console:\n{text}\n{err}");
+    }
+    let Some(status) = status else {
+        bail!(
+            "the emulated KVM host did not finish within {timeout:?}; its script's output so far:\n{}\nits console's last lines:\n{}\n{err}",
+            live_lines(text),
+            last_lines(text, 40)
+        );
+    };
+    parse_output(text).with_context(|| {
+        format!(
+            "the emulated KVM host ended ({status}) without a result; it printed:\n{text}\n{err}"
+        )
+    })
 }
 
 /// The script's own deadline inside the L1 host: the run's timeout less
@@ -414,6 +533,17 @@ mod tests {
         let t = "@@XTASK-LIVE @@XTASK-STDOUT\n@@XTASK-LIVE x\n\n@@XTASK-STDOUT\n@@XTASK-STDOUT\nx\n@@XTASK-STDERR\n@@XTASK-EXIT 0\n";
         let o = parse_output(t).unwrap();
         assert_eq!(o.stdout, "@@XTASK-STDOUT\nx\n");
+    }
+
+    #[test]
+    fn the_script_counts_as_started_only_at_the_l1_hosts_own_line() {
+        assert!(started(b"boot noise\r\n@@XTASK-L1-UP\r\n"));
+        assert!(started(b"@@XTASK-L1-UP\n@@XTASK-LIVE x\n"));
+        assert!(!started(b""));
+        assert!(!started(b"@@XTASK-L1-U"));
+        // A script cannot fake it (its lines come prefixed), nor text in a line.
+        assert!(!started(b"@@XTASK-LIVE @@XTASK-L1-UP\n"));
+        assert!(!started(b"say @@XTASK-L1-UP\n"));
     }
 
     #[test]

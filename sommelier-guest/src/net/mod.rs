@@ -17,6 +17,7 @@
 pub mod dhcp;
 pub mod relay;
 pub mod tap;
+pub mod vnet;
 
 /// The host port the guest's network stream connects to.
 pub const NET_PORT: u32 = 1026;
@@ -84,7 +85,7 @@ impl Deframer {
     }
 
     /// The next whole frame, if one is there.
-    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, NetError> {
+    pub fn next_frame(&mut self) -> Result<Option<&mut [u8]>, NetError> {
         let avail = &self.buf[self.start..self.end];
         let Some(head) = avail.get(..4) else {
             return Ok(None);
@@ -102,7 +103,7 @@ impl Deframer {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
-        Ok(Some(&self.buf[at..at + n]))
+        Ok(Some(&mut self.buf[at..at + n]))
     }
 }
 

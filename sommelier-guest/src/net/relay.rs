@@ -10,7 +10,7 @@
 //! than in a buffer of ours.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::dhcp::{self, Lease};
 use super::tap::Tap;
-use super::{push_frame, Deframer, NetError, MAX_FRAME};
+use super::{push_frame, vnet, Deframer, NetError, MAX_FRAME};
 use crate::vsock_socket;
 
 /// The most bytes one write to the host carries.
@@ -162,7 +162,7 @@ fn set_resolvers(dns: &[[u8; 4]]) {
 /// TAP → host, batched, until `stop` or an error.
 fn uplink(tap: &File, s: &mut File, stop: &AtomicBool) -> Result<(), NetError> {
     let mut out = Vec::with_capacity(BATCH + MAX_FRAME + 4);
-    let mut frame = vec![0u8; MAX_FRAME];
+    let mut frame = vec![0u8; vnet::HDR_LEN + MAX_FRAME];
     while !stop.load(Ordering::Relaxed) {
         if !readable(tap, 500)? {
             continue;
@@ -170,7 +170,10 @@ fn uplink(tap: &File, s: &mut File, stop: &AtomicBool) -> Result<(), NetError> {
         out.clear();
         while out.len() < BATCH {
             match (&*tap).read(&mut frame) {
-                Ok(n) if n > 0 => push_frame(&mut out, &frame[..n]),
+                // Each frame behind its header (offloads are never on, so
+                // the frame is complete as it is).
+                Ok(n) if n > vnet::HDR_LEN => push_frame(&mut out, &frame[vnet::HDR_LEN..n]),
+                Ok(n) if n > 0 => {}
                 Ok(_) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -194,9 +197,11 @@ fn uplink(tap: &File, s: &mut File, stop: &AtomicBool) -> Result<(), NetError> {
 fn downlink(tap: &File, s: &mut File, d: &mut Deframer) -> Result<(), NetError> {
     loop {
         while let Some(f) = d.next_frame()? {
+            let hdr = vnet::into_tap(f);
+            let iov = [IoSlice::new(&hdr), IoSlice::new(f)];
             // A frame the guest's stack cannot take now is dropped, as a
             // NIC with a full ring drops it.
-            let _ = (&*tap).write(f);
+            let _ = (&*tap).write_vectored(&iov);
         }
         let n = s.read(d.space()).map_err(|e| NetError::Io("receive", e))?;
         if n == 0 {

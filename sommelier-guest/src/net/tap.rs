@@ -58,8 +58,8 @@ fn last(what: &'static str) -> NetError {
 }
 
 impl Tap {
-    /// Creates TAP interface `name` (frames without packet information),
-    /// non-blocking.
+    /// Creates TAP interface `name`, non-blocking: frames without packet
+    /// information, each behind a `virtio_net_hdr` ([`super::vnet`]).
     pub fn open(name: &str) -> Result<Self, NetError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -68,7 +68,8 @@ impl Tap {
             .open("/dev/net/tun")
             .map_err(io("/dev/net/tun"))?;
         let mut ifr = blank_ifreq_named(name);
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads an ifreq we own.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
             return Err(last("TUNSETIFF"));
