@@ -16,7 +16,7 @@
 //! runs this in a network namespace of its own (`vmapp/tests/vm/net.rs`).
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm::agent::{AgentError, Run, EXEC_PORT};
 use vmm::net::NetConfig;
@@ -41,17 +41,9 @@ fn sh(vm: &VmHandle, script: &str) -> Result<String, AgentError> {
         cwd: String::new(),
         keep_running: false,
     };
-    let start = Instant::now();
-    loop {
-        let mut out = Vec::new();
-        match vm.exec(&run, None, &mut out, std::io::stderr()) {
-            Ok(_) => return Ok(String::from_utf8_lossy(&out).trim().to_string()),
-            Err(AgentError::NoExec(_)) if start.elapsed() < Duration::from_secs(120) => {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let mut out = Vec::new();
+    vm.exec_when_ready(&run, Duration::from_secs(120), &mut out, std::io::stderr())?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
 fn main() -> ExitCode {

@@ -17,7 +17,7 @@
 
 use std::process::ExitCode;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm::agent::{AgentError, Exit, Run, EXEC_PORT};
 use vmm::{Console, ExitReason, VmBuilder, VmError, VmHandle, VsockConfig};
@@ -62,17 +62,9 @@ fn uname(vm: &VmHandle) -> Result<(String, Exit), AgentError> {
         cwd: String::new(),
         keep_running: false,
     };
-    let start = Instant::now();
-    loop {
-        let mut out = Vec::new();
-        match vm.exec(&run, None, &mut out, std::io::stderr()) {
-            Ok(exit) => return Ok((String::from_utf8_lossy(&out).trim().to_string(), exit)),
-            Err(AgentError::NoExec(_)) if start.elapsed() < Duration::from_secs(120) => {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let mut out = Vec::new();
+    let exit = vm.exec_when_ready(&run, Duration::from_secs(120), &mut out, std::io::stderr())?;
+    Ok((String::from_utf8_lossy(&out).trim().to_string(), exit))
 }
 
 fn main() -> ExitCode {

@@ -142,6 +142,29 @@ pub fn exec(
     session(s, run, stdin, &mut stdout, &mut stderr)?.ok_or(AgentError::Stopped)
 }
 
+/// [`exec`] without stdin, tried again every half second while nothing
+/// listens on the guest's `port` yet (the guest may still be booting), for
+/// at most `within`; then [`AgentError::NoExec`]. Any other error ends it.
+pub fn exec_when_ready(
+    uds: &Path,
+    port: u32,
+    run: &Run,
+    within: Duration,
+    mut stdout: impl Write,
+    mut stderr: impl Write,
+) -> Result<Exit, AgentError> {
+    let start = std::time::Instant::now();
+    loop {
+        match exec(uds, port, run, None, &mut stdout, &mut stderr) {
+            Err(AgentError::NoExec(_)) if start.elapsed() < within => {
+                let left = within.saturating_sub(start.elapsed());
+                std::thread::sleep(left.min(Duration::from_millis(500)));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The vsock device's host-side handshake: `CONNECT <port>\n`, answered
 /// with `OK <host port>\n` once the guest accepts (read a byte at a time:
 /// what follows is the guest's), or the stream closed if nothing listens.
@@ -332,6 +355,63 @@ mod tests {
         assert_eq!(exit, Exit::Code(4));
         assert_eq!((&out[..], &err[..]), (&b"out"[..], &b"err"[..]));
         assert_eq!(dev.join().unwrap(), format!("CONNECT {EXEC_PORT}"));
+    }
+
+    /// A stand-in device that refuses `refusals` CONNECTs (the guest's agent
+    /// not up yet), then answers and runs a command that exits 5.
+    fn late_agent(dir: &Path, refusals: usize) -> (PathBuf, std::thread::JoinHandle<usize>) {
+        let uds = dir.join("late.sock");
+        let l = UnixListener::bind(&uds).unwrap();
+        let t = std::thread::spawn(move || {
+            for n in 0.. {
+                let (mut s, _) = l.accept().unwrap();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {}
+                if n < refusals {
+                    continue;
+                }
+                s.write_all(b"OK 77\n").unwrap();
+                proto::write_frame(&mut s, ty::HELLO, &proto::VERSION.to_le_bytes()).unwrap();
+                while let Ok(Some((t, _))) = proto::read_frame(&mut s) {
+                    if t == ty::STDIN_EOF {
+                        break;
+                    }
+                }
+                proto::write_frame(&mut s, ty::EXIT, &Exit::Code(5).encode()).unwrap();
+                return n + 1;
+            }
+            unreachable!()
+        });
+        (uds, t)
+    }
+
+    #[test]
+    fn exec_when_ready_waits_for_a_late_agent_and_gives_up_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Run {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: String::new(),
+            keep_running: false,
+        };
+        let (uds, dev) = late_agent(dir.path(), 2);
+        let (out, err) = (std::io::sink(), std::io::sink());
+        let exit = exec_when_ready(&uds, 9, &run, Duration::from_secs(30), out, err).unwrap();
+        assert_eq!(exit, Exit::Code(5));
+        assert_eq!(dev.join().unwrap(), 3, "two refusals, then the agent");
+        // An agent that never comes: NoExec once `within` has passed.
+        let never = dir.path().join("never");
+        std::fs::create_dir(&never).unwrap();
+        let (uds, _dev) = late_agent(&never, usize::MAX);
+        let t = std::time::Instant::now();
+        let within = Duration::from_millis(1200);
+        let e = exec_when_ready(&uds, 9, &run, within, std::io::sink(), std::io::sink());
+        assert!(matches!(e, Err(AgentError::NoExec(9))), "{e:?}");
+        assert!(
+            t.elapsed() >= within && t.elapsed() < within * 3,
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]

@@ -577,12 +577,31 @@ impl VmHandle {
         stdout: impl std::io::Write,
         stderr: impl std::io::Write,
     ) -> Result<crate::agent::Exit, crate::agent::AgentError> {
-        let uds = self
-            .info
+        let uds = self.agent_socket()?;
+        crate::agent::exec(uds, crate::agent::EXEC_PORT, run, stdin, stdout, stderr)
+    }
+
+    /// The vsock device's socket, where the guest's agent is reached.
+    fn agent_socket(&self) -> Result<&std::path::Path, crate::agent::AgentError> {
+        self.info
             .vsock
             .as_deref()
-            .ok_or(crate::agent::AgentError::NoVsock)?;
-        crate::agent::exec(uds, crate::agent::EXEC_PORT, run, stdin, stdout, stderr)
+            .ok_or(crate::agent::AgentError::NoVsock)
+    }
+
+    /// [`exec`](Self::exec) without stdin, once the guest's agent listens:
+    /// tried again every half second for at most `within` while it does not
+    /// yet (the guest may still be booting).
+    pub fn exec_when_ready(
+        &self,
+        run: &crate::agent::Run,
+        within: std::time::Duration,
+        stdout: impl std::io::Write,
+        stderr: impl std::io::Write,
+    ) -> Result<crate::agent::Exit, crate::agent::AgentError> {
+        let uds = self.agent_socket()?;
+        let port = crate::agent::EXEC_PORT;
+        crate::agent::exec_when_ready(uds, port, run, within, stdout, stderr)
     }
 
     /// Turns the network ([`VmBuilder::network`]) on or off. Off stops
