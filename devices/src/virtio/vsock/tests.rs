@@ -341,11 +341,10 @@ fn garbage_instead_of_connect_closes_that_client_only() {
     assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::REQUEST);
 }
 
-#[test]
-fn host_data_respects_the_guest_credit() {
-    let mut e = env();
-    let m = mem();
-    let mut g = Guest::new(&m);
+/// A guest stream to host port 52 with 1000 bytes of guest credit, the host
+/// peer having written 5000: returns the host's end once exactly the
+/// guest's 1000 have reached its rx queue.
+fn stream_with_credit_used_up(e: &mut Env, g: &mut Guest<'_>) -> UnixStream {
     let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
     let mut h = Hdr::guest(1000, 52, op::REQUEST);
     h.buf_alloc = 1000;
@@ -353,28 +352,37 @@ fn host_data_respects_the_guest_credit() {
     assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RESPONSE);
     let (mut host, _) = srv.accept().unwrap();
     host.write_all(&[7u8; 5000]).unwrap();
+    assert_eq!(rx_bytes(e, g), 1000, "exactly the guest's buffer");
+    host
+}
+
+/// Bytes of host data the muxer puts in the guest's rx queue now (control
+/// packets such as credit updates aside).
+fn rx_bytes(e: &mut Env, g: &mut Guest<'_>) -> usize {
     let mut total = 0;
     for _ in 0..10 {
         pump(&mut e.mux);
         while let Some((h, d)) = g.recv(&mut e.mux) {
-            assert_eq!(h.op, op::RW);
-            total += d.len();
+            if h.op == op::RW {
+                total += d.len();
+            }
         }
     }
-    assert_eq!(total, 1000, "exactly the guest's buffer");
+    total
+}
+
+#[test]
+fn host_data_respects_the_guest_credit() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let _host = stream_with_credit_used_up(&mut e, &mut g);
     // The guest consumed it all: more flows.
     let mut h = Hdr::guest(1000, 52, op::CREDIT_UPDATE);
     h.buf_alloc = 1000;
     h.fwd_cnt = 1000;
     g.send(&mut e.mux, h, &[]);
-    let mut more = 0;
-    for _ in 0..10 {
-        pump(&mut e.mux);
-        while let Some((_, d)) = g.recv(&mut e.mux) {
-            more += d.len();
-        }
-    }
-    assert_eq!(more, 1000);
+    assert_eq!(rx_bytes(&mut e, &mut g), 1000);
 }
 
 /// Linux sends a CREDIT_UPDATE only when its free space falls below 64 KiB;
@@ -386,21 +394,7 @@ fn credit_in_a_data_packets_header_resumes_host_data() {
     let mut e = env();
     let m = mem();
     let mut g = Guest::new(&m);
-    let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
-    let mut h = Hdr::guest(1000, 52, op::REQUEST);
-    h.buf_alloc = 1000;
-    g.send(&mut e.mux, h, &[]);
-    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RESPONSE);
-    let (mut host, _) = srv.accept().unwrap();
-    host.write_all(&[7u8; 5000]).unwrap();
-    let mut total = 0;
-    for _ in 0..10 {
-        pump(&mut e.mux);
-        while let Some((_, d)) = g.recv(&mut e.mux) {
-            total += d.len();
-        }
-    }
-    assert_eq!(total, 1000, "exactly the guest's buffer");
+    let mut host = stream_with_credit_used_up(&mut e, &mut g);
     // The guest consumed it all and says so in the header of its own data.
     let mut h = Hdr::guest(1000, 52, op::RW);
     h.buf_alloc = 1000;
@@ -409,13 +403,7 @@ fn credit_in_a_data_packets_header_resumes_host_data() {
     let mut got = [0u8; 3];
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ack");
-    let mut more = 0;
-    for _ in 0..10 {
-        pump(&mut e.mux);
-        while let Some((_, d)) = g.recv(&mut e.mux) {
-            more += d.len();
-        }
-    }
+    let more = rx_bytes(&mut e, &mut g);
     assert_eq!(more, 1000, "the credit in the data packet was not used");
 }
 
