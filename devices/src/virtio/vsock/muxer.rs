@@ -567,26 +567,28 @@ impl Muxer {
                     self.push_ctrl(key, op::RST, 0);
                 }
             }
-            op::SHUTDOWN => {
-                let Some(c) = self.conns.get_mut(&key) else {
-                    self.push_ctrl(key, op::RST, 0);
-                    return;
-                };
-                if pkt.flags() & SHUTDOWN_SEND != 0 {
-                    c.guest_shut_send = true;
-                }
-                if pkt.flags() & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
-                    self.flush(key);
-                    self.reset_conn(key);
-                } else {
-                    self.flush(key);
-                }
-            }
+            op::SHUTDOWN => self.guest_shutdown(key, pkt.flags()),
             op::RST => self.remove_conn(key),
             other => {
                 warn_limited!("vsock: unknown op {other}");
                 self.reset_conn(key);
             }
+        }
+    }
+
+    /// The guest shut one or both directions: what it sent still reaches
+    /// the host peer; both directions shut ends the stream.
+    fn guest_shutdown(&mut self, key: Key, flags: u32) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            self.push_ctrl(key, op::RST, 0);
+            return;
+        };
+        if flags & SHUTDOWN_SEND != 0 {
+            c.guest_shut_send = true;
+        }
+        self.flush(key);
+        if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
+            self.reset_conn(key);
         }
     }
 
