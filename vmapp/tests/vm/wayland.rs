@@ -6,8 +6,10 @@
 
 use crate::common::{in_kvm, value, T, VMAPP};
 
-/// Starts sway (as nobody) and defines `waitwin PATTERN` (waits until sway's
-/// tree matches) and `gone PATTERN` (seconds until it stops matching).
+/// Starts sway (as nobody) and defines `waitwin PATTERN OUT` (waits, at most
+/// 300 s by the clock, until sway's tree matches; if it never does, prints
+/// the VM's output file OUT (its console and the app's output) so that a
+/// failure says why, instead of running into the script's own timeout).
 const SWAY: &str = r#"
 RT=$(mktemp -d /tmp/vmapp-wl.XXXXXX); H=$RT/home; mkdir -p $H /dev/shm; chmod 1777 /dev/shm
 chown 65534:65534 $RT $H; chmod 700 $RT
@@ -22,7 +24,17 @@ export WAYLAND_DISPLAY=$RT/wayland-1 SWAYSOCK=$(ls $RT/sway-ipc.*.sock)
 # in milliseconds: a day, longer than any run.)
 wtype -s 86400000 x &
 HOLDER=$!
-waitwin() { i=0; while ! swaymsg -t get_tree | grep -q "$1"; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
+waitwin() {
+  end=$(($(date +%s) + 300))
+  while ! swaymsg -t get_tree | grep -q "$1"; do
+    if [ $(date +%s) -gt $end ]; then
+      echo "waitwin: no window matched $1 in 300 s; $2:"; tail -n 60 "$2" | sed 's/^/  | /'
+      echo "sway.log:"; tail -n 20 $H/sway.log | sed 's/^/  | /'
+      return 1
+    fi
+    sleep 0.2
+  done
+}
 "#;
 
 /// The script's start ([`SWAY`], then `$V`: `vmapp launch` in host-root
@@ -56,7 +68,7 @@ echo globals=$(grep -o "interface: '[a-z_0-9]*'" $RT/wi | cut -d"'" -f2 | sort |
 #    the VM's. Nothing here depends on how fast the emulated host is.
 $V --tag paint -- sh -c '{c} --color 0000ff --title stay --seconds 900 & {c} --color 00ff00 --title hello --seconds 900; echo hello-rc=$?; wait' > $RT/color.out 2>&1 &
 pid=$!
-waitwin '"name": "\[paint\] hello"' && waitwin '"name": "\[paint\] stay"' && echo mapped=yes
+waitwin '"name": "\[paint\] hello"' $RT/color.out && waitwin '"name": "\[paint\] stay"' $RT/color.out && echo mapped=yes || {{ kill $pid $HOLDER $SWAYPID; exit 0; }}
 echo appid=$(swaymsg -t get_tree | grep -o '"app_id": "paint:[^"]*"' | sort -u | tr '\n' ' ')
 # Each window's pixel at the centre of its content (sway centres wl-color's
 # 640x480 buffer in a larger tile). The sample counts only if the layout was
@@ -86,7 +98,7 @@ grep hello-rc= $RT/color.out
 #    never through the proxy) into the guest's foot.
 $V --tag kb -- sh -c 'foot sh -c "read l; echo \$l > /tmp/typed"; echo typed=$(cat /tmp/typed)' > $RT/kb.out 2>&1 &
 pid=$!
-waitwin '"app_id": "kb:' && echo foot-mapped=yes
+waitwin '"app_id": "kb:' $RT/kb.out && echo foot-mapped=yes
 sleep 3
 wtype hello-from-host; wtype -k Return
 wait $pid; echo foot-rc=$?
@@ -176,13 +188,13 @@ echo deny-leak=$(grep -c s3cret $RT/d.out)
 head -c 262144 $RT/big | wl-copy
 $V --tag stuck -- sh -c '(wl-paste -n | sleep 60) & sleep 5; {c} --title after-stuck --seconds 3; echo after-stuck-rc=$?' > $RT/s.out 2>&1 &
 pid=$!
-waitwin '\[stuck\] after-stuck' && echo stuck-mapped=yes
+waitwin '\[stuck\] after-stuck' $RT/s.out && echo stuck-mapped=yes
 wait $pid; grep after-stuck-rc= $RT/s.out
 
 # The compositor goes away: the guest's client ends, the VM does not.
 $V --tag late -- sh -c '{c} --title late --seconds 120; echo client-rc=$?' > $RT/late.out 2>&1 &
 pid=$!
-waitwin '\[late\] late' && echo late-mapped=yes
+waitwin '\[late\] late' $RT/late.out && echo late-mapped=yes
 kill $HOLDER $SWAYPID 2>/dev/null; true
 wait $pid; echo vm-rc=$?
 grep client-rc= $RT/late.out
