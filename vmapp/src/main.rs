@@ -155,9 +155,12 @@ struct Launch {
     /// process stops, naming the thread and syscall), log, or off.
     #[arg(long, default_value = "kill", value_name = "kill|log|off")]
     seccomp: seccomp_policies::Mode,
-    /// A virtio-blk disk, PATH[,ro][,serial=ID]; repeat for more (vda, vdb, …).
-    /// Writable images are locked exclusively, read-only ones shared.
-    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
+    /// A virtio-blk disk, PATH[,ro][,serial=ID][,cache=writeback|none][,aio=auto|io_uring|sync];
+    /// repeat for more (vda, vdb, …). Writable images are locked exclusively,
+    /// read-only ones shared. cache=none bypasses the host page cache
+    /// (O_DIRECT); aio=auto (the default) serves the disk with io_uring where
+    /// the kernel allows it, else one synchronous request at a time.
+    #[arg(long = "disk", value_name = "PATH[,OPTIONS]")]
     disks: Vec<String>,
     /// A virtio-vsock device whose host side is this Unix socket (Firecracker's
     /// protocol: connect, send `CONNECT <port>\n`; guest connections to port P

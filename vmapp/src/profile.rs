@@ -99,7 +99,7 @@ pub struct Profile {
     /// More host trees in host-root mode, `HOSTDIR[,rw]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
-    /// Disks, `PATH[,ro][,serial=ID]`.
+    /// Disks, `PATH[,ro][,serial=ID][,cache=…][,aio=…]` (as `--disk`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<String>,
     /// Shared directories, `HOSTDIR:TAG[,ro][,path=GUESTDIR]`.

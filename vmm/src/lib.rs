@@ -21,7 +21,7 @@ pub mod vm;
 pub mod wayland;
 
 pub use console::Console;
-pub use devices::virtio::block::DiskConfig;
+pub use devices::virtio::block::{Aio, Cache, DiskConfig};
 pub use devices::virtio::fs::{raise_open_files_limit, Exposure, ShareConfig};
 pub use devices::virtio::gpu::GpuConfig;
 pub use devices::virtio::vsock::VsockConfig;

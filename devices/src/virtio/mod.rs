@@ -192,9 +192,9 @@ pub trait VirtioDevice: Send {
 /// What a worker does with the outcome of serving a queue: interrupts the
 /// guest if that is due; on a broken queue (an error) marks the device as
 /// needing a reset. Returns false once the queue is broken.
-pub fn queue_served(
+pub fn queue_served<E: std::fmt::Display>(
     device: &str,
-    outcome: Result<bool, virtio_queue::Error>,
+    outcome: Result<bool, E>,
     interrupt: &Interrupt,
 ) -> bool {
     match outcome {
@@ -212,7 +212,8 @@ pub fn queue_served(
 }
 
 /// A device worker's serving loop over its queues: one epoll that waits on
-/// every queue's notify eventfd (token = queue index) and on a kill eventfd.
+/// every queue's notify eventfd (token = queue index), on a kill eventfd
+/// and, for an asynchronous engine, on its completion eventfd.
 /// block and fs use it; vsock has host sockets to wait on too.
 pub struct QueueWorker {
     device: &'static str,
@@ -251,17 +252,33 @@ impl QueueWorker {
         })
     }
 
+    /// Also serves the first queue whenever `completions` (an engine's
+    /// completion eventfd, token: the queue count + 1) is signalled. It is
+    /// edge-triggered: the engine reads (resets) it itself, before it looks
+    /// for completions, so it must stay open while the worker runs.
+    pub fn watch_completions(&mut self, completions: &EventFd) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            completions.as_raw_fd(),
+            EpollEvent::new(
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+                self.queues.len() as u64 + 1,
+            ),
+        )
+    }
+
     /// Serves each notified queue with `serve(queue)` (which returns whether
     /// the guest is due an interrupt, as [`queue_served`] takes it) until
     /// `kill` is signalled. After a broken queue the device needs a reset and
     /// no queue is served again; an epoll failure also ends in needs-reset.
-    pub fn run(
+    pub fn run<E: std::fmt::Display>(
         mut self,
         interrupt: &Interrupt,
-        mut serve: impl FnMut(&mut Queue) -> Result<bool, virtio_queue::Error>,
+        mut serve: impl FnMut(&mut Queue) -> Result<bool, E>,
     ) {
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
         let mut broken = false;
+        let kill = self.queues.len() as u64;
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -273,14 +290,23 @@ impl QueueWorker {
                 }
             };
             for ev in &events[..n] {
-                // Tokens are queue indices; the one past the last is `kill`.
-                let Some(aq) = usize::try_from(ev.data())
-                    .ok()
-                    .and_then(|i| self.queues.get_mut(i))
-                else {
+                let token = ev.data();
+                let aq = if token == kill {
+                    return;
+                } else if token == kill + 1 {
+                    self.queues.first_mut()
+                } else {
+                    let aq = usize::try_from(token)
+                        .ok()
+                        .and_then(|i| self.queues.get_mut(i));
+                    if let Some(aq) = &aq {
+                        let _ = aq.notify.read();
+                    }
+                    aq
+                };
+                let Some(aq) = aq else {
                     return;
                 };
-                let _ = aq.notify.read();
                 if broken {
                     continue;
                 }

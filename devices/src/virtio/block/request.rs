@@ -6,7 +6,7 @@
 //! WRITE_ZEROES), then the device-writable part (data for IN/GET_ID), whose
 //! last byte is the status.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -78,12 +78,12 @@ pub enum Status {
 #[derive(Default)]
 pub struct Scratch {
     descs: Vec<Descriptor>,
-    iovs: Vec<libc::iovec>,
+    pub(super) iovs: Vec<libc::iovec>,
 }
 
 /// Why a request failed; each maps to a status byte and a log line.
 #[derive(Debug, thiserror::Error)]
-enum RequestError {
+pub(super) enum RequestError {
     #[error("descriptor chain has no writable status byte")]
     NoStatus,
     #[error("descriptor chain has more than {MAX_DESCS} descriptors")]
@@ -112,6 +112,8 @@ enum RequestError {
     BadSegments(&'static str),
     #[error("unsupported flags {0:#x}")]
     UnsupportedFlags(u32),
+    #[error("data of {0} bytes is too long for one request")]
+    TooLong(u64),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -262,12 +264,11 @@ fn iovecs(
 
 /// preadv/pwritev until every iovec is done.
 fn rw_all(
-    disk: &Disk,
+    fd: RawFd,
     mut iovs: &mut [libc::iovec],
     mut offset: u64,
     write: bool,
 ) -> std::io::Result<()> {
-    let fd = disk.file.as_raw_fd();
     while !iovs.is_empty() {
         let cnt = iovs.len().min(1024) as libc::c_int;
         let off = offset as libc::off_t;
@@ -294,21 +295,27 @@ fn rw_all(
                 "the disk image ended early",
             ));
         }
-        let mut n = n as usize;
         offset += n as u64;
-        while let Some(first) = iovs.first_mut() {
-            if n < first.iov_len {
-                // SAFETY: n < iov_len, so the advanced pointer stays inside
-                // the same guest buffer.
-                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
-                first.iov_len -= n;
-                break;
-            }
-            n -= first.iov_len;
-            iovs = &mut iovs[1..];
-        }
+        let done = advance(iovs, n as usize);
+        iovs = &mut iovs[done..];
     }
     Ok(())
+}
+
+/// Moves `iovs` on by `n` transferred bytes: returns how many leading
+/// iovecs are used up and shortens the one `n` ends inside.
+pub(super) fn advance(iovs: &mut [libc::iovec], mut n: usize) -> usize {
+    for (i, iov) in iovs.iter_mut().enumerate() {
+        if n < iov.iov_len {
+            // SAFETY: n < iov_len, so the advanced pointer stays inside the
+            // same guest buffer.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+            iov.iov_len -= n;
+            return i;
+        }
+        n -= iov.iov_len;
+    }
+    iovs.len()
 }
 
 fn fallocate(disk: &Disk, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
@@ -362,13 +369,14 @@ fn write_zeroes(disk: &Disk, offset: u64, len: u64, unmap: bool) -> std::io::Res
     Ok(())
 }
 
-/// Executes a parsed request; returns the data bytes written to the guest.
-fn execute(
+/// Validates a parsed request and does what needs no waiting (GET_ID,
+/// DISCARD and WRITE_ZEROES); a transfer leaves its iovecs in `iovs`.
+fn prepare_parsed(
     disk: &Disk,
     mem: &GuestMemory,
     p: &Parsed,
     iovs: &mut Vec<libc::iovec>,
-) -> Result<u32, RequestError> {
+) -> Result<Action, RequestError> {
     if p.bad_order {
         return Err(RequestError::BadOrder);
     }
@@ -389,8 +397,7 @@ fn execute(
             }
             let offset = check_range(disk, sector, out_len)?;
             iovecs(mem, &p.writable, iovs)?;
-            rw_all(disk, iovs, offset, false)?;
-            Ok(out_len as u32)
+            transfer(false, offset, out_len)
         }
         RequestType::Out => {
             if out_len != 0 {
@@ -401,15 +408,11 @@ fn execute(
             }
             let offset = check_range(disk, sector, in_len)?;
             iovecs(mem, &data_in, iovs)?;
-            rw_all(disk, iovs, offset, true)?;
-            Ok(0)
+            transfer(true, offset, in_len)
         }
-        RequestType::Flush => {
-            if !disk.read_only {
-                disk.file.sync_data()?;
-            }
-            Ok(0)
-        }
+        // Nothing of a read-only disk's can be unwritten.
+        RequestType::Flush if disk.read_only => Ok(Action::Done(0)),
+        RequestType::Flush => Ok(Action::Flush),
         RequestType::GetId => {
             if in_len != 0 {
                 return Err(RequestError::WrongDirection);
@@ -426,7 +429,7 @@ fn execute(
                 done += n;
                 left -= n;
             }
-            Ok(done as u32)
+            Ok(Action::Done(done as u32))
         }
         RequestType::Discard | RequestType::WriteZeroes => {
             if out_len != 0 {
@@ -477,18 +480,54 @@ fn execute(
                     write_zeroes(disk, offset, bytes, unmap)?;
                 }
             }
-            Ok(0)
+            Ok(Action::Done(0))
         }
     }
 }
 
-/// Serves one request chain; returns the used length (bytes written to the guest).
-pub(super) fn handle(
+/// What a valid request asks of the image once validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Done already (GET_ID, DISCARD, WRITE_ZEROES, a read-only disk's
+    /// FLUSH): the data bytes written to the guest.
+    Done(u32),
+    /// Read (`write` false) into or write from the guest buffers in the
+    /// scratch iovecs, `len` bytes at byte `offset` of the image.
+    Transfer {
+        /// Guest to image.
+        write: bool,
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes (at most 4 GiB: the data of one descriptor chain).
+        len: u32,
+    },
+    /// Make every completed write durable.
+    Flush,
+}
+
+fn transfer(write: bool, offset: u64, len: u64) -> Result<Action, RequestError> {
+    let len = u32::try_from(len).map_err(|_| RequestError::TooLong(len))?;
+    Ok(Action::Transfer { write, offset, len })
+}
+
+/// A request taken off the queue: where its status byte goes and what it
+/// asks for (or why it is refused).
+pub(super) struct Prepared {
+    /// The status byte's guest address.
+    pub status: GuestAddress,
+    /// The validated action, or the error to report.
+    pub action: Result<Action, RequestError>,
+}
+
+/// Parses and validates one chain, building a transfer's iovecs in
+/// `scratch.iovs`. `None`: the chain has no status byte to report into (the
+/// guest gets it back with used length 0).
+pub(super) fn prepare(
     disk: &Disk,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     scratch: &mut Scratch,
-) -> u32 {
+) -> Option<Prepared> {
     scratch.descs.clear();
     let mut count = 0usize;
     let mut last = None;
@@ -504,28 +543,65 @@ pub(super) fn handle(
         scratch.descs.clear();
         scratch.descs.extend(last);
     }
-    let parsed = parse(mem, &scratch.descs);
-    let p = match parsed {
+    let p = match parse(mem, &scratch.descs) {
         Ok(p) => p,
         Err(e) => {
             warn_limited!("virtio-blk: dropped request: {e}");
-            return 0;
+            return None;
         }
     };
-    let result = if count > MAX_DESCS {
+    let action = if count > MAX_DESCS {
         Err(RequestError::TooManyDescriptors)
     } else {
-        execute(disk, mem, &p, &mut scratch.iovs)
+        prepare_parsed(disk, mem, &p, &mut scratch.iovs)
     };
-    let (status, written) = match result {
+    Some(Prepared {
+        status: p.status,
+        action,
+    })
+}
+
+/// Writes a finished request's status byte; returns the used length (data
+/// bytes written to the guest, plus the status byte).
+pub(super) fn finish(
+    mem: &GuestMemory,
+    status: GuestAddress,
+    result: Result<u32, RequestError>,
+) -> u32 {
+    let (st, written) = match result {
         Ok(n) => (Status::Ok, n),
         Err(e) => {
             warn_limited!("virtio-blk: request failed: {e}");
             (e.status(), 0)
         }
     };
-    if mem.write_obj(status as u8, p.status).is_err() {
+    if mem.write_obj(st as u8, status).is_err() {
         return 0;
     }
     written.saturating_add(1)
+}
+
+/// Serves one request chain synchronously; returns the used length.
+pub(super) fn handle(
+    disk: &Disk,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    scratch: &mut Scratch,
+) -> u32 {
+    let Some(p) = prepare(disk, mem, chain, scratch) else {
+        return 0;
+    };
+    let result = p.action.and_then(|a| match a {
+        Action::Done(n) => Ok(n),
+        Action::Transfer { write, offset, len } => {
+            let (fd, _) = disk.fd_for(&scratch.iovs, offset, len);
+            rw_all(fd, &mut scratch.iovs, offset, write)?;
+            Ok(if write { 0 } else { len })
+        }
+        Action::Flush => {
+            disk.file.sync_data()?;
+            Ok(0)
+        }
+    });
+    finish(mem, p.status, result)
 }

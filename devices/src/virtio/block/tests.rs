@@ -9,7 +9,7 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
@@ -33,11 +33,90 @@ fn image(sectors: u64) -> tempfile::NamedTempFile {
     f
 }
 
+/// The engine the tests of this thread run on (see [`on_both_engines`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Sync,
+    Uring,
+}
+
+thread_local! {
+    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Sync) };
+}
+
+fn engine() -> Engine {
+    ENGINE.with(|e| e.get())
+}
+
+/// Runs each listed test once per engine (`sync_engine::NAME`,
+/// `uring_engine::NAME`).
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sync_engine {
+            $(#[test] fn $name() { super::ENGINE.with(|e| e.set(super::Engine::Sync)); super::$name() })*
+        }
+        mod uring_engine {
+            $(#[test] fn $name() { super::ENGINE.with(|e| e.set(super::Engine::Uring)); super::$name() })*
+        }
+    };
+}
+
+on_both_engines!(
+    write_then_read_back_across_split_buffers,
+    header_split_across_descriptors,
+    out_of_range_and_overflowing_sectors_fail,
+    unaligned_length_fails,
+    wrong_directions_fail,
+    chains_without_a_usable_status_are_consumed_without_writing,
+    buffers_outside_guest_memory_fail,
+    short_header_and_unknown_type,
+    get_id_returns_the_serial,
+    read_only_disk_refuses_every_write,
+    write_zeroes_and_discard,
+    overlong_chains_fail_cleanly,
+    an_impossible_avail_index_breaks_the_queue,
+    worker_thread_serves_notifications_and_stops_on_reset,
+    cache_none_reads_and_writes_aligned_and_unaligned_buffers,
+    a_request_that_fails_mid_flight_fails_alone,
+    the_image_lock_goes_with_the_device,
+);
+
 fn disk(f: &tempfile::NamedTempFile, read_only: bool) -> Disk {
     let mut cfg = DiskConfig::new(f.path());
     cfg.read_only = read_only;
     cfg.serial = Some("vmapp-disk-0".into());
+    cfg.aio = match engine() {
+        Engine::Sync => Aio::Sync,
+        Engine::Uring => Aio::IoUring,
+    };
     Disk::open(&cfg).unwrap()
+}
+
+/// Waits (at most 10 s) until the engine's completion eventfd fires.
+fn wait_completion(u: &uring::Uring) {
+    assert!(
+        crate::wait_readable(u.completions(), Some(Duration::from_secs(10))),
+        "no completion in 10 s"
+    );
+}
+
+/// Serves `queue` on this thread's engine until nothing is in flight;
+/// returns whether an interrupt was due, or the queue's error.
+fn serve_all(d: &Disk, m: &GuestMemory, queue: &mut Queue) -> Result<bool, String> {
+    match engine() {
+        Engine::Sync => {
+            process_queue(d, m, queue, &mut Scratch::default()).map_err(|e| e.to_string())
+        }
+        Engine::Uring => {
+            let mut u = uring::Uring::new(d).unwrap();
+            let mut irq = u.serve(d, m, queue).map_err(|e| e.to_string())?;
+            while u.in_flight() > 0 {
+                wait_completion(&u);
+                irq |= u.serve(d, m, queue).map_err(|e| e.to_string())?;
+            }
+            Ok(irq)
+        }
+    }
 }
 
 fn header(m: &GuestMemory, ty: u32, sector: u64) {
@@ -65,10 +144,7 @@ fn submit(d: &Disk, m: &GuestMemory, descs: &[D]) -> (u32, u8) {
     let q = MockSplitQueue::new(m, 512);
     q.build_desc_chain(&raw(descs)).unwrap();
     let mut queue: Queue = q.create_queue().unwrap();
-    assert!(
-        process_queue(d, m, &mut queue, &mut Scratch::default()).unwrap(),
-        "an interrupt is due"
-    );
+    assert!(serve_all(d, m, &mut queue).unwrap(), "an interrupt is due");
     let used = q.used().ring().ref_at(0).unwrap().load();
     assert_eq!(q.used().idx().load(), 1, "the request was consumed");
     (used.len(), m.read_obj::<u8>(GuestAddress(STATUS)).unwrap())
@@ -82,7 +158,6 @@ fn file_bytes(f: &tempfile::NamedTempFile) -> Vec<u8> {
     std::fs::read(f.path()).unwrap()
 }
 
-#[test]
 fn write_then_read_back_across_split_buffers() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -123,7 +198,6 @@ fn write_then_read_back_across_split_buffers() {
     assert_eq!(back, pattern);
 }
 
-#[test]
 fn header_split_across_descriptors() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -145,7 +219,6 @@ fn header_split_across_descriptors() {
     assert_eq!(&back[..], &file_bytes(&f)[512..1024]);
 }
 
-#[test]
 fn out_of_range_and_overflowing_sectors_fail() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -170,7 +243,6 @@ fn out_of_range_and_overflowing_sectors_fail() {
     assert_eq!(file_bytes(&f), before);
 }
 
-#[test]
 fn unaligned_length_fails() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -189,7 +261,6 @@ fn unaligned_length_fails() {
     assert_eq!(file_bytes(&f), before);
 }
 
-#[test]
 fn wrong_directions_fail() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -226,7 +297,6 @@ fn wrong_directions_fail() {
     assert_eq!(file_bytes(&f), before);
 }
 
-#[test]
 fn chains_without_a_usable_status_are_consumed_without_writing() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -268,7 +338,6 @@ fn chains_without_a_usable_status_are_consumed_without_writing() {
     );
 }
 
-#[test]
 fn buffers_outside_guest_memory_fail() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -300,7 +369,6 @@ fn buffers_outside_guest_memory_fail() {
     );
 }
 
-#[test]
 fn short_header_and_unknown_type() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -317,7 +385,6 @@ fn short_header_and_unknown_type() {
     );
 }
 
-#[test]
 fn get_id_returns_the_serial() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -331,7 +398,6 @@ fn get_id_returns_the_serial() {
     assert_eq!(&id[12..], &[0; 8]);
 }
 
-#[test]
 fn read_only_disk_refuses_every_write() {
     let f = image(SECTORS);
     let d = disk(&f, true);
@@ -371,7 +437,6 @@ fn segment(m: &GuestMemory, at: u64, sector: u64, count: u32, flags: u32) {
     m.write_slice(&s, GuestAddress(at)).unwrap();
 }
 
-#[test]
 fn write_zeroes_and_discard() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -420,7 +485,6 @@ fn write_zeroes_and_discard() {
     );
 }
 
-#[test]
 fn overlong_chains_fail_cleanly() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -434,7 +498,6 @@ fn overlong_chains_fail_cleanly() {
     assert_eq!(submit(&d, &m, &descs), (1, Status::IoErr as u8));
 }
 
-#[test]
 fn an_impossible_avail_index_breaks_the_queue() {
     let f = image(SECTORS);
     let d = disk(&f, false);
@@ -442,7 +505,7 @@ fn an_impossible_avail_index_breaks_the_queue() {
     let q = MockSplitQueue::new(&m, 16);
     let mut queue: Queue = q.create_queue().unwrap();
     q.avail().idx().store(u16::to_le(40));
-    assert!(process_queue(&d, &m, &mut queue, &mut Scratch::default()).is_err());
+    assert!(serve_all(&d, &m, &mut queue).is_err());
 }
 
 #[test]
@@ -477,9 +540,15 @@ fn disk_specs() {
         DiskConfig {
             path: "/a/b.img".into(),
             read_only: true,
-            serial: Some("abc".into())
+            serial: Some("abc".into()),
+            cache: Cache::Writeback,
+            aio: Aio::Auto,
         }
     );
+    let c = DiskConfig::parse("x.img,cache=none,aio=sync").unwrap();
+    assert_eq!((c.cache, c.aio), (Cache::None, Aio::Sync));
+    let c = DiskConfig::parse("x.img,aio=io_uring,cache=writeback").unwrap();
+    assert_eq!((c.cache, c.aio), (Cache::Writeback, Aio::IoUring));
     assert!(!DiskConfig::parse("x.img").unwrap().read_only);
     for bad in [
         "",
@@ -487,6 +556,8 @@ fn disk_specs() {
         "x,rx",
         "x,serial=123456789012345678901",
         "x,foo=1",
+        "x,cache=unsafe",
+        "x,aio=native",
     ] {
         assert!(DiskConfig::parse(bad).is_err(), "{bad}");
     }
@@ -515,10 +586,10 @@ fn config_space_describes_the_disk() {
     }
 }
 
-#[test]
 fn worker_thread_serves_notifications_and_stops_on_reset() {
     let f = image(SECTORS);
     let mut dev = Block::with_disk(disk(&f, false)).unwrap();
+    assert_eq!(dev.uses_io_uring(), engine() == Engine::Uring);
     let m = mem();
     let q = MockSplitQueue::new(&m, 16);
     header(&m, 0, 2);
@@ -571,4 +642,294 @@ fn worker_thread_serves_notifications_and_stops_on_reset() {
     assert!(dev
         .activate(m, interrupt, 0, vec![])
         .is_err_and(|e| matches!(e, ActivateError::BadQueues(_))));
+}
+
+fn header_at(m: &GuestMemory, at: u64, ty: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&ty.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    m.write_slice(&h, GuestAddress(at)).unwrap();
+}
+
+/// Makes `chains` available at once, their descriptors from index 0 of the
+/// table on.
+fn add_chains(q: &MockSplitQueue<GuestMemory>, chains: &[Vec<D>]) {
+    let mut table = Vec::new();
+    for c in chains {
+        let base = table.len() as u16;
+        for (k, &(a, l, w)) in c.iter().enumerate() {
+            let last = k + 1 == c.len();
+            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { 1 };
+            let next = if last { 0 } else { base + k as u16 + 1 };
+            table.push(RawDescriptor::from(SplitDescriptor::new(a, l, flags, next)));
+        }
+    }
+    q.add_desc_chains(&table, 0).unwrap();
+}
+
+/// Request `i`'s header, data and status addresses.
+fn slot(i: u64) -> (u64, u64, u64) {
+    (HDR + 16 * i, DATA + 512 * i, STATUS + i)
+}
+
+fn used_heads(q: &MockSplitQueue<GuestMemory>) -> Vec<u32> {
+    let n = q.used().idx().load();
+    (0..n)
+        .map(|k| q.used().ring().ref_at(k as usize).unwrap().load().id())
+        .collect()
+}
+
+fn cache_none_reads_and_writes_aligned_and_unaligned_buffers() {
+    let f = image(SECTORS);
+    let mut cfg = DiskConfig::new(f.path());
+    cfg.cache = Cache::None;
+    if engine() == Engine::Uring {
+        cfg.aio = Aio::IoUring;
+    } else {
+        cfg.aio = Aio::Sync;
+    }
+    let d = Disk::open(&cfg).unwrap();
+    let bs = d.block_size();
+    assert!(bs.is_power_of_two() && (512..=4096).contains(&bs), "{bs}");
+    let m = mem();
+    let want = file_bytes(&f);
+    // Aligned (a whole 4 KiB at sector 8 into a page): through O_DIRECT.
+    let page = [libc::iovec {
+        iov_base: m.get_host_address(GuestAddress(DATA)).unwrap().cast(),
+        iov_len: 4096,
+    }];
+    assert_eq!(d.fd_for(&page, 8 * 512, 4096).1, 1, "O_DIRECT");
+    header(&m, 0, 8);
+    let (len, st) = submit(&d, &m, &[(HDR, 16, false), (DATA, 4096, true), status_d()]);
+    assert_eq!((len, st), (4097, 0));
+    let mut back = vec![0u8; 4096];
+    m.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+    assert!(back == want[8 * 512..16 * 512], "O_DIRECT read");
+    // A buffer one byte off alignment, at an odd sector: through the page cache.
+    let odd = [libc::iovec {
+        iov_base: m.get_host_address(GuestAddress(DATA + 1)).unwrap().cast(),
+        iov_len: 512,
+    }];
+    assert_eq!(d.fd_for(&odd, 512, 512).1, 0, "buffered");
+    header(&m, 0, 1);
+    let (len, st) = submit(
+        &d,
+        &m,
+        &[(HDR, 16, false), (DATA + 1, 512, true), status_d()],
+    );
+    assert_eq!((len, st), (513, 0));
+    m.read_slice(&mut back[..512], GuestAddress(DATA + 1))
+        .unwrap();
+    assert!(back[..512] == want[512..1024], "buffered read");
+    // Writes both ways land in the image.
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 256) as u8).collect();
+    m.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    header(&m, 1, 16);
+    let (_, st) = submit(&d, &m, &[(HDR, 16, false), (DATA, 4096, false), status_d()]);
+    assert_eq!(st, 0);
+    m.write_slice(&pattern[..512], GuestAddress(DATA + 1))
+        .unwrap();
+    header(&m, 1, 3);
+    let (_, st) = submit(
+        &d,
+        &m,
+        &[(HDR, 16, false), (DATA + 1, 512, false), status_d()],
+    );
+    assert_eq!(st, 0);
+    let now = file_bytes(&f);
+    assert!(now[16 * 512..24 * 512] == pattern[..], "O_DIRECT write");
+    assert!(now[3 * 512..4 * 512] == pattern[..512], "buffered write");
+    // The guest is told the block size O_DIRECT needs.
+    drop(d);
+    let dev = Block::with_disk(Disk::open(&cfg).unwrap()).unwrap();
+    let mut b = [0u8; 4];
+    dev.read_config(20, &mut b);
+    assert_eq!(u32::from_le_bytes(b), bs);
+}
+
+fn a_request_that_fails_mid_flight_fails_alone() {
+    let f = image(SECTORS);
+    let d = disk(&f, false);
+    // The image shrinks under the open disk (another program truncates
+    // it): what was in range when the request was checked ends early.
+    f.as_file().set_len(40 * 512).unwrap();
+    let m = mem();
+    let q = MockSplitQueue::new(&m, 64);
+    // (type, sector, sectors): read ok, read 38..42 (2 sectors, then the
+    // end), read 50 (past the end), write 10 (ok).
+    let reqs = [(0u32, 0u64, 2u32), (0, 38, 4), (0, 50, 1), (1, 10, 1)];
+    let mut chains = Vec::new();
+    for (i, &(ty, sector, n)) in reqs.iter().enumerate() {
+        let (h, data, st) = slot(i as u64 * 8);
+        header_at(&m, h, ty, sector);
+        m.write_obj(0xffu8, GuestAddress(st)).unwrap();
+        chains.push(vec![
+            (h, 16, false),
+            (data, n * 512, ty == 0),
+            (st, 1, true),
+        ]);
+    }
+    add_chains(&q, &chains);
+    let mut queue: Queue = q.create_queue().unwrap();
+    serve_all(&d, &m, &mut queue).unwrap();
+    let status: Vec<u8> = (0..4)
+        .map(|i| m.read_obj(GuestAddress(slot(i * 8).2)).unwrap())
+        .collect();
+    assert_eq!(status, [0, 1, 1, 0]);
+    assert_eq!(used_heads(&q).len(), 4);
+}
+
+/// `n` one-sector reads of sectors `i % SECTORS` into slot `i`.
+fn reads(m: &GuestMemory, q: &MockSplitQueue<GuestMemory>, n: u64) {
+    let mut chains = Vec::new();
+    for i in 0..n {
+        let (h, data, st) = slot(i);
+        header_at(m, h, 0, i % SECTORS);
+        m.write_obj(0xffu8, GuestAddress(st)).unwrap();
+        chains.push(vec![(h, 16, false), (data, 512, true), (st, 1, true)]);
+    }
+    add_chains(q, &chains);
+}
+
+#[test]
+fn uring_keeps_at_most_depth_requests_in_flight_and_completes_every_one() {
+    let f = image(SECTORS);
+    ENGINE.with(|e| e.set(Engine::Uring));
+    let d = disk(&f, false);
+    let m = mem();
+    let q = MockSplitQueue::new(&m, 1024);
+    let n = 300u64;
+    reads(&m, &q, n);
+    let mut queue: Queue = q.create_queue().unwrap();
+    let mut u = uring::Uring::new(&d).unwrap();
+    u.start(&d, &m, &mut queue).unwrap();
+    // Before any completion is taken, all DEPTH slots are busy and nothing
+    // is used yet; the other 44 wait in the avail ring.
+    assert_eq!(u.in_flight(), usize::from(uring::DEPTH));
+    assert_eq!(q.used().idx().load(), 0);
+    while q.used().idx().load() < n as u16 {
+        assert!(u.in_flight() <= usize::from(uring::DEPTH));
+        if u.in_flight() > 0 {
+            wait_completion(&u);
+        }
+        u.serve(&d, &m, &mut queue).unwrap();
+    }
+    assert_eq!(u.in_flight(), 0);
+    let mut heads = used_heads(&q);
+    heads.sort_unstable();
+    assert_eq!(heads, (0..n as u32).map(|i| i * 3).collect::<Vec<_>>());
+    let want = file_bytes(&f);
+    for i in 0..n {
+        let (_, data, st) = slot(i);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(st)).unwrap(),
+            0,
+            "request {i}"
+        );
+        let mut got = vec![0u8; 512];
+        m.read_slice(&mut got, GuestAddress(data)).unwrap();
+        let s = (i % SECTORS) as usize * 512;
+        assert!(got == want[s..s + 512], "request {i}");
+    }
+}
+
+#[test]
+fn uring_drain_waits_for_every_request_and_reports_none() {
+    let f = image(SECTORS);
+    ENGINE.with(|e| e.set(Engine::Uring));
+    let d = disk(&f, false);
+    let m = mem();
+    let q = MockSplitQueue::new(&m, 1024);
+    reads(&m, &q, 200);
+    let mut queue: Queue = q.create_queue().unwrap();
+    let mut u = uring::Uring::new(&d).unwrap();
+    u.start(&d, &m, &mut queue).unwrap();
+    assert_eq!(u.in_flight(), 200);
+    u.drain();
+    assert_eq!(u.in_flight(), 0);
+    // The queue is being reset: no used entry, no status written.
+    assert_eq!(q.used().idx().load(), 0);
+    for i in 0..200 {
+        assert_eq!(m.read_obj::<u8>(GuestAddress(slot(i).2)).unwrap(), 0xff);
+    }
+    // The ring serves the next queue as before.
+    let q = MockSplitQueue::new(&m, 1024);
+    reads(&m, &q, 3);
+    let mut queue: Queue = q.create_queue().unwrap();
+    u.serve(&d, &m, &mut queue).unwrap();
+    while u.in_flight() > 0 {
+        wait_completion(&u);
+        u.serve(&d, &m, &mut queue).unwrap();
+    }
+    assert_eq!(used_heads(&q).len(), 3);
+}
+
+#[test]
+fn uring_flush_completes_after_the_writes_queued_before_it() {
+    let f = image(SECTORS);
+    ENGINE.with(|e| e.set(Engine::Uring));
+    let d = disk(&f, false);
+    let m = mem();
+    let q = MockSplitQueue::new(&m, 256);
+    let mut chains = Vec::new();
+    for i in 0..8u64 {
+        let (h, data, st) = slot(i);
+        header_at(&m, h, 1, i * 4);
+        m.write_slice(&[i as u8 + 1; 2048], GuestAddress(data + 0x1_0000 * i))
+            .unwrap();
+        chains.push(vec![
+            (h, 16, false),
+            (data + 0x1_0000 * i, 2048, false),
+            (st, 1, true),
+        ]);
+    }
+    let (h, _, st) = slot(8);
+    header_at(&m, h, 4, 0);
+    chains.push(vec![(h, 16, false), (st, 1, true)]);
+    add_chains(&q, &chains);
+    let mut queue: Queue = q.create_queue().unwrap();
+    serve_all(&d, &m, &mut queue).unwrap();
+    let heads = used_heads(&q);
+    assert_eq!(heads.len(), 9);
+    assert_eq!(
+        *heads.last().unwrap(),
+        8 * 3,
+        "the flush completes last: {heads:?}"
+    );
+    let now = file_bytes(&f);
+    for i in 0..8usize {
+        assert!(now[i * 2048..(i + 1) * 2048]
+            .iter()
+            .all(|&b| b == i as u8 + 1));
+    }
+}
+
+fn the_image_lock_goes_with_the_device() {
+    let f = image(SECTORS);
+    for _ in 0..3 {
+        let dev = Block::with_disk(disk(&f, false)).unwrap();
+        assert_eq!(dev.uses_io_uring(), engine() == Engine::Uring);
+        // A VM restarted right away opens its disk again at once (the ring
+        // is torn down asynchronously; it must not hold the locked file).
+        drop(dev);
+    }
+}
+
+/// Every message of `e`'s chain, as `{:#}` of anyhow prints it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[test]
+fn an_open_error_names_its_cause_once() {
+    let e = Disk::open(&DiskConfig::new("/nonexistent/disk.img")).unwrap_err();
+    let text = chain(&e);
+    assert_eq!(text.matches("No such file").count(), 1, "{text}");
 }
