@@ -807,6 +807,9 @@ fn uring_keeps_at_most_depth_requests_in_flight_and_completes_every_one() {
     // is used yet; the other 44 wait in the avail ring.
     assert_eq!(u.in_flight(), usize::from(uring::DEPTH));
     assert_eq!(q.used().idx().load(), 0);
+    // With every slot busy nothing more starts, and that is no progress
+    // (serve's loop must not spin while the kernel works).
+    assert_eq!(u.start(&d, &m, &mut queue).unwrap(), (false, false));
     while q.used().idx().load() < n as u16 {
         assert!(u.in_flight() <= usize::from(uring::DEPTH));
         if u.in_flight() > 0 {

@@ -242,7 +242,7 @@ impl Uring {
             loop {
                 if self.free.is_empty() {
                     // Notifications stay off: completions bring us back.
-                    return Ok((true, used));
+                    return Ok((self.free.len() < free, used));
                 }
                 let Some(chain) = queue.iter(mem)?.next() else {
                     break;
