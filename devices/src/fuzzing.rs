@@ -2,14 +2,15 @@
 //! that replay their corpora, so both run exactly the same code. Each takes
 //! arbitrary bytes and must return without panicking.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
-use crate::virtio::block::{process_queue, Disk, DiskConfig, Scratch};
+use crate::virtio::block::uring::Uring;
+use crate::virtio::block::{process_queue, Aio, Disk, DiskConfig, Scratch};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use crate::GuestMemory;
@@ -101,17 +102,33 @@ pub fn mmio(data: &[u8]) -> u32 {
     t.status()
 }
 
-/// A disk image for [`blk_queue`]: 64 sectors in a temporary file.
+/// A 64-sector image in a temporary file, for [`blk_queue`].
+fn image() -> Option<(tempfile::NamedTempFile, Disk)> {
+    let f = tempfile::NamedTempFile::new().ok()?;
+    f.as_file().set_len(64 * 512).ok()?;
+    let mut cfg = DiskConfig::new(f.path());
+    cfg.aio = Aio::IoUring;
+    let d = Disk::open(&cfg).ok()?;
+    Some((f, d))
+}
+
+/// The synchronous engine's disk.
 fn disk() -> Option<&'static Disk> {
     static D: OnceLock<Option<(tempfile::NamedTempFile, Disk)>> = OnceLock::new();
+    D.get_or_init(image).as_ref().map(|(_, d)| d)
+}
+
+/// The io_uring engine's disk (an image of its own) and ring.
+type UringDisk = (tempfile::NamedTempFile, Disk, Uring);
+
+fn uring_disk() -> Option<&'static Mutex<UringDisk>> {
+    static D: OnceLock<Option<Mutex<UringDisk>>> = OnceLock::new();
     D.get_or_init(|| {
-        let f = tempfile::NamedTempFile::new().ok()?;
-        f.as_file().set_len(64 * 512).ok()?;
-        let d = Disk::open(&DiskConfig::new(f.path())).ok()?;
-        Some((f, d))
+        let (f, d) = image()?;
+        let u = Uring::new(&d).ok()?;
+        Some(Mutex::new((f, d, u)))
     })
     .as_ref()
-    .map(|(_, d)| d)
 }
 
 /// Where [`blk_queue`] puts the split queue's rings.
@@ -123,17 +140,27 @@ pub const BLK_USED: u64 = 0x2000;
 
 /// virtio-blk requests: the input is guest memory from address 0 — a
 /// descriptor table at [`BLK_DESC`], the available ring at [`BLK_AVAIL`],
-/// headers and buffers anywhere — served by the device's request path from
-/// a 16-entry queue until it is empty or broken. Returns the used index.
-pub fn blk_queue(data: &[u8]) -> u16 {
-    let (Some(m), Some(d)) = (mem(), disk()) else {
-        return 0;
-    };
+/// headers and buffers anywhere — served from a 16-entry queue until it is
+/// empty or broken, once by the synchronous engine and once (on fresh
+/// memory and an image of its own) by the io_uring engine. Returns each
+/// one's used index.
+pub fn blk_queue(data: &[u8]) -> (u16, u16) {
+    (blk_queue_sync(data), blk_queue_uring(data))
+}
+
+/// The input in fresh guest memory, and its queue.
+fn blk_setup(data: &[u8]) -> Option<(GuestMemory, Queue)> {
+    let m = mem()?;
     let _ = m.write_slice(&data[..data.len().min(MEM)], GuestAddress(0));
-    let Some(mut q) = queue_at(BLK_DESC, 16) else {
+    let mut q = queue_at(BLK_DESC, 16)?;
+    q.set_event_idx(data.first().is_some_and(|b| b & 1 == 1));
+    Some((m, q))
+}
+
+fn blk_queue_sync(data: &[u8]) -> u16 {
+    let (Some((m, mut q)), Some(d)) = (blk_setup(data), disk()) else {
         return 0;
     };
-    q.set_event_idx(data.first().is_some_and(|b| b & 1 == 1));
     let mut scratch = Scratch::default();
     // At most a few passes: a broken queue returns an error, an empty one false.
     for _ in 0..4 {
@@ -141,6 +168,29 @@ pub fn blk_queue(data: &[u8]) -> u16 {
             break;
         }
     }
+    m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0)
+}
+
+fn blk_queue_uring(data: &[u8]) -> u16 {
+    let (Some((m, mut q)), Some(u)) = (blk_setup(data), uring_disk()) else {
+        return 0;
+    };
+    let mut guard = u.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, d, ring) = &mut *guard;
+    for _ in 0..8 {
+        match ring.serve(d, &m, &mut q) {
+            Err(_) => break,
+            Ok(false) if ring.in_flight() == 0 => break,
+            Ok(_) => {}
+        }
+        if ring.in_flight() > 0
+            && !crate::wait_readable(ring.completions(), Some(std::time::Duration::from_secs(5)))
+        {
+            break;
+        }
+    }
+    // Nothing may still write into this input's memory once it is gone.
+    ring.drain();
     m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0)
 }
 
@@ -316,8 +366,8 @@ mod tests {
             0,
             "status OK"
         );
-        // The harness serves the same request.
-        assert_eq!(blk_queue(&g), 1);
+        // The harness serves the same request, on both engines.
+        assert_eq!(blk_queue(&g), (1, 1));
     }
 }
 
