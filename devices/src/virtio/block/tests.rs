@@ -936,3 +936,30 @@ fn an_open_error_names_its_cause_once() {
     let text = chain(&e);
     assert_eq!(text.matches("No such file").count(), 1, "{text}");
 }
+
+#[test]
+fn without_a_ring_auto_falls_back_to_sync_and_io_uring_fails() {
+    // Each image is unlinked once open: the ring cannot open it again for
+    // itself, so io_uring is not available for that disk.
+    let unlinked = |aio| {
+        let f = image(SECTORS);
+        let mut cfg = DiskConfig::new(f.path());
+        cfg.aio = aio;
+        let d = Disk::open(&cfg).unwrap();
+        drop(f);
+        d
+    };
+    let e = Block::with_disk(unlinked(Aio::IoUring))
+        .err()
+        .expect("aio=io_uring fails");
+    assert!(matches!(e, BlockError::Uring { .. }), "{e}");
+    assert!(
+        e.to_string().contains("aio=io_uring is not available"),
+        "{e}"
+    );
+    let dev = Block::with_disk(unlinked(Aio::Auto)).unwrap();
+    assert!(
+        !dev.uses_io_uring(),
+        "auto falls back to the synchronous engine"
+    );
+}
