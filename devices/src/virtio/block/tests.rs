@@ -791,11 +791,17 @@ fn reads(m: &GuestMemory, q: &MockSplitQueue<GuestMemory>, n: u64) {
     add_chains(q, &chains);
 }
 
+/// An image and its disk, on the io_uring engine (for this thread's tests).
+fn uring_image() -> (tempfile::NamedTempFile, Disk) {
+    ENGINE.with(|e| e.set(Engine::Uring));
+    let f = image(SECTORS);
+    let d = disk(&f, false);
+    (f, d)
+}
+
 #[test]
 fn uring_keeps_at_most_depth_requests_in_flight_and_completes_every_one() {
-    let f = image(SECTORS);
-    ENGINE.with(|e| e.set(Engine::Uring));
-    let d = disk(&f, false);
+    let (f, d) = uring_image();
     let m = mem();
     let q = MockSplitQueue::new(&m, 1024);
     let n = 300u64;
@@ -838,9 +844,7 @@ fn uring_keeps_at_most_depth_requests_in_flight_and_completes_every_one() {
 
 #[test]
 fn uring_drain_waits_for_every_request_and_reports_none() {
-    let f = image(SECTORS);
-    ENGINE.with(|e| e.set(Engine::Uring));
-    let d = disk(&f, false);
+    let (_image, d) = uring_image();
     let m = mem();
     let q = MockSplitQueue::new(&m, 1024);
     reads(&m, &q, 200);
@@ -869,9 +873,7 @@ fn uring_drain_waits_for_every_request_and_reports_none() {
 
 #[test]
 fn uring_flush_completes_after_the_writes_queued_before_it() {
-    let f = image(SECTORS);
-    ENGINE.with(|e| e.set(Engine::Uring));
-    let d = disk(&f, false);
+    let (f, d) = uring_image();
     let m = mem();
     let q = MockSplitQueue::new(&m, 256);
     let mut chains = Vec::new();
