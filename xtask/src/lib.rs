@@ -24,7 +24,9 @@ use anyhow::{bail, Context, Result};
 use vmapp::image::{self, Cpio};
 use vmm::kvm_check::{self, KvmError};
 
+pub mod fio;
 pub mod passt;
+pub mod source;
 
 /// An exclusive lock on a file, held until dropped (the file closes).
 pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
@@ -52,6 +54,9 @@ const L1_MODULES: &[&str] = &[
     "kvm_intel",
     // passt in network tests needs an interface with a default route.
     "tun",
+    // The block benchmark's storage with latency: dm-delay over a loop device.
+    "loop",
+    "dm_delay",
 ];
 
 /// The L1 host's `/init`.
@@ -88,6 +93,9 @@ limit=$(sed -n 's/.*xtask\.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
 # mounted under it) to / and frees the initramfs.
 exec switch_root /host /bin/sh -c '
 echo "@@XTASK-L1-UP"
+# A heartbeat on the console: a run the host has to kill shows whether the
+# L1 host itself still ran (and how loaded it was) or had stopped.
+(while sleep 60; do echo "@@XTASK-HEARTBEAT load $(cut -d" " -f1-3 /proc/loadavg)"; done) & hb=$!
 : > /tmp/xtask.out
 timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err & sp=$!
 # What the script prints also goes to the console as it comes, so that a
@@ -96,6 +104,7 @@ timeout -k 10 "$1" /bin/sh "$2" </dev/null >>/tmp/xtask.out 2>/tmp/xtask.err & s
 tail -n +1 -f --pid=$sp /tmp/xtask.out | sed -u "s/^/@@XTASK-LIVE /"
 wait $sp
 rc=$?
+kill $hb
 echo
 [ $rc = 124 ] && echo "xtask: the script overran its $1 s and was stopped" >> /tmp/xtask.err
 echo "@@XTASK-STDOUT"
@@ -171,6 +180,13 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::path::absolute(&d).unwrap_or(d)
+}
+
+/// The L1 host's writable 9p export (tag `scratch`), created if missing.
+fn scratch_dir() -> Result<PathBuf> {
+    let d = target_tmp().join("scratch");
+    std::fs::create_dir_all(&d)?;
+    Ok(d.canonicalize()?)
 }
 
 fn target_tmp() -> PathBuf {
@@ -280,6 +296,10 @@ impl EmulatedHost {
                 if std::env::var_os("XTASK_DEBUG").is_some() { "XTASK_L1_DEBUG=1" } else { "" }
             ))
             .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+            // A writable directory of this machine's, for benchmarks that
+            // want storage with latency of its own (9p, `cache=none`):
+            // `mount -t 9p -o trans=virtio,version=9p2000.L,cache=none scratch DIR`.
+            .args(["-virtfs", &format!("local,path={},mount_tag=scratch,security_model=none,multidevs=remap", scratch_dir()?.display())])
             // With XTASK_DEBUG a monitor, to inspect (`info registers`,
             // `info lapic`) or poke (`nmi`) an L1 host that stopped.
             .args(debug_monitor(tmp))

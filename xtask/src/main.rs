@@ -19,7 +19,8 @@
 //!
 //! `test`, `bench`, `run` and `sh` put a pinned passt first on `PATH`
 //! (built into `target/passt/` on first use; see `xtask::passt`); `run` and
-//! `sh` go on with a warning where it cannot be built.
+//! `sh` go on with a warning where it cannot be built. `bench io` builds a
+//! static fio for the guests (`target/fio/`, see `xtask::fio`).
 //!
 //! `XTASK_TIMEOUT=SECS` bounds `run`, `bench` and `sh` in the emulated host
 //! (default 30 min, 4 h for `bench`).
@@ -111,6 +112,13 @@ fn bench(args: &[String]) -> Result<i32> {
         xtask::sh_quote(&field("vmlinux=")?),
         xtask::sh_quote(&field("initramfs=")?),
     );
+    if bin == "io-bench" {
+        let fio = xtask::fio::ensure(&xtask::target_dir())?;
+        script.push_str(&format!(
+            " --fio {}",
+            xtask::sh_quote(&fio.display().to_string())
+        ));
+    }
     for a in rest {
         script.push(' ');
         script.push_str(&xtask::sh_quote(a));

@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+
+use crate::source::run;
 
 /// passt's upstream version (what `passt --version` names).
 pub const VERSION: &str = "2025_05_03.587980c";
@@ -25,45 +27,15 @@ const SHA256: &str = "69d5eb843f7d648c2cc60bfbca6ea7b5014c6b6f07cdee362c2a8cf490
 /// The directory holding the pinned `passt` binary, built first if it is
 /// not there yet (under `target`, the workspace's target directory).
 pub fn ensure(target: &Path) -> Result<PathBuf> {
-    let root = target.join("passt");
-    let bin = root.join(VERSION).join("bin");
-    if bin.join("passt").is_file() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&root)?;
-    let _lock = crate::Lock::take(&root.join("lock"))?;
-    if bin.join("passt").is_file() {
-        return Ok(bin);
-    }
-    eprintln!("xtask: building passt {VERSION} (from {URL})");
-    let work = root.join(format!("build-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let r = build(&work, &bin);
-    let _ = std::fs::remove_dir_all(&work);
-    r.with_context(|| format!("building passt {VERSION}"))?;
+    let bin = target.join("passt").join(VERSION).join("bin");
+    crate::source::build_once(&bin, "passt", &format!("passt {VERSION}"), |work| {
+        build(work, &bin)
+    })?;
     Ok(bin)
 }
 
 fn build(work: &Path, bin: &Path) -> Result<()> {
-    let tarball = work.join("passt.tar.xz");
-    run(Command::new("curl")
-        .args(["-fsSL", "--retry", "3", "--connect-timeout", "20"])
-        .args(["--max-time", "300", "-o"])
-        .arg(&tarball)
-        .arg(URL))
-    .context("downloading passt's source (needs curl: apt-get install curl)")?;
-    let sum = Command::new("sha256sum").arg(&tarball).output()?;
-    let got = String::from_utf8_lossy(&sum.stdout);
-    if got.split_whitespace().next() != Some(SHA256) {
-        bail!("passt's tarball has SHA-256 {got}, expected {SHA256}");
-    }
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(work))?;
-    let src = work.join(format!("passt-{VERSION}"));
+    let src = crate::source::unpack(work, URL, SHA256, &format!("passt-{VERSION}"))?;
     // Both builds, as packagers ship them: on a CPU with AVX2, passt runs
     // `passt.avx2` from its own directory.
     run(Command::new("make")
@@ -71,29 +43,7 @@ fn build(work: &Path, bin: &Path) -> Result<()> {
         .arg(format!("VERSION={VERSION}"))
         .args(["passt", "passt.avx2"]))
     .context("compiling passt (needs make and a C compiler: apt-get install make gcc libc6-dev)")?;
-    std::fs::create_dir_all(bin)?;
-    // `passt` last: its presence says the directory is complete.
-    for name in ["passt.avx2", "passt"] {
-        let tmp = bin.join(format!(".{name}.new"));
-        std::fs::copy(src.join(name), &tmp)?;
-        std::fs::rename(&tmp, bin.join(name))?;
-    }
-    Ok(())
-}
-
-fn run(c: &mut Command) -> Result<()> {
-    let o = c
-        .output()
-        .with_context(|| format!("running {:?}", c.get_program()))?;
-    if !o.status.success() {
-        bail!(
-            "{:?} failed ({}):\n{}",
-            c.get_program(),
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    Ok(())
+    crate::source::install(&src, bin, &["passt.avx2", "passt"])
 }
 
 /// `PATH` with `dir` first.

@@ -73,6 +73,10 @@ const MODULE_DIRS: &[&str] = &[
     "drivers/input/evdev.ko",
     "drivers/net/tun.ko",
     "drivers/net/virtio_net.ko",
+    // The emulated KVM host's storage with latency (dm-delay over a loop
+    // device) for the block benchmark.
+    "drivers/md/dm-mod.ko",
+    "drivers/md/dm-delay.ko",
     "drivers/net/net_failover.ko",
     "net/core/failover.ko",
 ];
