@@ -115,6 +115,9 @@ struct Conn {
     queued: bool,
     /// The guest will send no more.
     guest_shut_send: bool,
+    /// The guest will read no more: once its data is delivered, the stream
+    /// ends.
+    guest_shut_recv: bool,
     /// The host peer will send no more (its stream hit EOF).
     host_eof: bool,
     /// Leading bytes of `txbuf` that are ours (the `OK` line), not guest data.
@@ -141,6 +144,7 @@ impl Conn {
             armed_in: false,
             queued: false,
             guest_shut_send: false,
+            guest_shut_recv: false,
             host_eof: false,
             uncounted: 0,
             interest: u32::MAX,
@@ -403,7 +407,12 @@ impl Muxer {
 
     fn arm(&mut self, key: Key) {
         if let Some(c) = self.conns.get_mut(&key) {
-            if c.state == State::Established && !c.host_eof && !c.queued && c.peer_credit() > 0 {
+            if c.state == State::Established
+                && !c.host_eof
+                && !c.guest_shut_recv
+                && !c.queued
+                && c.peer_credit() > 0
+            {
                 c.armed_in = true;
             }
         }
@@ -577,7 +586,9 @@ impl Muxer {
     }
 
     /// The guest shut one or both directions: what it sent still reaches
-    /// the host peer; both directions shut ends the stream.
+    /// the host peer (however slowly the peer reads: `flush` goes on from
+    /// the peer's EPOLLOUT); both directions shut end the stream once that
+    /// is done.
     fn guest_shutdown(&mut self, key: Key, flags: u32) {
         let Some(c) = self.conns.get_mut(&key) else {
             self.push_ctrl(key, op::RST, 0);
@@ -586,10 +597,11 @@ impl Muxer {
         if flags & SHUTDOWN_SEND != 0 {
             c.guest_shut_send = true;
         }
-        self.flush(key);
-        if flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == (SHUTDOWN_SEND | SHUTDOWN_RCV) {
-            self.reset_conn(key);
+        if flags & SHUTDOWN_RCV != 0 {
+            c.guest_shut_recv = true;
+            c.armed_in = false;
         }
+        self.flush(key);
     }
 
     fn guest_connect(&mut self, key: Key, buf_alloc: u32, fwd_cnt: u32) {
@@ -736,7 +748,7 @@ impl Muxer {
         }
         if c.txbuf.is_empty() && c.guest_shut_send {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
-            if c.host_eof {
+            if c.host_eof || c.guest_shut_recv {
                 // Both directions are done.
                 self.reset_conn(key);
                 return;

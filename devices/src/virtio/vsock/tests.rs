@@ -945,3 +945,40 @@ fn a_framed_stream_with_half_a_frame_does_not_spin() {
     read_now(&mut host, &mut got);
     assert_eq!(got, stream);
 }
+
+/// CI of 7fc4bd2..5a60415 (a guest's last bytes lost): a guest that closes
+/// (SHUTDOWN with both flags, as Linux sends on close) while its data still
+/// waits for a host peer that reads slowly must not lose that data: the
+/// stream stays until it is delivered, then the host sees EOF.
+#[test]
+fn data_waiting_for_a_slow_host_reader_survives_the_guests_close() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    // All the credit the guest has: more than a Unix socket holds.
+    let chunk: Vec<u8> = (0..16 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let chunks = BUF_ALLOC as usize / chunk.len();
+    for _ in 0..chunks {
+        g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), &chunk);
+    }
+    let mut h = Hdr::guest(1000, 52, op::SHUTDOWN);
+    h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    g.send(&mut e.mux, h, &[]);
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        pump(&mut e.mux);
+        match host.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("after {} bytes: {err}", got.len()),
+        }
+    }
+    assert_eq!(got.len(), chunks * chunk.len(), "every byte, then EOF");
+    assert!(got.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+    pump(&mut e.mux);
+    assert_eq!(e.mux.connections(), 0, "the stream is gone once delivered");
+}
