@@ -24,6 +24,22 @@ fn send(w: &Mutex<std::fs::File>, t: u8, payload: &[u8]) -> Result<(), proto::Pr
     proto::write_frame(&mut *g, t, payload)
 }
 
+/// Reads vmapp's frames on a thread of their own, each to `frame`, until
+/// vmapp closes the stream: the receiver's sender is gone then.
+fn until_closed(
+    mut r: std::fs::File,
+    mut frame: impl FnMut(u8, Vec<u8>) + Send + 'static,
+) -> std::sync::mpsc::Receiver<()> {
+    let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _closed = closed_tx;
+        while let Ok(Some((t, p))) = proto::read_frame(&mut r) {
+            frame(t, p);
+        }
+    });
+    closed
+}
+
 /// Pumps `from` into frames of type `t`.
 fn pump(mut from: impl Read, w: Arc<Mutex<std::fs::File>>, t: u8) {
     let mut buf = vec![0u8; 32 * 1024];
@@ -137,6 +153,16 @@ pub fn serve(
         Err(e) => {
             let msg = format!("cannot run {:?}: {e}", run.argv[0]);
             send(&w, ty::ERROR, msg.as_bytes())?;
+            // The end of our stream tells vmapp the command never started;
+            // it closes its end once it has read everything. Powering off
+            // before that could leave the message in the guest's vsock queue.
+            {
+                let g = w.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: shutdown(2) on a socket we own; no memory is passed.
+                unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*g), libc::SHUT_WR) };
+            }
+            let closed = until_closed(r, |_, _| {});
+            let _ = closed.recv_timeout(std::time::Duration::from_secs(10));
             let status = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -158,22 +184,16 @@ pub fn serve(
     });
     let mut stdin = child.stdin.take();
     // Host → command stdin; ends at STDIN_EOF or when vmapp goes away.
-    let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let _closed = closed_tx;
-        while let Ok(Some((t, p))) = proto::read_frame(&mut r) {
-            match t {
-                ty::STDIN => {
-                    if let Some(s) = stdin.as_mut() {
-                        if s.write_all(&p).is_err() {
-                            stdin = None;
-                        }
-                    }
+    let closed = until_closed(r, move |t, p| match t {
+        ty::STDIN => {
+            if let Some(s) = stdin.as_mut() {
+                if s.write_all(&p).is_err() {
+                    stdin = None;
                 }
-                ty::STDIN_EOF => stdin = None,
-                _ => {}
             }
         }
+        ty::STDIN_EOF => stdin = None,
+        _ => {}
     });
     let pid = child.id() as i32;
     track(role, pid);
@@ -196,4 +216,45 @@ pub fn serve(
         status: exit.status(),
         keep_running: run.keep_running,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// CI of 7fc4bd2..5a60415: `vmapp launch -- no-such-program` lost the
+    /// agent's error now and then: the agent returned at once and the guest
+    /// powered off with the message still in its vsock queue. It now ends
+    /// its stream after the error and waits for vmapp to close the other end.
+    #[test]
+    fn a_command_that_cannot_start_ends_the_stream_and_waits_for_vmapp() {
+        let (guest, mut host) = UnixStream::pair().unwrap();
+        let vmapp = std::thread::spawn(move || {
+            assert_eq!(proto::read_frame(&mut host).unwrap().unwrap().0, ty::HELLO);
+            let run = Run {
+                argv: vec!["/nonexistent/program".into()],
+                env: vec![],
+                cwd: String::new(),
+                keep_running: false,
+            };
+            proto::write_frame(&mut host, ty::RUN, &run.encode()).unwrap();
+            let (t, p) = proto::read_frame(&mut host).unwrap().unwrap();
+            assert_eq!(t, ty::ERROR);
+            assert!(String::from_utf8_lossy(&p).contains("/nonexistent/program"));
+            // Then the end of the agent's stream.
+            assert!(proto::read_frame(&mut host).unwrap().is_none());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::time::Instant::now()
+        });
+        let sock = std::fs::File::from(std::os::fd::OwnedFd::from(guest));
+        let out = serve(sock, &[], Role::Session).unwrap();
+        let returned = std::time::Instant::now();
+        let closed = vmapp.join().unwrap();
+        assert_eq!(out.status, 127);
+        assert!(
+            returned >= closed,
+            "the agent went on before vmapp closed the stream"
+        );
+    }
 }

@@ -256,6 +256,9 @@ fn session(
             _ => return Err(ProtoError::Malformed("unexpected frame from the agent").into()),
         }
     }
+    // The agent waits for our end to close before the guest goes on (a
+    // command that could not start: the stdin thread may still hold it).
+    let _ = lock(&w).shutdown(std::net::Shutdown::Both);
     match start_error {
         Some(e) => Err(AgentError::Start(e)),
         None => Ok(None),
@@ -303,6 +306,57 @@ mod tests {
         agent.join().unwrap();
         assert_eq!(exit, Some(Exit::Code(3)));
         assert!(!second_rx.recv().unwrap(), "a second connection was taken");
+    }
+
+    /// CI of 7fc4bd2..5a60415: a command that could not start lost its error
+    /// message now and then (the agent went on to power off while the
+    /// message was still in the guest's vsock queue). The agent now waits
+    /// for the host to close its end; the host must close it even while
+    /// its stdin thread still holds the stream (stdin that never ends).
+    #[test]
+    fn a_command_that_cannot_start_gets_its_stream_closed_by_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let host = AgentHost::listen(&uds).unwrap();
+        let path = agent_socket_path(&uds);
+        let done = AtomicBool::new(false);
+        let agent = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            proto::write_frame(&mut s, ty::HELLO, &proto::VERSION.to_le_bytes()).unwrap();
+            assert_eq!(proto::read_frame(&mut s).unwrap().unwrap().0, ty::RUN);
+            proto::write_frame(&mut s, ty::ERROR, b"cannot run \"nope\"").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            // Whatever comes (STDIN frames), then the end, not the timeout.
+            loop {
+                match proto::read_frame(&mut s) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
+        });
+        let run = Run {
+            argv: vec!["nope".into()],
+            env: vec![],
+            cwd: String::new(),
+            keep_running: false,
+        };
+        // stdin that never ends while the test runs.
+        let (stdin_r, _stdin_w) = UnixStream::pair().unwrap();
+        let r = host.serve(
+            &run,
+            &done,
+            Some(Box::new(stdin_r)),
+            std::io::sink(),
+            std::io::sink(),
+        );
+        assert!(
+            matches!(r, Err(AgentError::Start(ref m)) if m.contains("nope")),
+            "{r:?}"
+        );
+        assert!(agent.join().unwrap(), "the host never closed the stream");
     }
 
     /// A stand-in for the vsock device's socket: answers one `CONNECT`
