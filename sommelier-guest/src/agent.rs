@@ -131,6 +131,34 @@ pub fn listen_sessions(port: u32, base_env: Vec<(String, String)>) {
     });
 }
 
+/// The command could not start: says why, ends the stream (which tells
+/// vmapp) and waits, 10 s at most, until vmapp has closed its end: powering
+/// off before that could leave the message in the guest's vsock queue.
+fn start_failed(
+    w: &Mutex<std::fs::File>,
+    r: std::fs::File,
+    run: &Run,
+    e: &std::io::Error,
+) -> Result<Outcome, proto::ProtoError> {
+    let msg = format!("cannot run {:?}: {e}", run.argv[0]);
+    send(w, ty::ERROR, msg.as_bytes())?;
+    {
+        let g = w.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: shutdown(2) on a socket we own; no memory is passed.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*g), libc::SHUT_WR) };
+    }
+    let closed = until_closed(r, |_, _| {});
+    let _ = closed.recv_timeout(std::time::Duration::from_secs(10));
+    Ok(Outcome {
+        status: if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+        keep_running: run.keep_running,
+    })
+}
+
 /// Runs the agent on `sock` (connected to vmapp).
 pub fn serve(
     sock: std::fs::File,
@@ -150,29 +178,7 @@ pub fn serve(
     let mut cmd = command(&run, base_env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let msg = format!("cannot run {:?}: {e}", run.argv[0]);
-            send(&w, ty::ERROR, msg.as_bytes())?;
-            // The end of our stream tells vmapp the command never started;
-            // it closes its end once it has read everything. Powering off
-            // before that could leave the message in the guest's vsock queue.
-            {
-                let g = w.lock().unwrap_or_else(|p| p.into_inner());
-                // SAFETY: shutdown(2) on a socket we own; no memory is passed.
-                unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*g), libc::SHUT_WR) };
-            }
-            let closed = until_closed(r, |_, _| {});
-            let _ = closed.recv_timeout(std::time::Duration::from_secs(10));
-            let status = if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            return Ok(Outcome {
-                status,
-                keep_running: run.keep_running,
-            });
-        }
+        Err(e) => return start_failed(&w, r, &run, &e),
     };
     let out = child.stdout.take().map(|o| {
         let w = w.clone();

@@ -417,19 +417,7 @@ fn prepare_parsed(
             if in_len != 0 {
                 return Err(RequestError::WrongDirection);
             }
-            let mut left = VIRTIO_BLK_ID_BYTES.min(out_len as usize);
-            let mut done = 0;
-            for span in &p.writable {
-                if left == 0 {
-                    break;
-                }
-                let n = left.min(span.len as usize);
-                mem.write_slice(&disk.id[done..done + n], span.addr)
-                    .map_err(|_| RequestError::BadAddress)?;
-                done += n;
-                left -= n;
-            }
-            Ok(Action::Done(done as u32))
+            get_id(disk, mem, &p.writable, out_len)
         }
         RequestType::Discard | RequestType::WriteZeroes => {
             if out_len != 0 {
@@ -438,51 +426,85 @@ fn prepare_parsed(
             if disk.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            if in_len == 0 || !in_len.is_multiple_of(SEGMENT as u64) {
-                return Err(RequestError::BadSegments("length"));
-            }
-            if in_len / SEGMENT as u64 > u64::from(MAX_DISCARD_SEG) {
-                return Err(RequestError::BadSegments("too many"));
-            }
-            let mut segs = vec![0u8; in_len as usize];
-            gather(mem, &data_in, &mut segs)?;
-            // Validate every segment before touching the file.
-            let mut todo = Vec::new();
-            for seg in segs.chunks_exact(SEGMENT) {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&seg[0..8]);
-                let start = u64::from_le_bytes(b);
-                let count = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-                let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-                let allowed = if ty == RequestType::WriteZeroes { 1 } else { 0 };
-                if flags & !allowed != 0 {
-                    return Err(RequestError::UnsupportedFlags(flags));
-                }
-                if count > MAX_DISCARD_SECTORS {
-                    return Err(RequestError::BadSegments("segment too large"));
-                }
-                let bytes = u64::from(count) * SECTOR_SIZE;
-                let offset = check_range(disk, start, bytes)?;
-                todo.push((offset, bytes, flags & 1 != 0));
-            }
-            for (offset, bytes, unmap) in todo {
-                if bytes == 0 {
-                    continue;
-                }
-                if ty == RequestType::Discard {
-                    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                    match fallocate(disk, mode, offset, bytes) {
-                        // Discard is a hint: nothing to do where holes are unsupported.
-                        Err(e) if is_unsupported(&e) => {}
-                        r => r?,
-                    }
-                } else {
-                    write_zeroes(disk, offset, bytes, unmap)?;
-                }
-            }
-            Ok(Action::Done(0))
+            discard_or_zero(disk, mem, ty, &data_in, in_len)
         }
     }
+}
+
+/// GET_ID: the serial into the guest's buffers (at most 20 bytes).
+fn get_id(
+    disk: &Disk,
+    mem: &GuestMemory,
+    writable: &[Span],
+    out_len: u64,
+) -> Result<Action, RequestError> {
+    let mut left = VIRTIO_BLK_ID_BYTES.min(out_len as usize);
+    let mut done = 0;
+    for span in writable {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(span.len as usize);
+        mem.write_slice(&disk.id[done..done + n], span.addr)
+            .map_err(|_| RequestError::BadAddress)?;
+        done += n;
+        left -= n;
+    }
+    Ok(Action::Done(done as u32))
+}
+
+/// DISCARD or WRITE_ZEROES over the segment list in `data_in` (`in_len`
+/// bytes): every segment is validated before the file is touched.
+fn discard_or_zero(
+    disk: &Disk,
+    mem: &GuestMemory,
+    ty: RequestType,
+    data_in: &[Span],
+    in_len: u64,
+) -> Result<Action, RequestError> {
+    if in_len == 0 || !in_len.is_multiple_of(SEGMENT as u64) {
+        return Err(RequestError::BadSegments("length"));
+    }
+    if in_len / SEGMENT as u64 > u64::from(MAX_DISCARD_SEG) {
+        return Err(RequestError::BadSegments("too many"));
+    }
+    let mut segs = vec![0u8; in_len as usize];
+    gather(mem, data_in, &mut segs)?;
+    // Validate every segment before touching the file.
+    let mut todo = Vec::new();
+    for seg in segs.chunks_exact(SEGMENT) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&seg[0..8]);
+        let start = u64::from_le_bytes(b);
+        let count = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+        let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+        let allowed = if ty == RequestType::WriteZeroes { 1 } else { 0 };
+        if flags & !allowed != 0 {
+            return Err(RequestError::UnsupportedFlags(flags));
+        }
+        if count > MAX_DISCARD_SECTORS {
+            return Err(RequestError::BadSegments("segment too large"));
+        }
+        let bytes = u64::from(count) * SECTOR_SIZE;
+        let offset = check_range(disk, start, bytes)?;
+        todo.push((offset, bytes, flags & 1 != 0));
+    }
+    for (offset, bytes, unmap) in todo {
+        if bytes == 0 {
+            continue;
+        }
+        if ty == RequestType::Discard {
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            match fallocate(disk, mode, offset, bytes) {
+                // Discard is a hint: nothing to do where holes are unsupported.
+                Err(e) if is_unsupported(&e) => {}
+                r => r?,
+            }
+        } else {
+            write_zeroes(disk, offset, bytes, unmap)?;
+        }
+    }
+    Ok(Action::Done(0))
 }
 
 /// What a valid request asks of the image once validated.
