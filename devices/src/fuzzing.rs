@@ -103,11 +103,11 @@ pub fn mmio(data: &[u8]) -> u32 {
 }
 
 /// A 64-sector image in a temporary file, for [`blk_queue`].
-fn image() -> Option<(tempfile::NamedTempFile, Disk)> {
+fn image(aio: Aio) -> Option<(tempfile::NamedTempFile, Disk)> {
     let f = tempfile::NamedTempFile::new().ok()?;
     f.as_file().set_len(64 * 512).ok()?;
     let mut cfg = DiskConfig::new(f.path());
-    cfg.aio = Aio::IoUring;
+    cfg.aio = aio;
     let d = Disk::open(&cfg).ok()?;
     Some((f, d))
 }
@@ -115,7 +115,7 @@ fn image() -> Option<(tempfile::NamedTempFile, Disk)> {
 /// The synchronous engine's disk.
 fn disk() -> Option<&'static Disk> {
     static D: OnceLock<Option<(tempfile::NamedTempFile, Disk)>> = OnceLock::new();
-    D.get_or_init(image).as_ref().map(|(_, d)| d)
+    D.get_or_init(|| image(Aio::Sync)).as_ref().map(|(_, d)| d)
 }
 
 /// The io_uring engine's disk (an image of its own) and ring.
@@ -124,7 +124,7 @@ type UringDisk = (tempfile::NamedTempFile, Disk, Uring);
 fn uring_disk() -> Option<&'static Mutex<UringDisk>> {
     static D: OnceLock<Option<Mutex<UringDisk>>> = OnceLock::new();
     D.get_or_init(|| {
-        let (f, d) = image()?;
+        let (f, d) = image(Aio::IoUring)?;
         let u = Uring::new(&d).ok()?;
         Some(Mutex::new((f, d, u)))
     })

@@ -270,6 +270,11 @@ impl Drop for Backend {
         if let Some((dm, lo)) = &self.delay {
             let _ = sh(&format!("dmsetup remove {dm}; losetup -d {lo}"));
         }
+        // Before the 9p mount goes: the image lives on it.
+        let _ = std::fs::remove_file(
+            self.dir
+                .join(format!("io-bench-{}.img", std::process::id())),
+        );
         if self.mounted {
             let _ = sh(&format!("umount {}", self.dir.display()));
         }
@@ -321,7 +326,6 @@ fn run() -> Result<()> {
             }
         }
         drop(backend);
-        let _ = std::fs::remove_file(root.join(format!("io-bench-{}.img", std::process::id())));
         let title = format!(
             "{} backend ({}; vmapp aio={}; median of {} runs, {} MiB image, 1 vCPU)",
             name,

@@ -392,8 +392,8 @@ impl Uring {
     /// One completion: the request's (head, used length) when it is done;
     /// `None` when it continues (or the user data is not ours).
     fn complete(&mut self, mem: &GuestMemory, data: u64, res: i32) -> Option<(u16, u32)> {
-        let i = u16::try_from(data).ok().filter(|&i| i < DEPTH)?;
-        let slot = self.slots[usize::from(i)].as_mut()?;
+        let i = u16::try_from(data).ok()?;
+        let slot = self.slots.get_mut(usize::from(i))?.as_mut()?;
         let result = match &mut slot.work {
             Work::Flush if res < 0 => {
                 Err(RequestError::Io(std::io::Error::from_raw_os_error(-res)))
@@ -433,13 +433,21 @@ impl Uring {
                 }
             },
         };
-        let slot = self.slots[usize::from(i)].take()?;
+        let (head, status) = self.release(i)?;
+        Some((head, request::finish(mem, status, result)))
+    }
+
+    /// Empties slot `i` (its iovec vector kept for reuse); returns the
+    /// request's head and status address, `None` for a slot that is free or
+    /// user data that is not a slot.
+    fn release(&mut self, i: u16) -> Option<(u16, GuestAddress)> {
+        let slot = self.slots.get_mut(usize::from(i))?.take()?;
         self.free.push(i);
         if let Work::Transfer { mut iovs, .. } = slot.work {
             iovs.clear();
             self.spare.push(iovs);
         }
-        Some((slot.head, request::finish(mem, slot.status, result)))
+        Some((slot.head, slot.status))
     }
 
     /// Waits until no request is in flight, dropping their results (the
@@ -463,15 +471,8 @@ impl Uring {
             self.unsubmitted = false;
             let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
             for data in done {
-                let Some(i) = u16::try_from(data).ok().filter(|&i| i < DEPTH) else {
-                    continue;
-                };
-                if let Some(slot) = self.slots[usize::from(i)].take() {
-                    self.free.push(i);
-                    if let Work::Transfer { mut iovs, .. } = slot.work {
-                        iovs.clear();
-                        self.spare.push(iovs);
-                    }
+                if let Ok(i) = u16::try_from(data) {
+                    self.release(i);
                 }
             }
         }
