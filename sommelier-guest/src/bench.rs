@@ -227,6 +227,153 @@ fn static_eth0(router: std::net::Ipv4Addr) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
+/// The guest's CPU and event counters (`/proc/stat`, `/proc/interrupts`),
+/// to show where a transfer's time goes.
+struct Counters {
+    /// user, nice, system, idle, iowait, irq, softirq, steal (ticks).
+    cpu: [u64; 8],
+    ctxt: u64,
+    intr: u64,
+    /// Interrupts of the virtio devices and the local timer/rescheduling/call-function IPIs.
+    lines: Vec<(String, u64)>,
+    /// CPU ticks (user + system) per thread name, over every thread.
+    tasks: Vec<(String, u64)>,
+    /// eth0's received frames and bytes, and sent frames.
+    eth0: (u64, u64, u64),
+}
+
+fn eth0_counts() -> (u64, u64, u64) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/eth0/statistics/{f}"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (read("rx_packets"), read("rx_bytes"), read("tx_packets"))
+}
+
+/// CPU ticks (user + system) per thread name.
+fn task_ticks() -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ..."; utime and stime are fields 14, 15.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_string();
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            match out.iter_mut().find(|(c, _)| *c == comm) {
+                Some(e) => e.1 += ticks,
+                None => out.push((comm, ticks)),
+            }
+        }
+    }
+    out
+}
+
+impl Counters {
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut c = Counters {
+            cpu: [0; 8],
+            ctxt: 0,
+            intr: 0,
+            lines: Vec::new(),
+            tasks: task_ticks(),
+            eth0: eth0_counts(),
+        };
+        for l in stat.lines() {
+            let mut w = l.split_whitespace();
+            match w.next() {
+                Some("cpu") => {
+                    for (i, v) in w.take(8).enumerate() {
+                        c.cpu[i] = v.parse().ok()?;
+                    }
+                }
+                Some("ctxt") => c.ctxt = w.next()?.parse().ok()?,
+                Some("intr") => c.intr = w.next()?.parse().ok()?,
+                _ => {}
+            }
+        }
+        let irqs = std::fs::read_to_string("/proc/interrupts").ok()?;
+        for l in irqs.lines().skip(1) {
+            let mut w = l.split_whitespace();
+            let name = w.next()?.trim_end_matches(':').to_string();
+            let n: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let rest: Vec<&str> = w.collect();
+            let label = rest.last().copied().unwrap_or("");
+            if label.contains("virtio") || matches!(name.as_str(), "LOC" | "RES" | "CAL") {
+                c.lines.push((format!("{name}:{label}"), n));
+            }
+        }
+        Some(c)
+    }
+
+    /// The counters' growth from `self` to `b` per MiB of `bytes`.
+    fn per_mib(&self, b: &Counters, bytes: u64) -> String {
+        let mib = (bytes as f64 / (1 << 20) as f64).max(1.0 / 1024.0);
+        let names = [
+            "user", "nice", "sys", "idle", "iowait", "irq", "softirq", "steal",
+        ];
+        let mut out = String::new();
+        for (i, n) in names.iter().enumerate() {
+            let d = b.cpu[i].saturating_sub(self.cpu[i]);
+            out += &format!("{n}_ticks={:.1} ", d as f64 / mib);
+        }
+        out += &format!(
+            "ctxt={:.0} intr={:.0}",
+            b.ctxt.saturating_sub(self.ctxt) as f64 / mib,
+            b.intr.saturating_sub(self.intr) as f64 / mib
+        );
+        for (name, n) in &b.lines {
+            let was = self
+                .lines
+                .iter()
+                .find(|(m, _)| m == name)
+                .map_or(0, |(_, v)| *v);
+            out += &format!(" {name}={:.0}", n.saturating_sub(was) as f64 / mib);
+        }
+        let frames = b.eth0.0.saturating_sub(self.eth0.0);
+        let fbytes = b.eth0.1.saturating_sub(self.eth0.1);
+        out += &format!(
+            " eth0_frames={:.0} eth0_avg_frame={} eth0_sent={:.0}",
+            frames as f64 / mib,
+            fbytes.checked_div(frames).unwrap_or(0),
+            b.eth0.2.saturating_sub(self.eth0.2) as f64 / mib
+        );
+        let mut tasks: Vec<(String, u64)> = b
+            .tasks
+            .iter()
+            .map(|(name, n)| {
+                let was = self
+                    .tasks
+                    .iter()
+                    .find(|(m, _)| m == name)
+                    .map_or(0, |(_, v)| *v);
+                (name.clone(), n.saturating_sub(was))
+            })
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.1));
+        for (name, d) in tasks.iter().take(8) {
+            out += &format!(" task[{name}]={:.1}", *d as f64 / mib);
+        }
+        out
+    }
+}
+
 fn tcp(host: &str, tx: u16, rx: u16, mib: u64, static_cfg: bool) -> std::io::Result<()> {
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -253,8 +400,12 @@ fn tcp(host: &str, tx: u16, rx: u16, mib: u64, static_cfg: bool) -> std::io::Res
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
     println!("@@net_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
+    let before = Counters::now();
     let (n, d) = read_timed(TcpStream::connect((ip, rx))?, 256 * 1024)?;
     println!("@@net_rx_mbps={:.1}", mbps(n, d));
+    if let (Some(a), Some(b)) = (before, Counters::now()) {
+        println!("@@net_rx_per_mib {}", a.per_mib(&b, n));
+    }
     Ok(())
 }
 
@@ -293,5 +444,34 @@ pub fn main(args: &[String]) -> i32 {
             eprintln!("bench: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_grow_and_are_reported_per_mib() {
+        let a = Counters::now().expect("/proc/stat and /proc/interrupts");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(60) {
+            std::hint::black_box(0u64);
+        }
+        let b = Counters::now().unwrap();
+        assert!(b.ctxt >= a.ctxt);
+        let s = a.per_mib(&b, 2 << 20);
+        for k in [
+            "user_ticks=",
+            "sys_ticks=",
+            "ctxt=",
+            "intr=",
+            "eth0_frames=",
+        ] {
+            assert!(s.contains(k), "{k} missing in {s}");
+        }
+        assert!(
+            a.tasks.iter().map(|t| t.1).sum::<u64>() <= b.tasks.iter().map(|t| t.1).sum::<u64>()
+        );
     }
 }

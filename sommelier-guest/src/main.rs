@@ -324,7 +324,10 @@ fn main() {
     let home = plan.home.clone().unwrap_or_else(|| "/root".into());
     if let Some(port) = port_arg(&cmdline, "net") {
         load_modules("/etc/vmapp/modules-net");
-        std::thread::spawn(move || sommelier_guest::net::relay::run(port));
+        // Named, so the guest's own accounting (`/proc/*/task/*/stat`) tells it apart.
+        let _ = std::thread::Builder::new()
+            .name("net-down".into())
+            .spawn(move || sommelier_guest::net::relay::run(port));
     }
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)

@@ -74,6 +74,8 @@ for d in dev proc sys tmp run; do :; done
 mount -t devtmpfs dev /host/dev
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
+# KVM's exit counters (/sys/kernel/debug/kvm), which the benchmarks report.
+mount -t debugfs debugfs /host/sys/kernel/debug 2>/dev/null
 mkdir -p /host/dev/pts && mount -t devpts -o ptmxmode=0666 devpts /host/dev/pts
 # /tmp stays the host's /tmp (checkouts and scripts may live there), made
 # writable by a tmpfs overlay whose writes vanish with the L1 host.

@@ -56,15 +56,41 @@ fn host_side(mib: u64) -> Result<[std::thread::JoinHandle<()>; 2]> {
     });
     let b = std::thread::spawn(move || {
         if let Ok((mut s, _)) = source.accept() {
+            let (ticks, kvm) = (benches::thread_ticks(), benches::kvm_stats());
             let buf = vec![0xa5u8; 256 * 1024];
             for _ in 0..mib * 4 {
                 if s.write_all(&buf).is_err() {
                     break;
                 }
             }
+            report_host_costs(&ticks, &kvm, mib);
         }
     });
     Ok([a, b])
+}
+
+/// What the host → guest transfer cost this host, per MiB: CPU ticks of
+/// its busiest threads and KVM's exit counters (stderr, for the reader).
+fn report_host_costs(ticks: &[(String, u64)], kvm: &[(&str, u64)], mib: u64) {
+    let per = |v: u64| v as f64 / mib.max(1) as f64;
+    let top: Vec<String> = benches::ticks_since(ticks, &benches::thread_ticks())
+        .iter()
+        .take(8)
+        .map(|(n, t)| format!("{n}={:.2}", per(*t)))
+        .collect();
+    eprintln!(
+        "net-bench: host → guest, host CPU ticks per MiB: {}",
+        top.join(" ")
+    );
+    let kvm: Vec<String> = benches::kvm_stats()
+        .iter()
+        .zip(kvm)
+        .map(|((n, a), (_, b))| format!("{n}={:.0}", per(a.saturating_sub(*b))))
+        .collect();
+    eprintln!(
+        "net-bench: host → guest, KVM events per MiB: {}",
+        kvm.join(" ")
+    );
 }
 
 /// Unblocks listeners a failed run left waiting.
@@ -118,7 +144,11 @@ fn run() -> Result<()> {
             for t in threads {
                 let _ = t.join();
             }
-            benches::record(&mut results, who, i, "net-bench", &out?, &METRICS)?;
+            let out = out?;
+            for l in out.lines().filter(|l| l.starts_with("@@net_rx_per_mib")) {
+                eprintln!("net-bench: run {i} {}: {l}", ["vmapp", "qemu"][who]);
+            }
+            benches::record(&mut results, who, i, "net-bench", &out, &METRICS)?;
         }
     }
     let title = format!("metric (median of {} runs, {} MiB each way)", a.runs, a.mib);

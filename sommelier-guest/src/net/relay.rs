@@ -231,14 +231,17 @@ fn session(tap: &Tap, mut s: File) -> Result<(), NetError> {
     let up_stream = s.try_clone().map_err(|e| NetError::Io("dup", e))?;
     let tap_file = tap.file().try_clone().map_err(|e| NetError::Io("dup", e))?;
     let st = stop.clone();
-    let up = std::thread::spawn(move || {
-        let mut up_stream = up_stream;
-        let r = uplink(&tap_file, &mut up_stream, &st);
-        st.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown on our own open socket wakes the downlink's read.
-        unsafe { libc::shutdown(up_stream.as_raw_fd(), libc::SHUT_RDWR) };
-        r
-    });
+    let up = std::thread::Builder::new()
+        .name("net-up".into())
+        .spawn(move || {
+            let mut up_stream = up_stream;
+            let r = uplink(&tap_file, &mut up_stream, &st);
+            st.store(true, Ordering::SeqCst);
+            // SAFETY: shutdown on our own open socket wakes the downlink's read.
+            unsafe { libc::shutdown(up_stream.as_raw_fd(), libc::SHUT_RDWR) };
+            r
+        });
+    let up = up.map_err(|e| NetError::Io("thread", e))?;
     let r = downlink(tap.file(), &mut s, &mut d);
     stop.store(true, Ordering::SeqCst);
     // SAFETY: shutdown on our own socket wakes a blocked writer.
@@ -252,8 +255,19 @@ fn session(tap: &Tap, mut s: File) -> Result<(), NetError> {
     }
 }
 
+/// Makes the calling thread SCHED_BATCH: woken by data, it waits for the
+/// next tick or for the waker to sleep instead of preempting it.
+fn batch_scheduling() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes only the calling thread's policy; `p` is valid.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) } != 0 {
+        log(&format!("SCHED_BATCH: {}", std::io::Error::last_os_error()));
+    }
+}
+
 /// Runs the guest's network on host port `port`, forever (a thread).
 pub fn run(port: u32) {
+    batch_scheduling();
     let tap = match Tap::open("eth0") {
         Ok(t) => t,
         Err(e) => {
@@ -281,5 +295,22 @@ pub fn run(port: u32) {
             Err(_) => {}
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_thread_is_batch_scheduled_and_no_other() {
+        let t = std::thread::spawn(|| {
+            batch_scheduling();
+            // SAFETY: queries the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) }
+        });
+        assert_eq!(t.join().unwrap(), libc::SCHED_BATCH);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::bitmap::BitmapSlice;
+use vm_memory::bitmap::{Bitmap, BitmapSlice};
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -122,7 +122,8 @@ struct Conn {
     host_eof: bool,
     /// Leading bytes of `txbuf` that are ours (the `OK` line), not guest data.
     uncounted: usize,
-    /// Epoll mask registered; `u32::MAX` when not in the epoll set.
+    /// Epoll mask armed (one-shot: an event disarms it, 0); `u32::MAX`
+    /// when not in the epoll set.
     interest: u32,
     /// Guest data goes to the host peer in whole frames.
     framed: bool,
@@ -347,10 +348,13 @@ impl Muxer {
         self.ctrl.push_back(Ctrl { key, op, flags });
     }
 
-    /// Polls the stream for what it can use now. A stream that wants
-    /// nothing leaves the epoll set altogether: epoll reports EPOLLHUP and
-    /// EPOLLERR whatever the mask, so a paused stream whose peer hung up
-    /// would wake the worker again and again.
+    /// Polls the stream for what it can use now. Streams are registered
+    /// one-shot: an event disarms the stream until this arms it again
+    /// (one `EPOLL_CTL_MOD`). epoll reports EPOLLHUP and EPOLLERR whatever
+    /// the mask, so a level-triggered stream that wants nothing would wake
+    /// the worker again and again once its peer hung up; one-shot, it wakes
+    /// it once at most. (Leaving the set and joining it again instead costs
+    /// two calls and, for the removal, an RCU callback each time.)
     fn set_interest(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
@@ -365,17 +369,18 @@ impl Muxer {
         if c.next_write() != Ok(0) {
             ev |= EventSet::OUT;
         }
-        let bits = if ev.is_empty() { u32::MAX } else { ev.bits() };
+        let bits = ev.bits();
         if bits == c.interest {
             return;
         }
         let fd = c.stream.as_raw_fd();
-        let op = match (c.interest, bits) {
-            (_, u32::MAX) => ControlOperation::Delete,
-            (u32::MAX, _) => ControlOperation::Add,
-            _ => ControlOperation::Modify,
+        let op = if c.interest == u32::MAX {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Modify
         };
         c.interest = bits;
+        let ev = ev | EventSet::ONE_SHOT;
         if let Err(e) = self
             .epoll
             .ctl(op, fd, EpollEvent::new(ev, fd as u64 + TOKEN_BASE))
@@ -780,6 +785,12 @@ impl Muxer {
         let Some(&key) = self.by_fd.get(&fd) else {
             return;
         };
+        if let Some(c) = self.conns.get_mut(&key) {
+            // The event disarmed the stream (one-shot).
+            if c.interest != u32::MAX {
+                c.interest = 0;
+            }
+        }
         if events.contains(EventSet::OUT) {
             self.flush(key);
         }
@@ -793,8 +804,8 @@ impl Muxer {
                 c.queued = true;
                 self.want_rx.push_back(key);
             }
-            self.set_interest(key);
         }
+        self.set_interest(key);
     }
 
     fn accept(&mut self) {
@@ -893,7 +904,7 @@ impl Muxer {
     ) -> Result<bool, virtio_queue::Error> {
         let mut used = false;
         while self.has_rx_work() {
-            let Some(mut chain) = q.iter(mem)?.next() else {
+            let Some(buf) = next_rx_buf(mem, q)? else {
                 // Out of buffers with work waiting: ask the guest to kick
                 // when it adds some (it may have just done so).
                 if q.enable_notification(mem)? {
@@ -901,35 +912,31 @@ impl Muxer {
                 }
                 break;
             };
-            let head = chain.head_index();
-            let mut pkt = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(p) => p,
-                Err(e) => {
-                    warn_limited!("vsock: bad rx buffer: {e}");
+            let (head, mut pkt) = match buf {
+                RxBuf::Good(head, pkt) => (head, pkt),
+                RxBuf::Bad(head) => {
                     q.add_used(mem, head, 0)?;
                     used = true;
                     continue;
                 }
             };
-            let len = if let Some(c) = self.ctrl.pop_front() {
+            if let Some(c) = self.ctrl.pop_front() {
                 self.header(&mut pkt, c.key, c.op, c.flags);
-                0
-            } else {
-                match self.host_data(&mut pkt) {
-                    Some(n) => n,
-                    None => {
-                        // Nothing was read after all: give the buffer back.
-                        q.go_to_previous_position();
-                        continue;
-                    }
-                }
-            };
-            q.add_used(
-                mem,
-                head,
-                (pkt.header_slice().len() as u32).saturating_add(len),
-            )?;
-            used = true;
+                q.add_used(mem, head, pkt.header_slice().len() as u32)?;
+                used = true;
+                continue;
+            }
+            let mut bufs = vec![(head, pkt)];
+            let filled = self.host_data(mem, q, &mut bufs)?;
+            for (head, pkt) in bufs.iter().take(filled) {
+                let len = (pkt.header_slice().len() as u32).saturating_add(pkt.len());
+                q.add_used(mem, *head, len)?;
+            }
+            // Buffers left over go back, last taken first.
+            for _ in filled..bufs.len() {
+                q.go_to_previous_position();
+            }
+            used |= filled > 0;
         }
         Ok(used)
     }
@@ -951,34 +958,34 @@ impl Muxer {
             .set_fwd_cnt(fwd_cnt);
     }
 
-    /// Reads one stream's data into `pkt`; `None` if no stream had any.
-    fn host_data<B: BitmapSlice>(&mut self, pkt: &mut VsockPacket<B>) -> Option<u32> {
+    /// Reads one stream's data into the rx buffers `bufs` (taking more
+    /// from `q`, up to [`RX_BATCH`], while the stream's credit goes beyond
+    /// them) with one `readv`, and writes their headers. Returns how many
+    /// of `bufs`, from the front, are filled (0: no stream had any data);
+    /// the caller gives the rest back.
+    fn host_data<'a>(
+        &mut self,
+        mem: &'a GuestMemory,
+        q: &mut Queue,
+        bufs: &mut Vec<(u16, VsockPacket<'a, DataBitmap>)>,
+    ) -> Result<usize, virtio_queue::Error> {
         while let Some(key) = self.want_rx.pop_front() {
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;
             };
             c.queued = false;
-            let cap = pkt.data_slice().map_or(0, |d| d.len());
-            let want = (c.peer_credit() as usize).min(cap);
-            if want == 0 || c.state != State::Established {
+            let credit = c.peer_credit() as usize;
+            if credit == 0 || c.state != State::Established {
                 self.arm(key);
                 continue;
             }
-            let Some(data) = pkt.data_slice() else {
-                self.arm(key);
-                continue;
-            };
-            let guard = data.ptr_guard_mut();
-            // SAFETY: the guard points at `data.len()` ≥ want bytes of mapped
-            // guest memory (the rx buffer); read writes at most want of them.
-            let r = unsafe { libc::read(c.stream.as_raw_fd(), guard.as_ptr().cast(), want) };
-            let r = if r < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(r as usize)
-            };
-            match r {
+            let fd = c.stream.as_raw_fd();
+            take_more_rx_bufs(mem, q, bufs, credit)?;
+            match read_into(fd, bufs, credit) {
                 Ok(0) => {
+                    let Some(c) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
                     // The host peer will send no more (it may still read):
                     // a half-close, as with TCP.
                     c.host_eof = true;
@@ -987,20 +994,35 @@ impl Muxer {
                         self.reset_conn(key);
                         continue;
                     }
+                    let Some((_, pkt)) = bufs.first_mut() else {
+                        continue;
+                    };
                     self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_SEND);
                     self.set_interest(key);
-                    return Some(0);
+                    return Ok(1);
                 }
                 Ok(n) => {
-                    data.bitmap().mark_dirty(0, n);
-                    c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
-                    c.fwd_cnt_sent = c.fwd_cnt;
-                    // More may be waiting: stay queued behind the others.
-                    c.queued = true;
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                        c.fwd_cnt_sent = c.fwd_cnt;
+                        // More may be waiting: stay queued behind the others.
+                        c.queued = true;
+                    }
                     self.want_rx.push_back(key);
-                    self.header(pkt, key, op::RW, 0);
-                    pkt.set_len(n as u32);
-                    return Some(n as u32);
+                    let mut left = n;
+                    let mut filled = 0;
+                    for (_, pkt) in bufs.iter_mut() {
+                        let cap = pkt.data_slice().map_or(0, |d| d.len());
+                        let here = left.min(cap);
+                        if here == 0 {
+                            break;
+                        }
+                        self.header(pkt, key, op::RW, 0);
+                        pkt.set_len(here as u32);
+                        left -= here;
+                        filled += 1;
+                    }
+                    return Ok(filled);
                 }
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
@@ -1013,6 +1035,115 @@ impl Muxer {
                 }
             }
         }
-        None
+        Ok(0)
     }
+}
+
+/// The most rx buffers one read from a host stream fills (128 KiB in a
+/// Linux guest's 4 KiB buffers): one `readv` instead of one `read` each.
+const RX_BATCH: usize = 32;
+
+type DataBitmap = <<GuestMemory as vm_memory::GuestMemory>::R as vm_memory::GuestMemoryRegion>::B;
+
+/// An rx buffer from the guest: usable, or one to return unused.
+enum RxBuf<'a> {
+    Good(u16, VsockPacket<'a, DataBitmap>),
+    Bad(u16),
+}
+
+/// Takes the next rx buffer the guest made available, if any.
+fn next_rx_buf<'a>(
+    mem: &'a GuestMemory,
+    q: &mut Queue,
+) -> Result<Option<RxBuf<'a>>, virtio_queue::Error> {
+    let Some(mut chain) = q.iter(mem)?.next() else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    Ok(Some(
+        match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+            Ok(p) => RxBuf::Good(head, p),
+            Err(e) => {
+                warn_limited!("vsock: bad rx buffer: {e}");
+                RxBuf::Bad(head)
+            }
+        },
+    ))
+}
+
+/// Bytes of data `bufs` hold.
+fn rx_room(bufs: &[(u16, VsockPacket<'_, DataBitmap>)]) -> usize {
+    bufs.iter()
+        .map(|(_, p)| p.data_slice().map_or(0, |d| d.len()))
+        .sum()
+}
+
+/// Takes more rx buffers while `bufs` hold less than `want` bytes and
+/// fewer than [`RX_BATCH`] buffers. A bad buffer is left where it is (the
+/// next single take returns it unused), so the ones taken here stay the
+/// last taken and can be given back.
+fn take_more_rx_bufs<'a>(
+    mem: &'a GuestMemory,
+    q: &mut Queue,
+    bufs: &mut Vec<(u16, VsockPacket<'a, DataBitmap>)>,
+    want: usize,
+) -> Result<(), virtio_queue::Error> {
+    while bufs.len() < RX_BATCH && rx_room(bufs) < want {
+        match next_rx_buf(mem, q)? {
+            Some(RxBuf::Good(head, p)) => bufs.push((head, p)),
+            Some(RxBuf::Bad(_)) => {
+                q.go_to_previous_position();
+                break;
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// One `readv` from `fd` into the data areas of `bufs`, at most `max` bytes.
+fn read_into(
+    fd: RawFd,
+    bufs: &[(u16, VsockPacket<'_, DataBitmap>)],
+    max: usize,
+) -> std::io::Result<usize> {
+    let mut left = max;
+    let mut guards = Vec::with_capacity(bufs.len());
+    let mut iov = Vec::with_capacity(bufs.len());
+    for (_, pkt) in bufs {
+        let Some(data) = pkt.data_slice() else {
+            break;
+        };
+        let len = data.len().min(left);
+        if len == 0 {
+            break;
+        }
+        let guard = data.ptr_guard_mut();
+        iov.push(libc::iovec {
+            iov_base: guard.as_ptr().cast(),
+            iov_len: len,
+        });
+        guards.push((guard, data));
+        left -= len;
+    }
+    if iov.is_empty() {
+        return Err(ErrorKind::WouldBlock.into());
+    }
+    // SAFETY: each iovec covers `len` ≤ its data area's length of mapped
+    // guest memory (an rx buffer the device owns until it is used), kept
+    // mapped by `guards` for the call; readv writes only inside them.
+    let r = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut n = r as usize;
+    for (_, data) in &guards {
+        let here = n.min(data.len());
+        if here == 0 {
+            break;
+        }
+        data.bitmap().mark_dirty(0, here);
+        n -= here;
+    }
+    Ok(r as usize)
 }

@@ -918,6 +918,22 @@ fn framed_traffic_runs_under_the_worker_filter() {
         got.len(),
         stream.len()
     );
+    // And host → guest, several rx buffers per read.
+    let sent = pattern(20 * 4096 + 7);
+    host.set_nonblocking(false).unwrap();
+    host.write_all(&sent).unwrap();
+    pump(&mut e.mux);
+    let back: Vec<u8> = g
+        .recv_batch(&mut e.mux, 32, None)
+        .into_iter()
+        .flat_map(|(_, _, d)| d)
+        .collect();
+    assert!(
+        back == sent,
+        "{} of {} bytes came back",
+        back.len(),
+        sent.len()
+    );
     std::mem::forget(e);
 }
 
@@ -981,4 +997,138 @@ fn data_waiting_for_a_slow_host_reader_survives_the_guests_close() {
     assert!(got.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
     pump(&mut e.mux);
     assert_eq!(e.mux.connections(), 0, "the stream is gone once delivered");
+}
+
+/// Where the batch tests' rx buffers live: header at the base, 4 KiB of
+/// data 0x100 after it.
+const BATCH_BUFS: u64 = 0x38_0000;
+
+impl Guest<'_> {
+    /// Offers `n` rx buffers (the one at `bad`, if any, read-only and so
+    /// unusable), lets the muxer fill them in one go, and returns what it
+    /// put in the used ring, in order: (buffer index, header, data).
+    fn recv_batch(
+        &mut self,
+        mux: &mut Muxer,
+        n: usize,
+        bad: Option<usize>,
+    ) -> Vec<(usize, Hdr, Vec<u8>)> {
+        for i in 0..n {
+            let base = BATCH_BUFS + i as u64 * 0x2000;
+            let w = bad != Some(i);
+            add_chain(
+                &self.rxm,
+                &mut self.rx_next,
+                &[(base, HDR as u32, w), (base + 0x100, 4096, w)],
+            );
+        }
+        mux.fill_rx(self.mem, &mut self.rx).unwrap();
+        let used = self.rxm.used().idx().load();
+        let mut out = Vec::new();
+        while self.rx_seen != used {
+            let slot = (self.rx_seen % QSIZE) as usize;
+            let e = self.rxm.used().ring().ref_at(slot).unwrap().load();
+            self.rx_seen = self.rx_seen.wrapping_add(1);
+            // The head descriptor's address names the buffer (the rx
+            // queue's descriptor table is at 0, 16 bytes per entry).
+            let base: u64 = self
+                .mem
+                .read_obj(GuestAddress(u64::from(e.id()) * 16))
+                .unwrap();
+            let i = ((base - BATCH_BUFS) / 0x2000) as usize;
+            if e.len() == 0 {
+                out.push((i, Hdr::guest(0, 0, 0), Vec::new()));
+                continue;
+            }
+            let mut b = [0u8; HDR];
+            self.mem.read_slice(&mut b, GuestAddress(base)).unwrap();
+            let h = Hdr::parse(&b);
+            assert_eq!(e.len(), HDR as u32 + h.len, "used length = header + data");
+            let mut data = vec![0u8; h.len as usize];
+            self.mem
+                .read_slice(&mut data, GuestAddress(base + 0x100))
+                .unwrap();
+            out.push((i, h, data));
+        }
+        out
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Host data fills as many rx buffers as it needs in one read, in the
+/// order the guest offered them, and the buffers it does not need stay the
+/// guest's: the next data goes into the first of them.
+#[test]
+fn host_data_fills_several_rx_buffers_at_once_and_leaves_the_rest() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    let sent = pattern(10 * 4096 + 100);
+    host.write_all(&sent).unwrap();
+    pump(&mut e.mux);
+    let got = g.recv_batch(&mut e.mux, 16, None);
+    assert_eq!(got.len(), 11, "ten full buffers and one with 100 bytes");
+    let idx: Vec<usize> = got.iter().map(|(i, _, _)| *i).collect();
+    assert_eq!(idx, (0..11).collect::<Vec<_>>(), "in the order offered");
+    assert!(got
+        .iter()
+        .all(|(_, h, _)| h.op == op::RW && h.dst_port == 1000));
+    let data: Vec<u8> = got.iter().flat_map(|(_, _, d)| d.clone()).collect();
+    assert_eq!(data, sent);
+    // The five left over are still available: the next data takes the
+    // first of them (buffer 11), not a later one.
+    host.write_all(b"next").unwrap();
+    pump(&mut e.mux);
+    let got = g.recv_batch(&mut e.mux, 0, None);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0, got[0].2.as_slice()), (11, &b"next"[..]));
+}
+
+/// One read takes no more than the guest's credit, however many buffers
+/// are offered.
+#[test]
+fn a_batch_stops_at_the_guests_credit() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let srv = UnixListener::bind(port_path(&e.path, 52)).unwrap();
+    let mut h = Hdr::guest(1000, 52, op::REQUEST);
+    h.buf_alloc = 10_000;
+    g.send(&mut e.mux, h, &[]);
+    assert_eq!(g.recv(&mut e.mux).unwrap().0.op, op::RESPONSE);
+    let (mut host, _) = srv.accept().unwrap();
+    host.write_all(&pattern(50_000)).unwrap();
+    pump(&mut e.mux);
+    let got = g.recv_batch(&mut e.mux, 16, None);
+    let lens: Vec<usize> = got.iter().map(|(_, _, d)| d.len()).collect();
+    assert_eq!(lens, [4096, 4096, 1808]);
+    let data: Vec<u8> = got.iter().flat_map(|(_, _, d)| d.clone()).collect();
+    assert_eq!(data, pattern(50_000)[..10_000]);
+}
+
+/// An unusable rx buffer among good ones ends the batch before it; it is
+/// returned unused, and the data goes on, in order, in the buffers after it.
+#[test]
+fn a_bad_rx_buffer_in_a_batch_is_returned_and_no_data_is_lost() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    let sent = pattern(4 * 4096);
+    host.write_all(&sent).unwrap();
+    pump(&mut e.mux);
+    let got = g.recv_batch(&mut e.mux, 6, Some(2));
+    let idx: Vec<usize> = got.iter().map(|(i, _, _)| *i).collect();
+    assert_eq!(
+        idx,
+        [0, 1, 2, 3, 4],
+        "two filled, the bad one returned, two more"
+    );
+    assert!(got[2].2.is_empty(), "the bad buffer carries nothing");
+    let data: Vec<u8> = got.iter().flat_map(|(_, _, d)| d.clone()).collect();
+    assert_eq!(data, sent);
 }
