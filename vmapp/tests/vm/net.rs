@@ -88,6 +88,14 @@ echo @@garbage-rounds=$k
 $E touch /tmp/stop-garbage; wait $g; cat $d/garbage.out
 $E sh -c 'i=0; until r=$(timeout 5 wget -q -O- http://{GW}:8000/hello 2>/dev/null); do i=$((i+1)); [ $i -gt 60 ] && break; sleep 0.5; done; echo @@after-garbage=$r'
 echo @@passt-after-garbage=$(pgrep '^passt' | wc -l)
+# passt dies: vmapp says so on its stderr, the VM runs on offline, and
+# `net on` brings the network back without a restart.
+pkill -KILL '^passt'
+i=0; while ! grep -q "passt ended" $d/web.err && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo @@died-list=$({VMAPP} list | awk '$1 == "web" {{print $7}}')
+$E sh -c 'timeout 5 wget -q -O- http://{GW}:8000/hello; echo @@died-fetch-rc=$?'
+{VMAPP} net web on 2>&1; echo @@died-on-rc=$?
+$E sh -c 'i=0; until r=$(timeout 5 wget -q -O- http://{GW}:8000/hello 2>/dev/null); do i=$((i+1)); [ $i -gt 60 ] && break; sleep 0.5; done; echo @@after-death=$r'
 {VMAPP} stop web 2>&1; echo @@stop-rc=$?
 wait $lp; echo @@web-rc=$?
 sleep 0.5; echo @@passt-after-stop=$(pgrep '^passt' | wc -l)
@@ -164,6 +172,12 @@ fn the_guest_reaches_host_services_by_name_publishes_a_port_and_its_network_swit
     );
     assert_eq!(value(&out, "@@after-garbage="), "hello", "{all}");
     assert_eq!(value(&out, "@@passt-after-garbage="), "1", "{all}");
+    // passt killed: reported, the VM runs on offline, `on` brings it back.
+    assert!(value(&out, "@@web-err=").contains("passt ended"), "{all}");
+    assert_eq!(value(&out, "@@died-list="), "off", "{all}");
+    assert_ne!(value(&out, "@@died-fetch-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@died-on-rc="), "0", "{all}");
+    assert_eq!(value(&out, "@@after-death="), "hello", "{all}");
     assert_eq!(value(&out, "@@stop-rc="), "0", "{all}");
     // The app (`sleep`) ended by the power button's SIGTERM; not 159, a
     // seccomp kill of a thread that reaped the network helper.
