@@ -926,6 +926,14 @@ impl Muxer {
                 used = true;
                 continue;
             }
+            if pkt.data_slice().is_none_or(|d| d.is_empty()) {
+                // No room for data: given back, it would come round again
+                // and again while a stream's data waited. Returned unused.
+                warn_limited!("vsock: rx buffer without room for data");
+                q.add_used(mem, head, 0)?;
+                used = true;
+                continue;
+            }
             let mut bufs = vec![(head, pkt)];
             let filled = self.host_data(mem, q, &mut bufs)?;
             for (head, pkt) in bufs.iter().take(filled) {

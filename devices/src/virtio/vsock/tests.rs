@@ -1132,3 +1132,41 @@ fn a_bad_rx_buffer_in_a_batch_is_returned_and_no_data_is_lost() {
     let data: Vec<u8> = got.iter().flat_map(|(_, _, d)| d.clone()).collect();
     assert_eq!(data, sent);
 }
+
+/// A guest rx buffer whose data area is empty can carry no data: it was
+/// given back each time and the stream re-armed, with its data still
+/// waiting, so the worker woke again and again while the guest did
+/// nothing. It is now returned used (length 0), and the data waits for a
+/// real buffer.
+#[test]
+fn an_rx_buffer_without_room_for_data_does_not_spin_the_worker() {
+    let mut e = env();
+    let m = mem();
+    let mut g = Guest::new(&m);
+    let mut host = guest_connect(&mut e, &mut g);
+    host.write_all(b"waiting").unwrap();
+    pump(&mut e.mux);
+    add_chain(
+        &g.rxm,
+        &mut g.rx_next,
+        &[(RX_BUF, HDR as u32, true), (RX_DATA, 0, true)],
+    );
+    e.mux.fill_rx(&m, &mut g.rx).unwrap();
+    assert_eq!(
+        g.rxm.used().idx().load(),
+        g.rx_seen.wrapping_add(1),
+        "returned used"
+    );
+    g.rx_seen = g.rx_seen.wrapping_add(1);
+    let zero = g
+        .rxm
+        .used()
+        .ring()
+        .ref_at(usize::from(g.rx_seen.wrapping_sub(1) % QSIZE));
+    assert_eq!(zero.unwrap().load().len(), 0);
+    assert_eq!(ready_now(&e.mux), 0, "the stream must not wake the worker");
+    let (h, d) = g
+        .recv(&mut e.mux)
+        .expect("the data, in the next real buffer");
+    assert_eq!((h.op, d.as_slice()), (op::RW, &b"waiting"[..]));
+}
