@@ -355,7 +355,11 @@ pub fn thread_ticks() -> Vec<(String, u64)> {
     let comm = |stat: &str| -> Option<(String, u64)> {
         let (open, close) = (stat.find('(')?, stat.rfind(')')?);
         let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-        let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let t = f
+            .get(11)?
+            .parse::<u64>()
+            .ok()?
+            .saturating_add(f.get(12)?.parse::<u64>().ok()?);
         Some((stat.get(open + 1..close)?.to_string(), t))
     };
     for p in procs.flatten() {
@@ -375,7 +379,7 @@ pub fn thread_ticks() -> Vec<(String, u64)> {
             };
             let name = format!("{pname}/{tname}");
             match out.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 += ticks,
+                Some(e) => e.1 = e.1.saturating_add(ticks),
                 None => out.push((name, ticks)),
             }
         }

@@ -325,9 +325,12 @@ fn main() {
     if let Some(port) = port_arg(&cmdline, "net") {
         load_modules("/etc/vmapp/modules-net");
         // Named, so the guest's own accounting (`/proc/*/task/*/stat`) tells it apart.
-        let _ = std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("net-down".into())
-            .spawn(move || sommelier_guest::net::relay::run(port));
+            .spawn(move || sommelier_guest::net::relay::run(port))
+        {
+            eprintln!("sommelier-guest: net: no relay thread: {e}");
+        }
     }
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)

@@ -90,8 +90,8 @@ $E sh -c 'i=0; until r=$(timeout 5 wget -q -O- http://{GW}:8000/hello 2>/dev/nul
 echo @@passt-after-garbage=$(pgrep '^passt' | wc -l)
 # passt dies: vmapp says so on its stderr, the VM runs on offline, and
 # `net on` brings the network back without a restart.
-pkill -KILL '^passt'
-i=0; while ! grep -q "passt ended" $d/web.err && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+pkill -KILL -f "$d/rt/vmapp/web/.*_1026"
+i=0; while ! grep -q "passt ended (signal: 9" $d/web.err && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo @@died-list=$({VMAPP} list | awk '$1 == "web" {{print $7}}')
 $E sh -c 'timeout 5 wget -q -O- http://{GW}:8000/hello; echo @@died-fetch-rc=$?'
 {VMAPP} net web on 2>&1; echo @@died-on-rc=$?
@@ -173,7 +173,10 @@ fn the_guest_reaches_host_services_by_name_publishes_a_port_and_its_network_swit
     assert_eq!(value(&out, "@@after-garbage="), "hello", "{all}");
     assert_eq!(value(&out, "@@passt-after-garbage="), "1", "{all}");
     // passt killed: reported, the VM runs on offline, `on` brings it back.
-    assert!(value(&out, "@@web-err=").contains("passt ended"), "{all}");
+    assert!(
+        value(&out, "@@web-err=").contains("passt ended (signal: 9"),
+        "{all}"
+    );
     assert_eq!(value(&out, "@@died-list="), "off", "{all}");
     assert_ne!(value(&out, "@@died-fetch-rc="), "0", "{all}");
     assert_eq!(value(&out, "@@died-on-rc="), "0", "{all}");

@@ -791,7 +791,10 @@ impl Muxer {
                 c.interest = 0;
             }
         }
-        if events.contains(EventSet::OUT) {
+        // A hang-up or error flushes too: a stream waiting to write learns
+        // from the failed write that its peer is gone (and is reset), not
+        // from being woken for OUT again and again.
+        if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
             self.flush(key);
         }
         let Some(c) = self.conns.get_mut(&key) else {
@@ -989,8 +992,8 @@ impl Muxer {
             }
             let fd = c.stream.as_raw_fd();
             take_more_rx_bufs(mem, q, bufs, credit)?;
-            match read_into(fd, bufs, credit) {
-                Ok(0) => {
+            match read_into(fd, bufs, credit).map(|(n, asked)| (n, n < asked)) {
+                Ok((0, _)) => {
                     let Some(c) = self.conns.get_mut(&key) else {
                         continue;
                     };
@@ -1009,18 +1012,25 @@ impl Muxer {
                     self.set_interest(key);
                     return Ok(1);
                 }
-                Ok(n) => {
+                Ok((n, drained)) => {
                     if let Some(c) = self.conns.get_mut(&key) {
                         c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
                         c.fwd_cnt_sent = c.fwd_cnt;
+                    }
+                    if drained {
+                        // A short read emptied the socket: wait for more.
+                        self.arm(key);
+                    } else if let Some(c) = self.conns.get_mut(&key) {
                         // More may be waiting: stay queued behind the others.
                         c.queued = true;
+                        self.want_rx.push_back(key);
                     }
-                    self.want_rx.push_back(key);
                     let mut left = n;
                     let mut filled = 0;
                     for (_, pkt) in bufs.iter_mut() {
-                        let cap = pkt.data_slice().map_or(0, |d| d.len());
+                        let cap = pkt
+                            .data_slice()
+                            .map_or(0, |d| d.len().min(MAX_PKT_DATA as usize));
                         let here = left.min(cap);
                         if here == 0 {
                             break;
@@ -1082,7 +1092,10 @@ fn next_rx_buf<'a>(
 /// Bytes of data `bufs` hold.
 fn rx_room(bufs: &[(u16, VsockPacket<'_, DataBitmap>)]) -> usize {
     bufs.iter()
-        .map(|(_, p)| p.data_slice().map_or(0, |d| d.len()))
+        .map(|(_, p)| {
+            p.data_slice()
+                .map_or(0, |d| d.len().min(MAX_PKT_DATA as usize))
+        })
         .sum()
 }
 
@@ -1109,12 +1122,13 @@ fn take_more_rx_bufs<'a>(
     Ok(())
 }
 
-/// One `readv` from `fd` into the data areas of `bufs`, at most `max` bytes.
+/// One `readv` from `fd` into the data areas of `bufs` (each at most
+/// [`MAX_PKT_DATA`]), at most `max` bytes: (bytes read, bytes asked for).
 fn read_into(
     fd: RawFd,
     bufs: &[(u16, VsockPacket<'_, DataBitmap>)],
     max: usize,
-) -> std::io::Result<usize> {
+) -> std::io::Result<(usize, usize)> {
     let mut left = max;
     let mut guards = Vec::with_capacity(bufs.len());
     let mut iov = Vec::with_capacity(bufs.len());
@@ -1122,7 +1136,7 @@ fn read_into(
         let Some(data) = pkt.data_slice() else {
             break;
         };
-        let len = data.len().min(left);
+        let len = data.len().min(MAX_PKT_DATA as usize).min(left);
         if len == 0 {
             break;
         }
@@ -1145,13 +1159,13 @@ fn read_into(
         return Err(std::io::Error::last_os_error());
     }
     let mut n = r as usize;
-    for (_, data) in &guards {
-        let here = n.min(data.len());
+    for (iov, (_, data)) in iov.iter().zip(&guards) {
+        let here = n.min(iov.iov_len);
         if here == 0 {
             break;
         }
         data.bitmap().mark_dirty(0, here);
         n -= here;
     }
-    Ok(r as usize)
+    Ok((r as usize, max - left))
 }
