@@ -227,6 +227,31 @@ fn static_eth0(router: std::net::Ipv4Addr) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
+/// The receiving side of a TCP connection as the guest's kernel sees it.
+fn tcp_info(s: &std::net::TcpStream) -> String {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; all-zero is a valid value.
+    let mut i: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: an out-value of its own size on our own socket.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut i as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return String::new();
+    }
+    format!(
+        "tcp_rcv_mss={} tcp_advmss={} tcp_rcv_ssthresh={} tcp_rcv_space={} tcp_rcv_rtt_us={}",
+        i.tcpi_rcv_mss, i.tcpi_advmss, i.tcpi_rcv_ssthresh, i.tcpi_rcv_space, i.tcpi_rcv_rtt
+    )
+}
+
 /// The guest's CPU and event counters (`/proc/stat`, `/proc/interrupts`),
 /// to show where a transfer's time goes.
 struct Counters {
@@ -411,10 +436,11 @@ fn tcp(host: &str, tx: u16, rx: u16, mib: u64, static_cfg: bool) -> std::io::Res
     s.read_to_end(&mut rest)?;
     println!("@@net_tx_mbps={:.1}", mbps(mib << 20, t.elapsed()));
     let before = Counters::now();
-    let (n, d) = read_timed(TcpStream::connect((ip, rx))?, 256 * 1024)?;
+    let rs = TcpStream::connect((ip, rx))?;
+    let (n, d) = read_timed(&rs, 256 * 1024)?;
     println!("@@net_rx_mbps={:.1}", mbps(n, d));
     if let (Some(a), Some(b)) = (before, Counters::now()) {
-        println!("@@net_rx_per_mib {}", a.per_mib(&b, n));
+        println!("@@net_rx_per_mib {} {}", a.per_mib(&b, n), tcp_info(&rs));
     }
     Ok(())
 }
