@@ -345,62 +345,12 @@ pub fn exit(tool: &str, r: Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// CPU ticks (user + system) of every thread on this host, by process and
-/// thread name ("process/thread").
+/// CPU ticks of every thread on this host, by "process/thread" name.
 pub fn thread_ticks() -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    let comm = |stat: &str| -> Option<(String, u64)> {
-        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-        let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-        let t = f
-            .get(11)?
-            .parse::<u64>()
-            .ok()?
-            .saturating_add(f.get(12)?.parse::<u64>().ok()?);
-        Some((stat.get(open + 1..close)?.to_string(), t))
-    };
-    for p in procs.flatten() {
-        let pname = std::fs::read_to_string(p.path().join("stat"))
-            .ok()
-            .and_then(|s| comm(&s))
-            .map(|(n, _)| n);
-        let (Some(pname), Ok(tasks)) = (pname, std::fs::read_dir(p.path().join("task"))) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let Some((tname, ticks)) = std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|s| comm(&s))
-            else {
-                continue;
-            };
-            let name = format!("{pname}/{tname}");
-            match out.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 = e.1.saturating_add(ticks),
-                None => out.push((name, ticks)),
-            }
-        }
-    }
-    out
+    sommelier_guest::procstat::thread_ticks(true)
 }
 
-/// What each thread name of [`thread_ticks`] spent between two snapshots,
-/// largest first (threads that started in between count from zero).
-pub fn ticks_since(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
-    let mut d: Vec<(String, u64)> = after
-        .iter()
-        .map(|(n, t)| {
-            let was = before.iter().find(|(m, _)| m == n).map_or(0, |(_, v)| *v);
-            (n.clone(), t.saturating_sub(was))
-        })
-        .filter(|(_, t)| *t > 0)
-        .collect();
-    d.sort_by_key(|t| std::cmp::Reverse(t.1));
-    d
-}
+pub use sommelier_guest::procstat::ticks_since;
 
 /// KVM's event counters on this host (all VMs, `/sys/kernel/debug/kvm`;
 /// empty where debugfs is not mounted).
@@ -475,26 +425,5 @@ Rss:                1000 kB
         let mut c = Command::new("true");
         c.arg("no marker");
         assert!(run_until_marker(c, "@@ready", 1 << 30, Duration::from_secs(10)).is_err());
-    }
-
-    #[test]
-    fn ticks_since_counts_growth_largest_first_and_new_threads_from_zero() {
-        let before = vec![("a/x".to_string(), 10), ("b/y".to_string(), 5)];
-        let after = vec![
-            ("a/x".to_string(), 12),
-            ("b/y".to_string(), 5),
-            ("c/z".to_string(), 7),
-        ];
-        assert_eq!(
-            ticks_since(&before, &after),
-            vec![("c/z".to_string(), 7), ("a/x".to_string(), 2)]
-        );
-    }
-
-    #[test]
-    fn this_threads_own_ticks_are_found() {
-        let t = thread_ticks();
-        assert!(!t.is_empty());
-        assert!(t.iter().all(|(n, _)| n.contains('/')));
     }
 }

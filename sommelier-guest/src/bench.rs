@@ -277,40 +277,6 @@ fn eth0_counts() -> (u64, u64, u64) {
     (read("rx_packets"), read("rx_bytes"), read("tx_packets"))
 }
 
-/// CPU ticks (user + system) per thread name.
-fn task_ticks() -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ..."; utime and stime are fields 14, 15.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let (Some(comm), Some(rest)) = (stat.get(open + 1..close), stat.get(close + 1..))
-            else {
-                continue;
-            };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            let ticks = field(11).saturating_add(field(12));
-            match out.iter_mut().find(|(c, _)| c == comm) {
-                Some(e) => e.1 = e.1.saturating_add(ticks),
-                None => out.push((comm.to_string(), ticks)),
-            }
-        }
-    }
-    out
-}
-
 impl Counters {
     fn now() -> Option<Self> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -319,7 +285,7 @@ impl Counters {
             ctxt: 0,
             intr: 0,
             lines: Vec::new(),
-            tasks: task_ticks(),
+            tasks: sommelier_guest::procstat::thread_ticks(false),
             eth0: eth0_counts(),
         };
         for l in stat.lines() {
@@ -388,20 +354,7 @@ impl Counters {
             fbytes.checked_div(frames).unwrap_or(0),
             b.eth0.2.saturating_sub(self.eth0.2) as f64 / mib
         );
-        let mut tasks: Vec<(String, u64)> = b
-            .tasks
-            .iter()
-            .map(|(name, n)| {
-                let was = self
-                    .tasks
-                    .iter()
-                    .find(|(m, _)| m == name)
-                    .map_or(0, |(_, v)| *v);
-                (name.clone(), n.saturating_sub(was))
-            })
-            .filter(|(_, d)| *d > 0)
-            .collect();
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.1));
+        let tasks = sommelier_guest::procstat::ticks_since(&self.tasks, &b.tasks);
         for (name, d) in tasks.iter().take(8) {
             out += &format!(" task[{name}]={:.1}", *d as f64 / mib);
         }

@@ -1,9 +1,10 @@
 //! Shared between the guest init (`sommelier-guest`), vmapp and the
-//! benchmarks: the agent protocol spoken over vsock, AF_VSOCK sockets, and the
-//! guest's network over vsock.
+//! benchmarks: the agent protocol spoken over vsock, AF_VSOCK sockets, the guest's
+//! network over vsock, and per-thread CPU accounting for the benchmarks.
 #![deny(missing_docs)]
 
 pub mod net;
+pub mod procstat;
 pub mod proto;
 pub mod relay;
 pub mod vsock_socket;

@@ -284,16 +284,8 @@ fn run(argv: Option<Vec<String>>, home: &str, env: &[(String, String)]) -> u8 {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 {
-        match args.get(1).map(String::as_str) {
-            Some("vsock") => std::process::exit(vsock::main(&args[2..])),
-            Some("bench") => std::process::exit(bench::main(&args[2..])),
-            _ => {}
-        }
-    }
+/// /proc, /sys, /dev, /dev/pts, /tmp and /run.
+fn mount_basics() {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV;
     mount("proc", "/proc", "proc", nodev | libc::MS_NOEXEC, "");
     mount("sysfs", "/sys", "sysfs", nodev | libc::MS_NOEXEC, "");
@@ -307,6 +299,34 @@ fn main() {
     );
     mount("tmpfs", "/tmp", "tmpfs", nodev, "mode=1777");
     mount("tmpfs", "/run", "tmpfs", nodev, "mode=0755");
+}
+
+/// With `vmapp.net=PORT`: the TAP's modules and the network relay's thread.
+fn start_network(cmdline: &str) {
+    let Some(port) = port_arg(cmdline, "net") else {
+        return;
+    };
+    load_modules("/etc/vmapp/modules-net");
+    // Named, so the guest's own accounting (`/proc/*/task/*/stat`) tells it apart.
+    if let Err(e) = std::thread::Builder::new()
+        .name("net-down".into())
+        .spawn(move || sommelier_guest::net::relay::run(port))
+    {
+        log(&format!("net: no relay thread: {e}"));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        match args.get(1).map(String::as_str) {
+            Some("vsock") => std::process::exit(vsock::main(&args[2..])),
+            Some("bench") => std::process::exit(bench::main(&args[2..])),
+            _ => {}
+        }
+    }
+    mount_basics();
     outb(BOOT_STATUS_PORT, BOOT_DONE_MAGIC);
     load_modules("/etc/vmapp/modules");
     power::watch();
@@ -322,16 +342,7 @@ fn main() {
         load_modules("/etc/vmapp/modules-host-root");
     }
     let home = plan.home.clone().unwrap_or_else(|| "/root".into());
-    if let Some(port) = port_arg(&cmdline, "net") {
-        load_modules("/etc/vmapp/modules-net");
-        // Named, so the guest's own accounting (`/proc/*/task/*/stat`) tells it apart.
-        if let Err(e) = std::thread::Builder::new()
-            .name("net-down".into())
-            .spawn(move || sommelier_guest::net::relay::run(port))
-        {
-            eprintln!("sommelier-guest: net: no relay thread: {e}");
-        }
-    }
+    start_network(&cmdline);
     let (code, keep_running) = if !shares::apply(&plan) {
         (125, false)
     } else {

@@ -929,7 +929,7 @@ impl Muxer {
                 used = true;
                 continue;
             }
-            if pkt.data_slice().is_none_or(|d| d.is_empty()) {
+            if data_room(&pkt) == 0 {
                 // No room for data: given back, it would come round again
                 // and again while a stream's data waited. Returned unused.
                 warn_limited!("vsock: rx buffer without room for data");
@@ -994,54 +994,11 @@ impl Muxer {
             take_more_rx_bufs(mem, q, bufs, credit)?;
             match read_into(fd, bufs, credit).map(|(n, asked)| (n, n < asked)) {
                 Ok((0, _)) => {
-                    let Some(c) = self.conns.get_mut(&key) else {
-                        continue;
-                    };
-                    // The host peer will send no more (it may still read):
-                    // a half-close, as with TCP.
-                    c.host_eof = true;
-                    if c.guest_shut_send && c.txbuf.is_empty() {
-                        // Both directions are done.
-                        self.reset_conn(key);
-                        continue;
+                    if let Some(used) = self.host_eof(key, bufs) {
+                        return Ok(used);
                     }
-                    let Some((_, pkt)) = bufs.first_mut() else {
-                        continue;
-                    };
-                    self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_SEND);
-                    self.set_interest(key);
-                    return Ok(1);
                 }
-                Ok((n, drained)) => {
-                    if let Some(c) = self.conns.get_mut(&key) {
-                        c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
-                        c.fwd_cnt_sent = c.fwd_cnt;
-                    }
-                    if drained {
-                        // A short read emptied the socket: wait for more.
-                        self.arm(key);
-                    } else if let Some(c) = self.conns.get_mut(&key) {
-                        // More may be waiting: stay queued behind the others.
-                        c.queued = true;
-                        self.want_rx.push_back(key);
-                    }
-                    let mut left = n;
-                    let mut filled = 0;
-                    for (_, pkt) in bufs.iter_mut() {
-                        let cap = pkt
-                            .data_slice()
-                            .map_or(0, |d| d.len().min(MAX_PKT_DATA as usize));
-                        let here = left.min(cap);
-                        if here == 0 {
-                            break;
-                        }
-                        self.header(pkt, key, op::RW, 0);
-                        pkt.set_len(here as u32);
-                        left -= here;
-                        filled += 1;
-                    }
-                    return Ok(filled);
-                }
+                Ok((n, drained)) => return Ok(self.host_read(key, bufs, n, drained)),
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
                 {
@@ -1055,6 +1012,69 @@ impl Muxer {
         }
         Ok(0)
     }
+
+    /// The host peer will send no more (it may still read): a half-close,
+    /// as with TCP, told in the first of `bufs` (`Some(1)`); `None` when
+    /// the stream is gone instead (both directions done).
+    fn host_eof(
+        &mut self,
+        key: Key,
+        bufs: &mut [(u16, VsockPacket<'_, DataBitmap>)],
+    ) -> Option<usize> {
+        let c = self.conns.get_mut(&key)?;
+        c.host_eof = true;
+        if c.guest_shut_send && c.txbuf.is_empty() {
+            self.reset_conn(key);
+            return None;
+        }
+        let (_, pkt) = bufs.first_mut()?;
+        self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_SEND);
+        self.set_interest(key);
+        Some(1)
+    }
+
+    /// Accounts `n` bytes read into `bufs` and writes their headers;
+    /// returns how many buffers, from the front, hold data. A stream the
+    /// short read `drained` waits for more; another stays queued.
+    fn host_read(
+        &mut self,
+        key: Key,
+        bufs: &mut [(u16, VsockPacket<'_, DataBitmap>)],
+        n: usize,
+        drained: bool,
+    ) -> usize {
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+            c.fwd_cnt_sent = c.fwd_cnt;
+        }
+        if drained {
+            self.arm(key);
+        } else if let Some(c) = self.conns.get_mut(&key) {
+            // More may be waiting: stay queued behind the others.
+            c.queued = true;
+            self.want_rx.push_back(key);
+        }
+        let mut left = n;
+        let mut filled = 0;
+        for (_, pkt) in bufs.iter_mut() {
+            let here = left.min(data_room(pkt));
+            if here == 0 {
+                break;
+            }
+            self.header(pkt, key, op::RW, 0);
+            pkt.set_len(here as u32);
+            left -= here;
+            filled += 1;
+        }
+        filled
+    }
+}
+
+/// Bytes of data one rx buffer takes: its data area, at most
+/// [`MAX_PKT_DATA`] (a single-descriptor buffer is not bounded otherwise).
+fn data_room(pkt: &VsockPacket<'_, DataBitmap>) -> usize {
+    pkt.data_slice()
+        .map_or(0, |d| d.len().min(MAX_PKT_DATA as usize))
 }
 
 /// The most rx buffers one read from a host stream fills (128 KiB in a
@@ -1091,12 +1111,7 @@ fn next_rx_buf<'a>(
 
 /// Bytes of data `bufs` hold.
 fn rx_room(bufs: &[(u16, VsockPacket<'_, DataBitmap>)]) -> usize {
-    bufs.iter()
-        .map(|(_, p)| {
-            p.data_slice()
-                .map_or(0, |d| d.len().min(MAX_PKT_DATA as usize))
-        })
-        .sum()
+    bufs.iter().map(|(_, p)| data_room(p)).sum()
 }
 
 /// Takes more rx buffers while `bufs` hold less than `want` bytes and
@@ -1136,7 +1151,7 @@ fn read_into(
         let Some(data) = pkt.data_slice() else {
             break;
         };
-        let len = data.len().min(MAX_PKT_DATA as usize).min(left);
+        let len = data_room(pkt).min(left);
         if len == 0 {
             break;
         }
