@@ -184,6 +184,36 @@ pub fn target_dir() -> PathBuf {
     std::path::absolute(&d).unwrap_or(d)
 }
 
+/// The guest-image cache `cargo xtask test` uses: `target/xdg-cache`,
+/// whatever `XDG_CACHE_HOME` says. The tests run vmapp as root and as an
+/// unprivileged user (uid 65534), with tmpfs mounted over `/root` and `/home`
+/// in some: a user's own cache (`~/.cache`, root's 0700) is neither readable
+/// by every test user nor visible in every test, and vmapp would then try to
+/// download a guest where there is no network. Created 0755; fails, naming
+/// the directory, when a directory on the way is closed to other users.
+pub fn test_cache(target: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = target.join("xdg-cache");
+    std::fs::create_dir_all(dir.join("vmapp"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for d in [dir.clone(), dir.join("vmapp")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let dir = dir.canonicalize()?;
+    for a in dir.ancestors() {
+        let mode = std::fs::metadata(a)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} (mode {:o}) is closed to other users, and the tests run vmapp as uid 65534 \
+                 too: put the checkout (or CARGO_TARGET_DIR) where every user may enter",
+                a.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(dir)
+}
+
 /// The L1 host's writable 9p export (tag `scratch`), created if missing.
 fn scratch_dir() -> Result<PathBuf> {
     let d = target_tmp().join("scratch");
@@ -574,6 +604,22 @@ mod tests {
         assert_eq!(live_lines(t), "@@phase=fs\n@@listed=3");
         assert_eq!(last_lines(t, 1), "kernel says");
         assert_eq!(last_lines(t, 9), "boot\nkernel says");
+    }
+
+    #[test]
+    fn the_test_cache_is_open_to_every_user_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("xtask-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = test_cache(&base).unwrap();
+        let mode = std::fs::metadata(d.join("vmapp")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // A closed directory on the way (root's home, typically) is named.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = test_cache(&base).unwrap_err().to_string();
+        assert!(e.contains("closed to other users"), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!   `vmapp ARGS…` where KVM can boot stock kernels (directly or in the
 //!   emulated KVM host).
 //! - `cargo xtask test [ARGS…]`: builds every binary (the guest init included),
-//!   then runs `cargo test --workspace ARGS…`.
+//!   then runs `cargo test --workspace ARGS…` with the guest-image cache in
+//!   `target/xdg-cache` (see [`xtask::test_cache`]).
 //! - `cargo xtask bench [boot|io|vsock|net|fs] [ARGS…]`: the boot, block-I/O,
 //!   vsock, network or virtio-fs benchmark (vmapp vs QEMU microvm; for fs,
 //!   QEMU + virtiofsd; for net, QEMU's virtio-net on passt),
@@ -177,6 +178,9 @@ fn main() -> ExitCode {
             Some("test") => {
                 cargo(&["build", "--workspace", "--bins", "--examples"])?;
                 use_pinned_passt(true)?;
+                // Every test user reads the guest image from here.
+                let cache = xtask::test_cache(&xtask::target_dir())?;
+                std::env::set_var("XDG_CACHE_HOME", &cache);
                 let mut a = vec!["test", "--workspace"];
                 a.extend(args[1..].iter().map(String::as_str));
                 let times = std::env::current_dir()?.join("target/script-times.txt");
