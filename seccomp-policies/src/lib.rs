@@ -93,11 +93,14 @@ pub enum ThreadKind {
     WlProxy,
     /// wl-proxy's helper threads (signals, waiting for the command).
     WlProxyHelper,
+    /// The audio proxy: every thread (accept, control, one pair per
+    /// connection).
+    AudioProxy,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 11] = [
+    pub const ALL: [ThreadKind; 12] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
@@ -109,6 +112,7 @@ impl ThreadKind {
         ThreadKind::Control,
         ThreadKind::WlProxy,
         ThreadKind::WlProxyHelper,
+        ThreadKind::AudioProxy,
     ];
 
     /// Its key in the JSON.
@@ -125,6 +129,7 @@ impl ThreadKind {
             ThreadKind::Control => "control",
             ThreadKind::WlProxy => "wl_proxy",
             ThreadKind::WlProxyHelper => "wl_proxy_helper",
+            ThreadKind::AudioProxy => "audio_proxy",
         }
     }
 

@@ -3,6 +3,7 @@
 //! network over vsock, and per-thread CPU accounting for the benchmarks.
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod net;
 pub mod procstat;
 pub mod proto;

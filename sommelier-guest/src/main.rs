@@ -114,7 +114,7 @@ fn command_from_cmdline(cmdline: &str) -> (Option<Vec<String>>, bool) {
     for w in cmdline.split_whitespace() {
         if let Some(h) = w.strip_prefix("vmapp.cmd=") {
             cmd = sommelier_guest::proto::decode_argv(h);
-        } else if ["vmapp.agent=", "vmapp.exec=", "vmapp.net="]
+        } else if ["vmapp.agent=", "vmapp.exec=", "vmapp.net=", "vmapp.audio="]
             .iter()
             .any(|p| w.starts_with(p))
         {
@@ -180,11 +180,40 @@ fn start_wayland() -> bool {
     }
 }
 
+/// With `vmapp.audio=PORT`: the sound socket, relayed to the host's port.
+fn start_audio(cmdline: &str) -> bool {
+    let Some(port) = port_arg(cmdline, "audio") else {
+        return false;
+    };
+    let path = std::path::Path::new(RUNTIME_DIR).join(sommelier_guest::audio::SOCKET);
+    match sommelier_guest::audio::serve(&path, port) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("audio: {e}"));
+            false
+        }
+    }
+}
+
+/// What a guest app needs to find the sound socket (and no server of its
+/// own is started for it).
+const AUDIO_ENV: &[(&str, &str)] = &[
+    ("XDG_RUNTIME_DIR", RUNTIME_DIR),
+    ("PULSE_SERVER", "unix:/run/vmapp/pulse/native"),
+];
+
 /// The environment every command starts with.
-fn base_env(home: &str, wayland: bool) -> Vec<(String, String)> {
+fn base_env(home: &str, wayland: bool, audio: bool) -> Vec<(String, String)> {
     let mut env = vec![("PATH", PATH), ("HOME", home), ("TERM", "linux")];
     if wayland {
         env.extend_from_slice(WAYLAND_ENV);
+    }
+    if audio {
+        env.extend(
+            AUDIO_ENV
+                .iter()
+                .filter(|(k, _)| !(wayland && *k == "XDG_RUNTIME_DIR")),
+        );
     }
     env.into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -348,7 +377,8 @@ fn main() {
     } else {
         // After the guest root is in place, so the socket is inside it.
         let wayland = wayland && start_wayland();
-        let env = base_env(&home, wayland);
+        let audio = start_audio(&cmdline);
+        let env = base_env(&home, wayland, audio);
         if let Some(port) = port_arg(&cmdline, "exec") {
             agent::listen_sessions(port, env.clone());
         }

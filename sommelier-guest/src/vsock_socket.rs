@@ -83,3 +83,10 @@ pub fn accept(l: &OwnedFd) -> std::io::Result<File> {
     // SAFETY: fd is a fresh descriptor we own.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
+
+/// Shuts both directions of a vsock stream (the peer sees its end; a
+/// thread blocked reading it returns).
+pub fn shutdown(f: &File) {
+    // SAFETY: shutdown on an fd the File owns; no memory is passed.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_RDWR) };
+}

@@ -103,6 +103,7 @@ fn from_launch(a: &Launch) -> anyhow::Result<Profile> {
             seccomp_policies::Mode::Off => Some("off".into()),
         },
         jail: (a.jail != "on").then(|| a.jail.clone()),
+        audio: (a.audio != "playback").then(|| a.audio.clone()),
         network: a.net,
         network_host_loopback: a.net_host_loopback,
         publish: a.publish.clone(),

@@ -10,6 +10,7 @@
 //! | `{"version":1,"op":"stop"}` | `{"version":1,"ok":true}` once the guest has been asked to shut down (the power button) |
 //! | `{"version":1,"op":"stop","force":true}` | `{"version":1,"ok":true}` once the VM is being stopped at once |
 //! | `{"version":1,"op":"net","on":false}` | `{"version":1,"ok":true}` once the network is off (passt has ended) or on (passt listens) |
+//! | `{"version":1,"op":"audio","mode":"off"}` | `{"version":1,"ok":true}` once the audio proxy has the new mode (`off`: every stream of the VM has ended; `playback`: every record stream) |
 //!
 //! Anything else gets `{"version":1,"ok":false,"error":"…"}`. A request
 //! must arrive within [`REQUEST_TIMEOUT`] of connecting. Only the user the
@@ -87,7 +88,14 @@ pub struct Status {
     /// Whether the network is on (absent: the VM has none).
     #[serde(default)]
     pub network: Option<bool>,
+    /// The audio mode, `off`, `playback` or `full` (absent: the VM has no
+    /// audio proxy).
+    #[serde(default)]
+    pub audio: Option<String>,
 }
+
+/// Sets the audio mode (`Some`) or asks (`None`); returns the mode.
+pub type AudioSwitch = Box<dyn Fn(Option<&str>) -> Result<String, String> + Send>;
 
 /// Turns the network on or off (`Some`) or asks (`None`); returns whether it
 /// is on.
@@ -104,6 +112,8 @@ pub struct Served {
     pub stop: Box<dyn Fn(bool) + Send>,
     /// The VM's network switch, if it has a network.
     pub net: Option<NetSwitch>,
+    /// The VM's audio switch, if it has an audio proxy.
+    pub audio: Option<AudioSwitch>,
     /// The control thread's seccomp mode.
     pub seccomp: seccomp_policies::Mode,
 }
@@ -232,6 +242,7 @@ enum Op {
     Status,
     Stop { force: bool },
     Net { on: bool },
+    Audio { mode: String },
 }
 
 fn parse_request(line: &str) -> Result<Op, String> {
@@ -247,6 +258,7 @@ fn parse_request(line: &str) -> Result<Op, String> {
         Some("status") => &["version", "op"],
         Some("stop") => &["version", "op", "force"],
         Some("net") => &["version", "op", "on"],
+        Some("audio") => &["version", "op", "mode"],
         Some(other) => return Err(format!("unknown op {other:?}")),
         None => return Err("no \"op\"".into()),
     };
@@ -263,6 +275,10 @@ fn parse_request(line: &str) -> Result<Op, String> {
             Some(serde_json::Value::Bool(on)) => Ok(Op::Net { on: *on }),
             _ => Err("\"on\" must be true or false".into()),
         },
+        Some("audio") => match obj.get("mode").and_then(serde_json::Value::as_str) {
+            Some(m @ ("off" | "playback" | "full")) => Ok(Op::Audio { mode: m.into() }),
+            _ => Err("\"mode\" must be \"off\", \"playback\" or \"full\"".into()),
+        },
         _ => Ok(Op::Status),
     }
 }
@@ -274,6 +290,7 @@ fn reply_json(served: &Served, op: Result<Op, String>) -> serde_json::Value {
             let mut status = served.status.clone();
             status.uptime_s = served.started.elapsed().as_secs();
             status.network = served.net.as_ref().and_then(|n| n(None).ok());
+            status.audio = served.audio.as_ref().and_then(|a| a(None).ok());
             serde_json::json!({"version": VERSION, "ok": true, "status": status})
         }
         Ok(Op::Stop { force }) => {
@@ -284,6 +301,13 @@ fn reply_json(served: &Served, op: Result<Op, String>) -> serde_json::Value {
             Some(Ok(_)) => serde_json::json!({"version": VERSION, "ok": true}),
             Some(Err(e)) => fail(e),
             None => fail("this VM has no network (launch it with --net)".into()),
+        },
+        Ok(Op::Audio { mode }) => match served.audio.as_ref().map(|a| a(Some(&mode))) {
+            Some(Ok(_)) => serde_json::json!({"version": VERSION, "ok": true}),
+            Some(Err(e)) => fail(e),
+            None => {
+                fail("this VM has no audio proxy (not the default guest, or --vsock given)".into())
+            }
         },
         Err(e) => fail(e),
     }
@@ -341,6 +365,16 @@ pub fn stop(path: &Path, force: bool) -> Result<(), ControlError> {
     request(
         path,
         &serde_json::json!({"version": VERSION, "op": "stop", "force": force}),
+    )
+    .map(|_| ())
+}
+
+/// Sets the audio mode (`off`, `playback`, `full`) of the VM whose control
+/// socket is `path`.
+pub fn set_audio(path: &Path, mode: &str) -> Result<(), ControlError> {
+    request(
+        path,
+        &serde_json::json!({"version": VERSION, "op": "audio", "mode": mode}),
     )
     .map(|_| ())
 }

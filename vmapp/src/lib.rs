@@ -5,6 +5,7 @@
 //! `sommelier-guest`).
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod control;
 pub mod desktop;
 pub mod image;

@@ -97,6 +97,15 @@ enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Switch a running VM's sound: `off` ends its streams at once,
+    /// `playback` ends its record streams, `full` lets it record too.
+    Audio {
+        /// The app's name (or a VM's name as `vmapp list` shows it).
+        name: String,
+        /// `off`, `playback` or `full`.
+        #[arg(value_parser = ["off", "playback", "full"])]
+        mode: String,
+    },
     /// Run COMMAND in a running VM, with this terminal's stdio; exits with
     /// its status.
     Exec {
@@ -227,6 +236,13 @@ struct Launch {
     /// GUESTPORT (TCP); repeatable.
     #[arg(long = "publish", value_name = "HOSTPORT:GUESTPORT", requires = "net")]
     publish: Vec<String>,
+    /// Sound (default guest): the guest's PulseAudio-protocol clients reach
+    /// the host's sound server through a validating audio proxy; `playback`
+    /// lets them play, `full` record too. `vmapp audio NAME MODE` switches
+    /// it while the VM runs.
+    #[arg(long, default_value = "playback", value_name = "off|playback|full",
+          value_parser = ["off", "playback", "full"])]
+    audio: String,
     /// Boot the bzImage of the default guest instead of its vmlinux.
     #[arg(long)]
     bzimage: bool,
@@ -340,17 +356,23 @@ fn exposed_share(spec: &str, i: usize) -> anyhow::Result<ShareConfig> {
     Ok(s)
 }
 
-/// This VM's wl-proxy in front of the compositor (its socket is set once
-/// the VM's private directory exists).
-fn proxy_config(a: &Launch) -> anyhow::Result<ProxyConfig> {
-    let upstream = wayland::compositor_socket(a.wayland.as_deref())?;
-    let tag = a.tag.clone().unwrap_or_else(|| {
+/// The VM's label on its windows and sound streams: `--tag`, else the
+/// command's name.
+fn vm_tag(a: &Launch) -> String {
+    a.tag.clone().unwrap_or_else(|| {
         a.command
             .first()
             .and_then(|c| std::path::Path::new(c).file_name())
             .map(|n| n.to_string_lossy().chars().take(32).collect())
             .unwrap_or_else(|| "vm".into())
-    });
+    })
+}
+
+/// This VM's wl-proxy in front of the compositor (its socket is set once
+/// the VM's private directory exists).
+fn proxy_config(a: &Launch) -> anyhow::Result<ProxyConfig> {
+    let upstream = wayland::compositor_socket(a.wayland.as_deref())?;
+    let tag = vm_tag(a);
     let cfg = ProxyConfig {
         binary: wayland::proxy_binary(),
         upstream,
@@ -585,6 +607,8 @@ struct ControlSpec {
     exec: bool,
     /// The network's switch, if the VM has a network.
     net: Option<vmapp::net::NetSwitch>,
+    /// The audio proxy's switch, if the VM has one.
+    audio: Option<vmapp::audio::AudioSwitch>,
 }
 
 /// Starts the control socket of the VM `handle` runs.
@@ -606,6 +630,7 @@ fn start_control(
             exec_socket: info.vsock.clone().filter(|_| c.exec),
             exec_port: (c.exec && info.vsock.is_some()).then_some(EXEC_PORT),
             network: None,
+            audio: None,
         },
         started: Instant::now(),
         stop: Box::new(move |force| {
@@ -621,6 +646,19 @@ fn start_control(
                 let mut n = n.lock().unwrap_or_else(|p| p.into_inner());
                 n.set(on).map_err(|e| e.to_string())
             }) as control::NetSwitch
+        }),
+        audio: c.audio.map(|a| {
+            let a = std::sync::Mutex::new(a);
+            Box::new(move |mode: Option<&str>| {
+                let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(m) = mode {
+                    let m = m
+                        .parse()
+                        .map_err(|e: audio_proxy::policy::PolicyError| e.to_string())?;
+                    a.set(m).map_err(|e| e.to_string())?;
+                }
+                Ok(a.mode().to_string())
+            }) as control::AudioSwitch
         }),
         seccomp,
     };
@@ -718,6 +756,8 @@ fn add_channels(
         (Some(p), _, _) => Some(p),
         (None, true, Some(d)) if default_guest => Some(d.join("v.sock")),
         (None, _, Some(d)) if a.net => Some(d.join("v.sock")),
+        // Sound travels over vsock too.
+        (None, _, Some(d)) if default_guest && a.audio != "off" => Some(d.join("v.sock")),
         _ => None,
     };
     let mut proxy = None;
@@ -773,7 +813,10 @@ fn control_spec(
     pid: u32,
     a: &Launch,
     exec: bool,
-    net: Option<vmapp::net::NetSwitch>,
+    switches: (
+        Option<vmapp::net::NetSwitch>,
+        Option<vmapp::audio::AudioSwitch>,
+    ),
 ) -> ControlSpec {
     ControlSpec {
         dir: t.path().to_path_buf(),
@@ -781,8 +824,45 @@ fn control_spec(
         pid,
         command: a.command.clone(),
         exec,
-        net,
+        net: switches.0,
+        audio: switches.1,
     }
+}
+
+/// The VM's audio proxy (default guest, vmapp's own vsock socket), and the
+/// guest's word that makes its sound socket.
+fn start_audio(
+    mut b: VmBuilder,
+    a: &Launch,
+    vsock: Option<&std::path::Path>,
+    default_guest: bool,
+) -> anyhow::Result<(
+    VmBuilder,
+    Option<vmapp::audio::AudioProcess>,
+    Option<vmapp::audio::AudioSwitch>,
+)> {
+    let (Some(uds), true, None) = (vsock, default_guest, a.vsock.as_ref()) else {
+        if a.audio == "full" {
+            anyhow::bail!(
+                "--audio full needs the default guest and vmapp's own vsock socket (no --vsock)"
+            );
+        }
+        return Ok((b, None, None));
+    };
+    if a.audio == "off" && a.app.is_none() {
+        return Ok((b, None, None));
+    }
+    let cfg = vmapp::audio::AudioConfig {
+        binary: vmapp::audio::proxy_binary(),
+        vsock_uds: uds.to_path_buf(),
+        tag: vm_tag(a),
+        mode: a.audio.parse()?,
+        seccomp: a.seccomp,
+    };
+    let (p, switch) = vmapp::audio::AudioProcess::start(&cfg)
+        .context("starting the VM's audio proxy (--audio off runs without one)")?;
+    b = b.append_cmdline(&format!("vmapp.audio={}", vmapp::audio::AUDIO_PORT));
+    Ok((b, Some(p), Some(switch)))
 }
 
 fn runtime_path(tmp: &Option<RuntimeDir>) -> Option<PathBuf> {
@@ -886,7 +966,9 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     // when something needs a socket or the jail a scratch place.
     let mut tmp = match app_dir {
         Some(d) => Some(d),
-        None if agent || want_wayland || jailed || a.net => Some(RuntimeDir::temp()?),
+        None if agent || want_wayland || jailed || a.net || (default_guest && a.audio != "off") => {
+            Some(RuntimeDir::temp()?)
+        }
         None => None,
     };
     let jail = tmp
@@ -901,29 +983,32 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         Some(i) => b.initramfs(i),
         None => b,
     };
-    let (mut b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
+    let (b, host) = command_channel(b, &a, vsock.as_ref(), agent, interactive)?;
     // Started here, in the host's namespaces, for the jail's sake.
     let (net, mut helper) = start_network(&a, vsock.as_deref(), runtime_path(&tmp).as_deref())?;
+    let (mut b, mut audio, audio_switch) = start_audio(b, &a, vsock.as_deref(), default_guest)?;
     let exec = default_guest && vsock.is_some();
     let ctl = tmp
         .as_ref()
-        .map(|t| control_spec(t, host_pid, &a, exec, net));
+        .map(|t| control_spec(t, host_pid, &a, exec, (net, audio_switch)));
     if let Some(spec) = &jail {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).
         b = b.check()?;
         if let Some(code) = enter_jail(spec, &mut proxy, &mut tmp)? {
-            // The switch's copy first: the helper then sees its end.
+            // The switches' copies first: the helpers then see their end.
             drop((host, ctl));
-            drop((helper, proxy, tmp));
+            drop((helper, proxy, audio, tmp));
             return Ok(code);
         }
-        // The helper is the parent's child, not this process's.
+        // The helpers are the parent's children, not this process's.
         std::mem::forget(helper.take());
+        std::mem::forget(audio.take());
     }
     let code = run_vm(b, host, run_request(&a, &home), ctl, a.seccomp);
     drop(helper);
     drop(proxy);
+    drop(audio);
     drop(tmp);
     code
 }
@@ -1010,6 +1095,7 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
         }
         Cmd::List => running::list(),
         Cmd::Net { name, state } => running::net(&name, &state),
+        Cmd::Audio { name, mode } => running::audio(&name, &mode),
         Cmd::Stop {
             name,
             force,

@@ -22,6 +22,7 @@
 //! wl_policy = "/path/policy.toml"
 //! seccomp = "kill"                     # or "log", "off"
 //! jail = "on"                          # or "off"
+//! audio = "playback"                   # or "off", "full" (playback and recording)
 //! ```
 //!
 //! A profile turns into `vmapp launch` options ([`Profile::launch_args`]);
@@ -129,6 +130,9 @@ pub struct Profile {
     /// `on` or `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<String>,
+    /// `off`, `playback` or `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
     /// A network (NAT through passt), on when the VM starts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network: bool,
@@ -240,6 +244,7 @@ impl Profile {
         one_of("clipboard", &self.clipboard, &["allow", "deny"])?;
         one_of("seccomp", &self.seccomp, &["kill", "log", "off"])?;
         one_of("jail", &self.jail, &["on", "off"])?;
+        one_of("audio", &self.audio, &["off", "playback", "full"])?;
         if let Some(e) = self.env.iter().find(|e| !e.contains('=')) {
             return Err(format!("env entry {e:?} is not KEY=VALUE"));
         }
@@ -324,6 +329,7 @@ impl Profile {
             ("clipboard", &self.clipboard),
             ("seccomp", &self.seccomp),
             ("jail", &self.jail),
+            ("audio", &self.audio),
         ] {
             if let Some(v) = v {
                 opt(k, v.clone());

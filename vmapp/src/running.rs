@@ -68,13 +68,13 @@ pub fn list() -> anyhow::Result<ExitCode> {
     }
     running.sort_by(|a, b| a.0.cmp(&b.0));
     println!(
-        "{:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3}  COMMAND",
-        "NAME", "STATE", "PID", "UPTIME", "MEMORY", "CPUS", "NET"
+        "{:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3} {:>8}  COMMAND",
+        "NAME", "STATE", "PID", "UPTIME", "MEMORY", "CPUS", "NET", "AUDIO"
     );
     for (name, st) in running {
         match st {
             Some(s) => println!(
-                "{:<20} {:<8} {:>8} {:>8} {:>6}M {:>4} {:>3}  {}",
+                "{:<20} {:<8} {:>8} {:>8} {:>6}M {:>4} {:>3} {:>8}  {}",
                 name,
                 "running",
                 s.pid,
@@ -86,6 +86,7 @@ pub fn list() -> anyhow::Result<ExitCode> {
                     Some(false) => "off",
                     None => "-",
                 },
+                s.audio.as_deref().unwrap_or("-"),
                 s.command.join(" ")
             ),
             None => {
@@ -93,8 +94,8 @@ pub fn list() -> anyhow::Result<ExitCode> {
                     .map(|p| p.command.join(" "))
                     .unwrap_or_default();
                 println!(
-                    "{name:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3}  {cmd}",
-                    "stopped", "-", "-", "-", "-", "-"
+                    "{name:<20} {:<8} {:>8} {:>8} {:>7} {:>4} {:>3} {:>8}  {cmd}",
+                    "stopped", "-", "-", "-", "-", "-", "-"
                 );
             }
         }
@@ -157,6 +158,17 @@ pub fn net(name: &str, state: &str) -> anyhow::Result<ExitCode> {
     };
     let path = control_path(name)?;
     control::set_network(&path, on).map_err(|e| match e {
+        ControlError::Io { .. } => anyhow::anyhow!("{name} is not running"),
+        e => e.into(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmapp audio NAME off|playback|full`: switches the VM's sound; returns
+/// once the audio proxy has cut what the new mode forbids.
+pub fn audio(name: &str, mode: &str) -> anyhow::Result<ExitCode> {
+    let path = control_path(name)?;
+    control::set_audio(&path, mode).map_err(|e| match e {
         ControlError::Io { .. } => anyhow::anyhow!("{name} is not running"),
         e => e.into(),
     })?;

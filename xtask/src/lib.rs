@@ -613,7 +613,10 @@ mod tests {
         std::fs::create_dir_all(&base).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let d = test_cache(&base).unwrap();
-        let mode = std::fs::metadata(d.join("vmapp")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("vmapp"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         // A closed directory on the way (root's home, typically) is named.
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -15,6 +15,8 @@
 //!   sway in the same host).
 //! - `cargo xtask bench wl [ARGS…]`: wl-proxy vs a direct connection to a
 //!   headless sway, and the parse + validate rate (criterion); no VM.
+//! - `cargo xtask bench audio [--secs S] [--runs N]`: audio-proxy vs a plain
+//!   socket relay (socat) in front of a headless PulseAudio; no VM.
 //! - `cargo xtask sh SCRIPT`: runs a shell script where KVM can boot stock kernels.
 //! - `cargo xtask host`: says whether this machine runs VMs directly or emulated.
 //!
@@ -195,6 +197,17 @@ fn main() -> ExitCode {
                 r?;
                 Ok(0)
             }
+            Some("bench") if args.get(1).map(String::as_str) == Some("audio") => {
+                // The audio proxy needs no VM: PulseAudio, the proxy and socat run here.
+                cargo(&["build", "--release", "-p", "audio-proxy", "-p", "benches", "--bins"])?;
+                let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/x86_64-unknown-linux-gnu/release");
+                let st = Command::new(rel.join("audio-bench")).args(&args[2..]).status()?;
+                if !st.success() {
+                    bail!("audio-bench failed");
+                }
+                Ok(0)
+            }
             Some("bench") if args.get(1).map(String::as_str) == Some("wl") => {
                 // The Wayland proxy needs no VM: sway and the proxy run here.
                 cargo(&["build", "--release", "-p", "wl-proxy", "-p", "benches", "--bins"])?;
@@ -220,7 +233,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|net|fs|gpu|wl] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|net|fs|gpu|wl|audio] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

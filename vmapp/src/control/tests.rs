@@ -20,10 +20,12 @@ fn server(dir: &Path) -> (ControlServer, PathBuf, Arc<Mutex<Vec<bool>>>) {
             exec_socket: Some(dir.join("v.sock")),
             exec_port: Some(1025),
             network: None,
+            audio: None,
         },
         started: Instant::now() - Duration::from_secs(5),
         stop: Box::new(move |force| s.lock().unwrap().push(force)),
         net: None,
+        audio: None,
         seccomp: seccomp_policies::Mode::Kill,
     };
     (serve(&path, served).unwrap(), path, stops)
@@ -80,6 +82,7 @@ fn the_network_switch_turns_and_status_shows_it() {
                 None => Ok(*s),
             }
         })),
+        audio: None,
         seccomp: seccomp_policies::Mode::Kill,
     };
     let _srv = serve(&path, served).unwrap();
@@ -114,7 +117,47 @@ fn status_fixture(dir: &Path) -> Status {
         exec_socket: Some(dir.join("v.sock")),
         exec_port: Some(1025),
         network: None,
+        audio: None,
     }
+}
+
+#[test]
+fn the_audio_switch_turns_and_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control");
+    let state = Arc::new(Mutex::new(String::from("playback")));
+    let st = state.clone();
+    let served = Served {
+        status: status_fixture(dir.path()),
+        started: Instant::now(),
+        stop: Box::new(|_| {}),
+        net: None,
+        audio: Some(Box::new(move |m| {
+            let mut s = st.lock().unwrap();
+            if let Some(m) = m {
+                *s = m.to_string();
+            }
+            Ok(s.clone())
+        })),
+        seccomp: seccomp_policies::Mode::Kill,
+    };
+    let _srv = serve(&path, served).unwrap();
+    assert_eq!(status(&path).unwrap().audio.as_deref(), Some("playback"));
+    set_audio(&path, "off").unwrap();
+    assert_eq!(*state.lock().unwrap(), "off");
+    assert_eq!(status(&path).unwrap().audio.as_deref(), Some("off"));
+    let e = set_audio(&path, "loud").unwrap_err();
+    assert!(e.to_string().contains("\"mode\" must be"), "{e}");
+    assert_eq!(*state.lock().unwrap(), "off", "a bad mode changes nothing");
+}
+
+#[test]
+fn a_vm_without_audio_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, path, _) = server(dir.path());
+    assert_eq!(status(&path).unwrap().audio, None);
+    let e = set_audio(&path, "off").unwrap_err();
+    assert!(e.to_string().contains("no audio proxy"), "{e}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod audio;
 mod block;
 mod boot;
 mod fs;
