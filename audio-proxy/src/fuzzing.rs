@@ -44,106 +44,122 @@ pub fn session(data: &[u8]) {
     }
 }
 
-/// Seed inputs: a client that authenticates, names itself, opens a
-/// playback stream, gets the server's answers and plays; one that tries
-/// what the policy refuses; one that records in `full`.
-pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use pulseaudio::protocol::{
-        self as pa, AuthParams, ChannelMap, Command, CommandTag, CreatePlaybackStreamReply, Prop,
-        Props, RecordStreamParams, SampleSpec, TagStructWrite, TagStructWriter,
-    };
-    let v = pa::MAX_VERSION;
-    let cmd = |seq: u32, c: &Command| {
-        let mut out = Vec::new();
-        let _ = pa::write_command_message(&mut out, seq, c, v);
-        out
-    };
-    let server = |body: &dyn Fn(&mut TagStructWriter<'_>)| {
-        let mut out = Vec::new();
-        body(&mut TagStructWriter::new(&mut out, v));
-        let mut p = vec![0xff];
-        p.extend(wire::command_packet(&out));
-        p
-    };
-    let auth = cmd(
+use pulseaudio::protocol::{
+    self as pa, AuthParams, ChannelMap, Command, CommandTag, CreatePlaybackStreamReply, Prop,
+    Props, RecordStreamParams, SampleSpec, TagStructWrite, TagStructWriter,
+};
+
+const V: u16 = pa::MAX_VERSION;
+
+fn cmd(seq: u32, c: &Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = pa::write_command_message(&mut out, seq, c, V);
+    out
+}
+
+/// A server packet, as the fuzz input marks it (0xff first).
+fn server(body: &dyn Fn(&mut TagStructWriter<'_>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    body(&mut TagStructWriter::new(&mut out, V));
+    let mut p = vec![0xff];
+    p.extend(wire::command_packet(&out));
+    p
+}
+
+fn spec() -> SampleSpec {
+    SampleSpec {
+        format: pa::SampleFormat::S16Le,
+        sample_rate: 48000,
+        channels: 2,
+    }
+}
+
+/// AUTH (claiming shared memory) and the server's answer.
+fn authenticated() -> Vec<u8> {
+    let mut v = cmd(
         1,
         &Command::Auth(AuthParams {
-            version: v,
+            version: V,
             supports_shm: true,
             supports_memfd: true,
             cookie: vec![0; 256],
         }),
     );
-    let auth_reply = server(&|w| {
+    v.extend(server(&|w| {
         let _ = w.write_u32(CommandTag::Reply as u32);
         let _ = w.write_u32(1);
-        let _ = w.write_u32(u32::from(v));
-    });
+        let _ = w.write_u32(u32::from(V));
+    }));
+    v
+}
+
+/// A named client's playback stream, the server's answer, and data.
+fn playing() -> Vec<u8> {
     let mut props = Props::new();
     props.set(Prop::ApplicationName, c"paplay");
-    let name = cmd(2, &Command::SetClientName(props.clone()));
-    let spec = SampleSpec {
-        format: pa::SampleFormat::S16Le,
-        sample_rate: 48000,
-        channels: 2,
-    };
-    let create = cmd(
+    let mut v = cmd(2, &Command::SetClientName(props.clone()));
+    v.extend(cmd(
         3,
         &Command::CreatePlaybackStream(pa::PlaybackStreamParams {
-            sample_spec: spec,
+            sample_spec: spec(),
             channel_map: ChannelMap::stereo(),
             props,
             ..Default::default()
         }),
-    );
-    let created = server(&|w| {
+    ));
+    v.extend(server(&|w| {
         let _ = w.write_u32(CommandTag::Reply as u32);
         let _ = w.write_u32(3);
         let r = CreatePlaybackStreamReply {
             channel: 0,
             stream_index: 7,
-            sample_spec: spec,
+            sample_spec: spec(),
             channel_map: ChannelMap::stereo(),
             ..Default::default()
         };
-        let _ = r.write(w, v);
-    });
-    let mut data = wire::Descriptor {
+        let _ = r.write(w, V);
+    }));
+    let d = wire::Descriptor {
         length: 16,
         channel: 0,
         offset: 0,
         flags: 0,
-    }
-    .encode()
-    .to_vec();
-    data.extend([1u8; 16]);
-    let mut play = vec![1u8];
-    for p in [&auth, &auth_reply, &name, &create, &created, &data] {
-        play.extend_from_slice(p);
-    }
-    let mut hostile = vec![1u8];
-    for p in [
-        &auth,
-        &auth_reply,
-        &cmd(4, &Command::UnloadModule(0)),
-        &cmd(5, &Command::GetSinkInputInfoList),
-        &cmd(6, &Command::KillClient(0)),
-    ] {
-        hostile.extend_from_slice(p);
-    }
-    let mut record = vec![2u8];
+    };
+    v.extend(d.encode());
+    v.extend([1u8; 16]);
+    v
+}
+
+/// Seed inputs: a client that authenticates, names itself, opens a
+/// playback stream, gets the server's answers and plays; one that tries
+/// what the policy refuses; one that records in `full`.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let with = |mode: u8, rest: &[Vec<u8>]| {
+        let mut v = vec![mode];
+        v.extend(authenticated());
+        rest.iter().for_each(|r| v.extend(r));
+        v
+    };
+    let play = with(1, &[playing()]);
+    let hostile = with(
+        1,
+        &[
+            cmd(4, &Command::UnloadModule(0)),
+            cmd(5, &Command::GetSinkInputInfoList),
+            cmd(6, &Command::KillClient(0)),
+        ],
+    );
     let rec = RecordStreamParams {
-        sample_spec: spec,
+        sample_spec: spec(),
         channel_map: ChannelMap::stereo(),
         ..Default::default()
     };
-    for p in [
-        &auth,
-        &auth_reply,
-        &cmd(7, &Command::CreateRecordStream(rec)),
-        &cmd(8, &Command::GetSourceInfoList),
-    ] {
-        record.extend_from_slice(p);
-    }
+    let record = with(
+        2,
+        &[
+            cmd(7, &Command::CreateRecordStream(rec)),
+            cmd(8, &Command::GetSourceInfoList),
+        ],
+    );
     vec![("play", play), ("hostile", hostile), ("record", record)]
 }

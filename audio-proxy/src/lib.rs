@@ -9,6 +9,7 @@
 //! VM's label, nothing that touches other clients, devices or the server.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod policy;
 pub mod proxy;
 pub mod wire;

@@ -358,26 +358,33 @@ impl Session {
         Ok(v)
     }
 
-    /// The policy proper.
+    /// The policy proper: the command's family decides, the rest is
+    /// refused.
     fn decide(&mut self, cmd: Command, mode: Mode) -> Decision {
-        use Command as C;
         let full = mode == Mode::Full;
-        match cmd {
-            C::Auth(mut a) => {
-                if self.version != 0 {
-                    return Decision::Close("a second AUTH".into());
-                }
-                if a.version < MIN_VERSION {
-                    return Decision::Close(format!("protocol version {} is too old", a.version));
-                }
-                a.version = a.version.min(MAX_VERSION);
-                // No fds cross vsock: audio travels in the stream.
-                a.supports_shm = false;
-                a.supports_memfd = false;
-                a.cookie = self.cookie.clone();
-                self.version = a.version;
-                rewrite(Pending::Auth, C::Auth(a))
+        let handled = self
+            .connection_command(cmd, full)
+            .or_else(|c| self.playback_command(*c))
+            .or_else(|c| self.record_command(*c, full));
+        match handled {
+            Ok(d) => d,
+            // Replies and events are the server's to send.
+            Err(c) if matches!(*c, Command::Error(_) | Command::Reply | Command::Timeout) => {
+                Decision::Close("a reply or error the server did not ask for".into())
             }
+            // Everything else: modules, defaults, other clients and their
+            // streams, device volumes and ports, cards, samples, suspend,
+            // exit, extensions, and recording outside `full`.
+            Err(other) => Decision::Refuse(PulseError::AccessDenied, name(&other)),
+        }
+    }
+
+    /// The connection itself: AUTH, names, what the server and its sinks
+    /// are, subscriptions.
+    fn connection_command(&mut self, cmd: Command, full: bool) -> Result<Decision, Box<Command>> {
+        use Command as C;
+        Ok(match cmd {
+            C::Auth(a) => self.auth(a),
             C::SetClientName(mut props) => {
                 self.tag_prop(&mut props, Prop::ApplicationName, "app");
                 rewrite(Pending::ClientName, C::SetClientName(props))
@@ -388,89 +395,13 @@ impl Session {
                 }
                 rewrite(Pending::Other, C::UpdateClientProplist(p))
             }
-            C::CreatePlaybackStream(mut p) => {
-                if let Some(bad) = self.check_spec(&p.sample_spec) {
-                    return bad;
-                }
-                if let Some(close) = self.count_stream() {
-                    return close;
-                }
-                self.cap(&mut p.buffer_attr);
-                self.tag_stream(&mut p.props, "playback");
-                rewrite(Pending::Playback, C::CreatePlaybackStream(p))
-            }
-            C::CreateRecordStream(mut p) => {
-                if !full {
-                    return Decision::Refuse(
-                        PulseError::AccessDenied,
-                        "a record stream (the VM's audio is playback only)",
-                    );
-                }
-                if let Some(bad) = self.check_spec(&p.sample_spec) {
-                    return bad;
-                }
-                if p.direct_on_input_index
-                    .is_some_and(|i| !self.owns_sink_input(i))
-                {
-                    return Decision::Refuse(
-                        PulseError::AccessDenied,
-                        "recording another client's stream",
-                    );
-                }
-                if let Some(close) = self.count_stream() {
-                    return close;
-                }
-                self.cap(&mut p.buffer_attr);
-                self.tag_stream(&mut p.props, "record");
-                rewrite(Pending::Record, C::CreateRecordStream(p))
-            }
-            C::DeletePlaybackStream(ch) => {
-                self.on_playback(ch, || Pending::Other, |s| s.forget(true, ch))
-            }
-            C::DeleteRecordStream(ch) => self.on_record(ch, full, |s| s.forget(false, ch)),
-            C::DrainPlaybackStream(ch)
-            | C::FlushPlaybackStream(ch)
-            | C::TriggerPlaybackStream(ch)
-            | C::PrebufPlaybackStream(ch) => self.on_playback(ch, || Pending::Other, |_| ()),
-            C::GetPlaybackLatency(ref p) => self.on_playback(p.channel, || Pending::Other, |_| ()),
-            C::CorkPlaybackStream(ref p) => self.on_playback(p.channel, || Pending::Other, |_| ()),
-            C::SetPlaybackStreamName(mut p) => {
-                if !self.playback.contains_key(&p.index) {
-                    return not_its_own();
-                }
-                p.name = self.tagged(&p.name.to_string_lossy());
-                rewrite(Pending::Other, C::SetPlaybackStreamName(p))
-            }
-            C::SetPlaybackStreamBufferAttr(mut p) => {
-                if !self.playback.contains_key(&p.index) {
-                    return not_its_own();
-                }
-                self.cap(&mut p.buffer_attr);
-                rewrite(Pending::Other, C::SetPlaybackStreamBufferAttr(p))
-            }
-            C::UpdatePlaybackStreamProplist(mut p) => {
-                if !self.playback.contains_key(&p.index) {
-                    return not_its_own();
-                }
-                if p.props.get(Prop::MediaName).is_some() {
-                    self.tag_prop(&mut p.props, Prop::MediaName, "playback");
-                }
-                rewrite(Pending::Other, C::UpdatePlaybackStreamProplist(p))
-            }
-            C::UpdatePlaybackStreamSampleRate(ref p) => {
-                if p.sample_rate == 0 || p.sample_rate > self.limits.rate {
-                    return Decision::Refuse(PulseError::Invalid, "a sample rate out of range");
-                }
-                self.on_playback(p.index, || Pending::Other, |_| ())
-            }
-            C::RemovePlaybackStreamProplist(ch) => self.on_playback(ch, || Pending::Other, |_| ()),
-            C::SetSinkInputVolume(ref p) => self.on_sink_input(p.index),
-            C::SetSinkInputMute(ref p) => self.on_sink_input(p.index),
-            C::GetSinkInputInfo(i) => self.on_sink_input(i),
             C::GetClientInfo(i) if Some(i) == self.client_index => {
                 Decision::Forward(Pending::Other)
             }
             C::GetServerInfo | C::GetSinkInfo(_) | C::GetSinkInfoList | C::LookupSink(_) => {
+                Decision::Forward(Pending::Other)
+            }
+            C::GetSourceInfo(_) | C::GetSourceInfoList | C::LookupSource(_) if full => {
                 Decision::Forward(Pending::Other)
             }
             C::Subscribe(mask) => {
@@ -480,29 +411,122 @@ impl Session {
                 }
                 rewrite(Pending::Other, C::Subscribe(mask & allowed))
             }
-            // Recording, in `full` only.
-            C::CorkRecordStream(ref p) => self.on_record(p.channel, full, |_| ()),
-            C::FlushRecordStream(ch) | C::RemoveRecordStreamProplist(ch) => {
-                self.on_record(ch, full, |_| ())
+            other => return Err(Box::new(other)),
+        })
+    }
+
+    /// AUTH, once: no shared memory (no fds cross vsock: audio travels in
+    /// the stream), the host's cookie, a version the decoder knows.
+    fn auth(&mut self, mut a: pa::AuthParams) -> Decision {
+        if self.version != 0 {
+            return Decision::Close("a second AUTH".into());
+        }
+        if a.version < MIN_VERSION {
+            return Decision::Close(format!("protocol version {} is too old", a.version));
+        }
+        a.version = a.version.min(MAX_VERSION);
+        a.supports_shm = false;
+        a.supports_memfd = false;
+        a.cookie = self.cookie.clone();
+        self.version = a.version;
+        rewrite(Pending::Auth, Command::Auth(a))
+    }
+
+    /// Playback streams: new ones checked, capped and tagged; the rest only
+    /// on this connection's own streams and sink inputs.
+    fn playback_command(&mut self, cmd: Command) -> Result<Decision, Box<Command>> {
+        use Command as C;
+        let other = || Pending::Other;
+        Ok(match cmd {
+            C::CreatePlaybackStream(mut p) => {
+                if let Some(bad) = self.check_spec(&p.sample_spec) {
+                    return Ok(bad);
+                }
+                if let Some(close) = self.count_stream() {
+                    return Ok(close);
+                }
+                self.cap(&mut p.buffer_attr);
+                self.tag_stream(&mut p.props, "playback");
+                rewrite(Pending::Playback, C::CreatePlaybackStream(p))
             }
-            C::GetRecordLatency(ref p) => self.on_record(p.channel, full, |_| ()),
+            C::DeletePlaybackStream(ch) => self.on_playback(ch, other, |s| s.forget(true, ch)),
+            C::DrainPlaybackStream(ch)
+            | C::FlushPlaybackStream(ch)
+            | C::TriggerPlaybackStream(ch)
+            | C::PrebufPlaybackStream(ch)
+            | C::RemovePlaybackStreamProplist(ch) => self.on_playback(ch, other, |_| ()),
+            C::GetPlaybackLatency(ref p) => self.on_playback(p.channel, other, |_| ()),
+            C::CorkPlaybackStream(ref p) => self.on_playback(p.channel, other, |_| ()),
+            C::SetPlaybackStreamName(mut p) => {
+                if !self.playback.contains_key(&p.index) {
+                    return Ok(not_its_own());
+                }
+                p.name = self.tagged(&p.name.to_string_lossy());
+                rewrite(Pending::Other, C::SetPlaybackStreamName(p))
+            }
+            C::SetPlaybackStreamBufferAttr(mut p) => {
+                if !self.playback.contains_key(&p.index) {
+                    return Ok(not_its_own());
+                }
+                self.cap(&mut p.buffer_attr);
+                rewrite(Pending::Other, C::SetPlaybackStreamBufferAttr(p))
+            }
+            C::UpdatePlaybackStreamProplist(mut p) => {
+                if !self.playback.contains_key(&p.index) {
+                    return Ok(not_its_own());
+                }
+                if p.props.get(Prop::MediaName).is_some() {
+                    self.tag_prop(&mut p.props, Prop::MediaName, "playback");
+                }
+                rewrite(Pending::Other, C::UpdatePlaybackStreamProplist(p))
+            }
+            C::UpdatePlaybackStreamSampleRate(ref p) => {
+                if p.sample_rate == 0 || p.sample_rate > self.limits.rate {
+                    return Ok(Decision::Refuse(
+                        PulseError::Invalid,
+                        "a sample rate out of range",
+                    ));
+                }
+                self.on_playback(p.index, other, |_| ())
+            }
+            C::SetSinkInputVolume(ref p) => self.on_sink_input(p.index),
+            C::SetSinkInputMute(ref p) => self.on_sink_input(p.index),
+            C::GetSinkInputInfo(i) => self.on_sink_input(i),
+            other => return Err(Box::new(other)),
+        })
+    }
+
+    /// Record streams, in `full` only, on this connection's own streams.
+    fn record_command(&mut self, cmd: Command, full: bool) -> Result<Decision, Box<Command>> {
+        use Command as C;
+        if !full {
+            return Err(Box::new(cmd));
+        }
+        Ok(match cmd {
+            C::CreateRecordStream(p) => self.create_record(p),
+            C::DeleteRecordStream(ch) => self.on_record(ch, |s| s.forget(false, ch)),
+            C::CorkRecordStream(ref p) => self.on_record(p.channel, |_| ()),
+            C::FlushRecordStream(ch) | C::RemoveRecordStreamProplist(ch) => {
+                self.on_record(ch, |_| ())
+            }
+            C::GetRecordLatency(ref p) => self.on_record(p.channel, |_| ()),
             C::SetRecordStreamName(mut p) => {
-                if !full || !self.record.contains_key(&p.index) {
-                    return not_its_own();
+                if !self.record.contains_key(&p.index) {
+                    return Ok(not_its_own());
                 }
                 p.name = self.tagged(&p.name.to_string_lossy());
                 rewrite(Pending::Other, C::SetRecordStreamName(p))
             }
             C::SetRecordStreamBufferAttr(mut p) => {
-                if !full || !self.record.contains_key(&p.index) {
-                    return not_its_own();
+                if !self.record.contains_key(&p.index) {
+                    return Ok(not_its_own());
                 }
                 self.cap(&mut p.buffer_attr);
                 rewrite(Pending::Other, C::SetRecordStreamBufferAttr(p))
             }
             C::UpdateRecordStreamProplist(mut p) => {
-                if !full || !self.record.contains_key(&p.index) {
-                    return not_its_own();
+                if !self.record.contains_key(&p.index) {
+                    return Ok(not_its_own());
                 }
                 if p.props.get(Prop::MediaName).is_some() {
                     self.tag_prop(&mut p.props, Prop::MediaName, "record");
@@ -511,25 +535,40 @@ impl Session {
             }
             C::UpdateRecordStreamSampleRate(ref p) => {
                 if p.sample_rate == 0 || p.sample_rate > self.limits.rate {
-                    return Decision::Refuse(PulseError::Invalid, "a sample rate out of range");
+                    return Ok(Decision::Refuse(
+                        PulseError::Invalid,
+                        "a sample rate out of range",
+                    ));
                 }
-                self.on_record(p.index, full, |_| ())
+                self.on_record(p.index, |_| ())
             }
-            C::SetSourceOutputVolume(ref p) if full => self.on_source_output(p.index),
-            C::SetSourceOutputMute(ref p) if full => self.on_source_output(p.index),
-            C::GetSourceOutputInfo(i) if full => self.on_source_output(i),
-            C::GetSourceInfo(_) | C::GetSourceInfoList | C::LookupSource(_) if full => {
-                Decision::Forward(Pending::Other)
-            }
-            // Replies and events are the server's to send.
-            C::Error(_) | C::Reply | C::Timeout => {
-                Decision::Close("a reply or error the server did not ask for".into())
-            }
-            // Everything else: modules, defaults, other clients and their
-            // streams, device volumes and ports, cards, samples, suspend,
-            // exit, extensions, and recording outside `full`.
-            other => Decision::Refuse(PulseError::AccessDenied, name(&other)),
+            C::SetSourceOutputVolume(ref p) => self.on_source_output(p.index),
+            C::SetSourceOutputMute(ref p) => self.on_source_output(p.index),
+            C::GetSourceOutputInfo(i) => self.on_source_output(i),
+            other => return Err(Box::new(other)),
+        })
+    }
+
+    /// A record stream: not straight from another client's stream; checked,
+    /// capped and tagged.
+    fn create_record(&mut self, mut p: pa::RecordStreamParams) -> Decision {
+        if let Some(bad) = self.check_spec(&p.sample_spec) {
+            return bad;
         }
+        if p.direct_on_input_index
+            .is_some_and(|i| !self.owns_sink_input(i))
+        {
+            return Decision::Refuse(
+                PulseError::AccessDenied,
+                "recording another client's stream",
+            );
+        }
+        if let Some(close) = self.count_stream() {
+            return close;
+        }
+        self.cap(&mut p.buffer_attr);
+        self.tag_stream(&mut p.props, "record");
+        rewrite(Pending::Record, Command::CreateRecordStream(p))
     }
 
     /// A new stream's channels and rate within PulseAudio's bounds (the
@@ -588,8 +627,8 @@ impl Session {
         Decision::Forward(p())
     }
 
-    fn on_record(&mut self, ch: u32, full: bool, then: impl FnOnce(&mut Self)) -> Decision {
-        if !full || !self.record.contains_key(&ch) {
+    fn on_record(&mut self, ch: u32, then: impl FnOnce(&mut Self)) -> Decision {
+        if !self.record.contains_key(&ch) {
             return not_its_own();
         }
         then(self);

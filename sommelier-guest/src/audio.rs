@@ -56,24 +56,21 @@ fn relay(client: UnixStream, port: u32) {
 }
 
 /// Client → host; at the end both ends are shut so the other thread ends.
-fn copy(mut from: &UnixStream, mut to: &File) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+fn copy(from: &UnixStream, to: &File) {
+    pump(from, to);
     crate::vsock_socket::shutdown(to);
     let _ = from.shutdown(Shutdown::Both);
 }
 
 /// Host → client.
-fn copy_down(mut from: File, mut to: &UnixStream) {
+fn copy_down(from: File, to: &UnixStream) {
+    pump(&from, to);
+    let _ = to.shutdown(Shutdown::Both);
+    crate::vsock_socket::shutdown(&from);
+}
+
+/// Bytes from `from` to `to` until either ends.
+fn pump(mut from: impl Read, mut to: impl Write) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match from.read(&mut buf) {
@@ -85,6 +82,4 @@ fn copy_down(mut from: File, mut to: &UnixStream) {
             }
         }
     }
-    let _ = to.shutdown(Shutdown::Both);
-    crate::vsock_socket::shutdown(&from);
 }

@@ -1006,10 +1006,8 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         std::mem::forget(audio.take());
     }
     let code = run_vm(b, host, run_request(&a, &home), ctl, a.seccomp);
-    drop(helper);
-    drop(proxy);
-    drop(audio);
-    drop(tmp);
+    // In this order (a tuple drops left to right).
+    drop((helper, proxy, audio, tmp));
     code
 }
 

@@ -11,19 +11,19 @@
 //! the same whichever host relay follows. Run it through `cargo xtask bench
 //! audio`; as root it runs itself, the server and the relays as uid 65534.
 
-use std::io::{Cursor, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use audio_proxy::wire::{self, Descriptor, DESCRIPTOR};
+use audio_proxy::client::RawClient;
+use audio_proxy::wire::{self, DESCRIPTOR};
 use clap::Parser;
 use pulseaudio::protocol::{
-    self as pa, AuthParams, ChannelMap, Command as Cmd, CommandTag, CreatePlaybackStreamReply,
-    CreateRecordStreamReply, Prop, Props, SampleSpec, TagStructRead, TagStructReader,
+    self as pa, ChannelMap, Command as Cmd, CreateRecordStreamReply, SampleSpec, TagStructRead,
+    TagStructReader,
 };
 
 #[derive(Parser)]
@@ -46,149 +46,44 @@ fn main() -> ExitCode {
 const RATE: u32 = 48000;
 const FRAME: usize = 4;
 
-struct Conn {
-    s: UnixStream,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-const SIZES: wire::Sizes = wire::Sizes {
-    command: 1 << 24,
-    data: 1 << 24,
-};
-
-impl Conn {
-    fn open(path: &Path, name: &std::ffi::CStr) -> Result<Conn> {
-        let s = UnixStream::connect(path).with_context(|| path.display().to_string())?;
-        let mut c = Conn {
-            s,
-            seq: 0,
-            buf: Vec::new(),
-        };
-        c.call(&Cmd::Auth(AuthParams {
-            version: pa::MAX_VERSION,
-            supports_shm: false,
-            supports_memfd: false,
-            cookie: vec![0; 256],
-        }))?;
-        let mut props = Props::new();
-        props.set(Prop::ApplicationName, name);
-        c.call(&Cmd::SetClientName(props))?;
-        Ok(c)
-    }
-
-    fn send(&mut self, cmd: &Cmd) -> Result<u32> {
-        self.seq += 1;
-        let mut out = Vec::new();
-        pa::write_command_message(&mut out, self.seq, cmd, pa::MAX_VERSION)?;
-        self.s.write_all(&out)?;
-        Ok(self.seq)
-    }
-
-    /// Sends `cmd`; returns its reply's body.
-    fn call(&mut self, cmd: &Cmd) -> Result<Vec<u8>> {
-        let seq = self.send(cmd)?;
-        loop {
-            let d = wire::read_packet(&mut self.s, SIZES, &mut self.buf)?.context("closed")?;
-            if !d.is_command() {
-                continue;
-            }
-            let mut cur = Cursor::new(&self.buf[DESCRIPTOR..]);
-            let mut ts = TagStructReader::new(&mut cur, pa::MAX_VERSION);
-            let (tag, s) = (ts.read_u32()?, ts.read_u32()?);
-            if s != seq {
-                continue;
-            }
-            ensure!(tag == CommandTag::Reply as u32, "{cmd:?} refused");
-            let at = DESCRIPTOR + cur.position() as usize;
-            return Ok(self.buf[at..].to_vec());
-        }
-    }
-}
-
-fn spec(channels: u8) -> SampleSpec {
-    SampleSpec {
-        format: pa::SampleFormat::S16Le,
-        sample_rate: RATE,
-        channels,
-    }
-}
-
-fn attr(target: u32, frag: u32) -> pa::stream::BufferAttr {
-    pa::stream::BufferAttr {
-        max_length: u32::MAX,
-        target_length: target,
-        pre_buffering: u32::MAX,
-        minimum_request_length: u32::MAX,
-        fragment_size: frag,
-    }
-}
-
-/// Plays silence with a click every 250 ms for `secs`; returns when each
-/// click was written.
+/// Plays silence with a click every 250 ms for `secs` (20 ms buffer);
+/// returns when each click was written.
 fn play(path: &Path, secs: u64) -> Result<Vec<Instant>> {
-    let mut c = Conn::open(path, c"bench-player")?;
-    let reply = c.call(&Cmd::CreatePlaybackStream(pa::PlaybackStreamParams {
-        sample_spec: spec(2),
-        channel_map: ChannelMap::stereo(),
-        // 20 ms of buffer, latency adjusted to it.
-        buffer_attr: attr(RATE / 50 * FRAME as u32, u32::MAX),
-        flags: pa::stream::StreamFlags {
-            adjust_latency: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    }))?;
-    let r = CreatePlaybackStreamReply::read(
-        &mut TagStructReader::new(&mut Cursor::new(&reply[..]), pa::MAX_VERSION),
-        pa::MAX_VERSION,
-    )?;
-    let (channel, mut want) = (r.channel, r.requested_bytes as usize);
-    let start = Instant::now();
-    let mut next_click = start + Duration::from_millis(500);
+    let mut c = RawClient::open(path, c"bench-player")?;
+    let mut next_click = Instant::now() + Duration::from_millis(500);
     let mut clicks = Vec::new();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if want > 0 {
-            let mut block = vec![0u8; want.min(64 << 10) / FRAME * FRAME];
-            if Instant::now() >= next_click {
-                for f in block.chunks_exact_mut(2).take(2 * 48) {
-                    f.copy_from_slice(&i16::MAX.to_le_bytes());
-                }
-                clicks.push(Instant::now());
-                next_click += Duration::from_millis(250);
+    c.play(secs as f64, RATE / 50 * FRAME as u32, |block, _| {
+        if Instant::now() >= next_click {
+            for f in block.chunks_exact_mut(2).take(2 * 48) {
+                f.copy_from_slice(&i16::MAX.to_le_bytes());
             }
-            let d = Descriptor {
-                length: block.len() as u32,
-                channel,
-                offset: 0,
-                flags: 0,
-            };
-            c.s.write_all(&d.encode())?;
-            c.s.write_all(&block)?;
-            want -= block.len();
-            continue;
+            clicks.push(Instant::now());
+            next_click += Duration::from_millis(250);
         }
-        let d = wire::read_packet(&mut c.s, SIZES, &mut c.buf)?.context("closed")?;
-        if d.is_command() {
-            let mut cur = Cursor::new(&c.buf[DESCRIPTOR..]);
-            if let Ok((_, Cmd::Request(r))) = Cmd::read_tag_prefixed(&mut cur, pa::MAX_VERSION) {
-                want += r.length as usize;
-            }
-        }
-    }
+    })?;
     Ok(clicks)
 }
 
 /// Records the null sink's monitor straight from the server until `stop`;
 /// returns when each click arrived.
 fn record(server: &Path, ready: Arc<Mutex<bool>>, until: Instant) -> Result<Vec<Instant>> {
-    let mut c = Conn::open(server, c"bench-recorder")?;
+    let mut c = RawClient::open(server, c"bench-recorder")?;
     let reply = c.call(&Cmd::CreateRecordStream(pa::RecordStreamParams {
-        sample_spec: spec(1),
+        sample_spec: SampleSpec {
+            format: pa::SampleFormat::S16Le,
+            sample_rate: RATE,
+            channels: 1,
+        },
         channel_map: ChannelMap::mono(),
         source_name: Some(c"null.monitor".into()),
         // 2.5 ms fragments.
-        buffer_attr: attr(u32::MAX, RATE / 400 * 2),
+        buffer_attr: pa::stream::BufferAttr {
+            max_length: u32::MAX,
+            target_length: u32::MAX,
+            pre_buffering: u32::MAX,
+            minimum_request_length: u32::MAX,
+            fragment_size: RATE / 400 * 2,
+        },
         flags: pa::stream::StreamFlags {
             adjust_latency: true,
             ..Default::default()
@@ -200,17 +95,22 @@ fn record(server: &Path, ready: Arc<Mutex<bool>>, until: Instant) -> Result<Vec<
         pa::MAX_VERSION,
     )?;
     *ready.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    c.s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let (mut seen, mut loud) = (Vec::new(), false);
+    c.socket
+        .set_read_timeout(Some(Duration::from_millis(200)))?;
+    let (mut seen, mut loud, mut buf) = (Vec::new(), false, Vec::new());
+    let sizes = wire::Sizes {
+        command: 1 << 24,
+        data: 1 << 24,
+    };
     while Instant::now() < until {
-        let Ok(Some(d)) = wire::read_packet(&mut c.s, SIZES, &mut c.buf) else {
+        let Ok(Some(d)) = wire::read_packet(&mut c.socket, sizes, &mut buf) else {
             continue;
         };
         if d.is_command() {
             continue;
         }
         let now = Instant::now();
-        let any = c.buf[DESCRIPTOR..]
+        let any = buf[DESCRIPTOR..]
             .chunks_exact(2)
             .any(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 8000);
         if any && !loud {
