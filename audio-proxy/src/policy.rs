@@ -84,6 +84,9 @@ pub struct Limits {
     pub packets_per_s: u32,
     /// Requests awaiting the server's answer on one connection.
     pub pending: usize,
+    /// Connections open at once in the whole VM (each is one to the host's
+    /// server, which may serve few: PulseAudio takes 64 in all).
+    pub connections: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             rate: 384_000,
             packets_per_s: 4000,
             pending: 256,
+            connections: 16,
         }
     }
 }
@@ -261,13 +265,16 @@ impl Session {
         if d.is_command() {
             self.client_command(&packet[DESCRIPTOR..], mode)
         } else {
-            self.client_data(&d)
+            self.client_data(&d, mode)
         }
     }
 
     /// Audio data: only for this connection's playback streams, no shared
     /// memory (its release/revoke flags), a valid seek mode.
-    fn client_data(&self, d: &Descriptor) -> Verdict {
+    fn client_data(&self, d: &Descriptor, mode: Mode) -> Verdict {
+        if mode == Mode::Off {
+            return Verdict::Close("the VM's audio is off".into());
+        }
         if self.version == 0 {
             return Verdict::Close("data before AUTH".into());
         }
@@ -284,6 +291,12 @@ impl Session {
     }
 
     fn client_command(&mut self, payload: &[u8], mode: Mode) -> Verdict {
+        if mode == Mode::Off {
+            return Verdict::Close("the VM's audio is off".into());
+        }
+        if !tagstruct_fits(payload) {
+            return Verdict::Close("a command whose values do not fit in it".into());
+        }
         let parse_version = if self.version == 0 {
             MAX_VERSION
         } else {
@@ -305,6 +318,10 @@ impl Session {
                 "{} requests without reading the answers",
                 self.limits.pending
             ));
+        }
+        if self.pending.contains_key(&seq) {
+            // Its answer would be taken for the earlier request's.
+            return Verdict::Close(format!("request {seq} sent again before its answer"));
         }
         if self.version == 0 && !matches!(cmd, Command::Auth(_)) {
             return Verdict::Close("a command before AUTH".into());
@@ -385,11 +402,14 @@ impl Session {
         use Command as C;
         Ok(match cmd {
             C::Auth(a) => self.auth(a),
-            C::SetClientName(mut props) => {
+            C::SetClientName(props) => {
+                let mut props = allowed_props(&props);
                 self.tag_prop(&mut props, Prop::ApplicationName, "app");
                 rewrite(Pending::ClientName, C::SetClientName(props))
             }
             C::UpdateClientProplist(mut p) => {
+                p.mode = update_mode(p.mode);
+                p.props = allowed_props(&p.props);
                 if p.props.get(Prop::ApplicationName).is_some() {
                     self.tag_prop(&mut p.props, Prop::ApplicationName, "app");
                 }
@@ -475,9 +495,9 @@ impl Session {
                 if !self.playback.contains_key(&p.index) {
                     return Ok(not_its_own());
                 }
-                if p.props.get(Prop::MediaName).is_some() {
-                    self.tag_prop(&mut p.props, Prop::MediaName, "playback");
-                }
+                p.mode = update_mode(p.mode);
+                p.props = allowed_props(&p.props);
+                self.retag(&mut p.props);
                 rewrite(Pending::Other, C::UpdatePlaybackStreamProplist(p))
             }
             C::UpdatePlaybackStreamSampleRate(ref p) => {
@@ -528,9 +548,9 @@ impl Session {
                 if !self.record.contains_key(&p.index) {
                     return Ok(not_its_own());
                 }
-                if p.props.get(Prop::MediaName).is_some() {
-                    self.tag_prop(&mut p.props, Prop::MediaName, "record");
-                }
+                p.mode = update_mode(p.mode);
+                p.props = allowed_props(&p.props);
+                self.retag(&mut p.props);
                 rewrite(Pending::Other, C::UpdateRecordStreamProplist(p))
             }
             C::UpdateRecordStreamSampleRate(ref p) => {
@@ -684,11 +704,20 @@ impl Session {
         CString::new(s).unwrap_or_default()
     }
 
-    /// A new stream's names: its own, and the client's it carries.
+    /// A new stream's properties: the known ones only; its name and the
+    /// client's it carries tagged.
     fn tag_stream(&self, props: &mut Props, fallback: &str) {
+        *props = allowed_props(props);
         self.tag_prop(props, Prop::MediaName, fallback);
-        if props.get(Prop::ApplicationName).is_some() {
-            self.tag_prop(props, Prop::ApplicationName, "app");
+        self.retag(props);
+    }
+
+    /// The names an update carries, tagged.
+    fn retag(&self, props: &mut Props) {
+        for (p, fallback) in [(Prop::MediaName, "stream"), (Prop::ApplicationName, "app")] {
+            if props.get(p).is_some() {
+                self.tag_prop(props, p, fallback);
+            }
         }
     }
 
@@ -811,6 +840,62 @@ enum Decision {
     Close(String),
 }
 
+/// Properties a guest may set: names, descriptions and icons of its
+/// client and streams, a media role that does not cork others. Everything
+/// else is dropped: module-filter-apply loads a module for `filter.apply`,
+/// `module-stream-restore.id` and `application.id` address other apps'
+/// saved settings, PipeWire's `target.object`/`node.*` pick any node.
+const ALLOWED_PROPS: &[&str] = &[
+    "application.name",
+    "application.version",
+    "application.icon_name",
+    "application.language",
+    "media.name",
+    "media.title",
+    "media.artist",
+    "media.copyright",
+    "media.software",
+    "media.language",
+    "media.icon_name",
+    "media.role",
+    "event.id",
+    "event.description",
+];
+
+/// Roles that module-role-cork does not act on.
+const ALLOWED_ROLES: &[&[u8]] = &[
+    b"video\0",
+    b"music\0",
+    b"game\0",
+    b"event\0",
+    b"animation\0",
+    b"production\0",
+    b"a11y\0",
+    b"test\0",
+];
+
+fn allowed_props(props: &Props) -> Props {
+    let mut out = Props::new();
+    for (k, v) in props.iter() {
+        let key = k.to_bytes();
+        let known = ALLOWED_PROPS.iter().any(|a| a.as_bytes() == key);
+        let role_ok = key != b"media.role" || ALLOWED_ROLES.contains(&&v[..]);
+        if known && role_ok {
+            out.set_bytes(k, v);
+        }
+    }
+    out
+}
+
+/// `Set` replaces the whole list, tagged names included: it becomes
+/// `Replace` (the names it carries are tagged).
+fn update_mode(m: pa::props::PropsUpdateMode) -> pa::props::PropsUpdateMode {
+    match m {
+        pa::props::PropsUpdateMode::Set => pa::props::PropsUpdateMode::Replace,
+        other => other,
+    }
+}
+
 fn rewrite(p: Pending, c: Command) -> Decision {
     Decision::Rewrite(p, Box::new(c))
 }
@@ -849,3 +934,45 @@ fn name(c: &Command) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether every value of a tagstruct lies inside it: the decoder
+/// allocates an arbitrary's length (up to 4 GiB, from the guest) before it
+/// reads, so lengths are checked first. Unknown tags fail too.
+pub fn tagstruct_fits(payload: &[u8]) -> bool {
+    let mut rest = payload;
+    let take = |rest: &mut &[u8], n: usize| -> Option<()> {
+        *rest = rest.get(n..)?;
+        Some(())
+    };
+    let mut fits = || -> Option<()> {
+        while let Some((&tag, tail)) = rest.split_first() {
+            rest = tail;
+            match tag {
+                b'N' | b'1' | b'0' | b'P' | b'f' => {}
+                b'B' => take(&mut rest, 1)?,
+                b'L' | b'V' => take(&mut rest, 4)?,
+                b'R' | b'r' | b'T' | b'U' => take(&mut rest, 8)?,
+                b'a' => take(&mut rest, 6)?,
+                b't' => {
+                    let end = rest.iter().position(|b| *b == 0)?;
+                    take(&mut rest, end + 1)?;
+                }
+                b'x' => {
+                    let len = u32::from_be_bytes(*rest.first_chunk::<4>()?) as usize;
+                    take(&mut rest, 4usize.checked_add(len)?)?;
+                }
+                b'm' => {
+                    let n = *rest.first()? as usize;
+                    take(&mut rest, 1 + n)?;
+                }
+                b'v' => {
+                    let n = *rest.first()? as usize;
+                    take(&mut rest, 1 + 4 * n)?;
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    };
+    fits().is_some()
+}

@@ -37,8 +37,9 @@ pub enum ProxyError {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The host's sound server (`$PULSE_SERVER`'s path, or
-    /// `$XDG_RUNTIME_DIR/pulse/native`).
-    pub upstream: PathBuf,
+    /// `$XDG_RUNTIME_DIR/pulse/native`); `None`: there is none, every
+    /// connection is refused with one message.
+    pub upstream: Option<PathBuf>,
     /// The VM's label, put on its client's and streams' names.
     pub tag: String,
     /// The switch at start.
@@ -55,10 +56,52 @@ const SERVER_SIZES: Sizes = Sizes {
     data: 16 << 20,
 };
 
+/// A connection as `set_mode` sees it: its sockets (the server's once
+/// connected) and its session.
 struct Conn {
     guest: UnixStream,
-    server: UnixStream,
-    session: Arc<Mutex<Session>>,
+    server: Option<UnixStream>,
+    session: Option<Arc<Mutex<Session>>>,
+}
+
+impl Conn {
+    fn cut(&self) {
+        if let Some(s) = &self.server {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let _ = self.guest.shutdown(Shutdown::Both);
+    }
+}
+
+impl Shared {
+    /// Registers a new guest connection, if the VM has room for it (and
+    /// its audio is not off); its id.
+    fn admit(&self, guest: &UnixStream) -> Option<u64> {
+        let tag = &self.cfg.tag;
+        let mut conns = lock(&self.conns);
+        if mode_from(self.mode.load(Ordering::SeqCst)) == Mode::Off {
+            warn_limited!("audio [{tag}]: a connection refused: the VM's audio is off");
+            return None;
+        }
+        if conns.len() >= self.cfg.limits.connections {
+            warn_limited!(
+                "audio [{tag}]: a connection refused: the VM has {} already",
+                conns.len()
+            );
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let guest = guest.try_clone().ok()?;
+        conns.insert(
+            id,
+            Conn {
+                guest,
+                server: None,
+                session: None,
+            },
+        );
+        Some(id)
+    }
 }
 
 /// State shared by the proxy's threads.
@@ -134,36 +177,45 @@ impl Proxy {
     /// not allow are cut (their streams end on the server at once).
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode_to(mode), Ordering::SeqCst);
+        // Connections read the mode under their session's lock: one that
+        // took the old mode finishes that packet before this looks at it.
         let conns = lock(&self.shared.conns);
         for c in conns.values() {
             let cut = match mode {
                 Mode::Off => true,
-                Mode::Playback => lock(&c.session).records(),
+                Mode::Playback => c.session.as_ref().is_some_and(|s| lock(s).records()),
                 Mode::Full => false,
             };
             if cut {
-                let _ = c.server.shutdown(Shutdown::Both);
-                let _ = c.guest.shutdown(Shutdown::Both);
+                c.cut();
             }
         }
     }
 
-    /// Serves `listener` until accepting fails: one pair of threads per
-    /// connection.
-    pub fn serve(&self, listener: &UnixListener) -> std::io::Error {
+    /// Serves `listener` for ever: one pair of threads per connection, at
+    /// most [`Limits::connections`] at once. A failed accept (out of fds,
+    /// say) is retried after a pause.
+    pub fn serve(&self, listener: &UnixListener) -> ! {
         loop {
             match listener.accept() {
                 Ok((guest, _)) => {
+                    let Some(id) = self.shared.admit(&guest) else {
+                        continue;
+                    };
                     let shared = self.shared.clone();
                     let r = std::thread::Builder::new()
                         .name("audio-conn".into())
-                        .spawn(move || connection(&shared, guest));
+                        .spawn(move || connection(&shared, id, guest));
                     if let Err(e) = r {
+                        lock(&self.shared.conns).remove(&id);
                         warn_limited!("audio proxy: cannot start a connection's thread: {e}");
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return e,
+                Err(e) => {
+                    warn_limited!("audio proxy: accepting: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
         }
     }
@@ -173,33 +225,42 @@ impl Proxy {
         let me = self.clone();
         std::thread::Builder::new()
             .name("audio-accept".into())
-            .spawn(move || {
-                let e = me.serve(&listener);
-                tracing::warn!("audio proxy: accepting ended: {e}");
-            })
+            .spawn(move || me.serve(&listener))
             .map(drop)
             .map_err(ProxyError::Thread)
     }
 }
 
-/// One guest connection, from accept to close.
-fn connection(shared: &Arc<Shared>, guest: UnixStream) {
-    let tag = &shared.cfg.tag;
-    if mode_from(shared.mode.load(Ordering::SeqCst)) == Mode::Off {
-        warn_limited!("audio [{tag}]: a connection refused: the VM's audio is off");
-        return;
+/// One guest connection (registered as `id`), from accept to close.
+fn connection(shared: &Arc<Shared>, id: u64, guest: UnixStream) {
+    if let Err(why) = serve_connection(shared, id, &guest) {
+        warn_limited!(
+            "audio [{}]: a guest connection cut off: {why}",
+            shared.cfg.tag
+        );
     }
-    let server = match UnixStream::connect(&shared.cfg.upstream) {
-        Ok(s) => s,
-        Err(e) => {
+    if let Some(c) = lock(&shared.conns).remove(&id) {
+        c.cut();
+    }
+}
+
+/// How long a new connection has to authenticate.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn serve_connection(shared: &Arc<Shared>, id: u64, guest: &UnixStream) -> Result<(), String> {
+    let tag = &shared.cfg.tag;
+    let server = match shared.cfg.upstream.as_deref().map(UnixStream::connect) {
+        Some(Ok(s)) => s,
+        failed => {
             static ONCE: std::sync::Once = std::sync::Once::new();
+            let why = match failed {
+                Some(Err(e)) => e.to_string(),
+                _ => "neither PULSE_SERVER nor XDG_RUNTIME_DIR names one".into(),
+            };
             ONCE.call_once(|| {
-                tracing::warn!(
-                    "audio [{tag}]: no sound server at {} ({e}): the VM's apps play nothing",
-                    shared.cfg.upstream.display()
-                )
+                tracing::warn!("audio [{tag}]: no sound server ({why}): the VM's apps play nothing")
             });
-            return;
+            return Ok(());
         }
     };
     let session = Arc::new(Mutex::new(Session::new(
@@ -208,43 +269,35 @@ fn connection(shared: &Arc<Shared>, guest: UnixStream) {
         shared.cfg.cookie.clone(),
         shared.streams.clone(),
     )));
-    let (Ok(g2), Ok(g3), Ok(s3)) = (guest.try_clone(), guest.try_clone(), server.try_clone())
-    else {
-        return;
+    let clones = (guest.try_clone(), server.try_clone(), server.try_clone());
+    let (Ok(to_guest), Ok(s2), Ok(s3)) = clones else {
+        return Err("out of file descriptors".into());
     };
-    let id = shared.next.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.conns).insert(
-        id,
-        Conn {
-            guest: g3,
-            server: s3,
-            session: session.clone(),
-        },
-    );
+    match lock(&shared.conns).get_mut(&id) {
+        Some(c) => {
+            c.server = Some(s2);
+            c.session = Some(session.clone());
+        }
+        None => return Ok(()),
+    }
+    // A mode switch between admission and here: the connection reads the
+    // mode with each packet, under the session's lock.
+    let _ = guest.set_read_timeout(Some(HANDSHAKE));
     // Both directions write to the guest (replies, and refusals).
-    let to_guest = Arc::new(Mutex::new(g2));
+    let to_guest = Arc::new(Mutex::new(to_guest));
     let back = {
         let (shared, session, to_guest) = (shared.clone(), session.clone(), to_guest.clone());
-        let server = match server.try_clone() {
-            Ok(s) => s,
-            Err(_) => {
-                lock(&shared.conns).remove(&id);
-                return;
-            }
-        };
         std::thread::Builder::new()
             .name("audio-server".into())
-            .spawn(move || server_to_guest(&shared, server, &session, &to_guest))
+            .spawn(move || server_to_guest(&shared, s3, &session, &to_guest))
     };
-    if let Err(why) = guest_to_server(shared, &guest, &server, &session, &to_guest) {
-        warn_limited!("audio [{tag}]: a guest connection cut off: {why}");
-    }
+    let r = guest_to_server(shared, guest, &server, &session, &to_guest);
     let _ = server.shutdown(Shutdown::Both);
     let _ = guest.shutdown(Shutdown::Both);
     if let Ok(t) = back {
         let _ = t.join();
     }
-    lock(&shared.conns).remove(&id);
+    r
 }
 
 /// The guest's packets: checked, then passed on, rewritten, refused or
@@ -262,11 +315,27 @@ fn guest_to_server(
         match wire::read_packet(&mut guest, sizes, &mut buf) {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(()),
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("no AUTH within {} s", HANDSHAKE.as_secs()));
+            }
             Err(wire::WireError::Io(_)) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         }
-        let mode = mode_from(shared.mode.load(Ordering::SeqCst));
-        let verdict = lock(session).client_packet(&buf, mode);
+        let verdict = {
+            let mut s = lock(session);
+            let mode = mode_from(shared.mode.load(Ordering::SeqCst));
+            let v = s.client_packet(&buf, mode);
+            if s.version() != 0 {
+                // Authenticated: it may stay idle.
+                let _ = guest.set_read_timeout(None);
+            }
+            v
+        };
         let r = match verdict {
             Verdict::Forward => server.write_all(&buf),
             Verdict::Rewrite(p) => server.write_all(&p),
@@ -291,8 +360,11 @@ fn server_to_guest(
 ) {
     let mut buf = Vec::new();
     while let Ok(Some(_)) = wire::read_packet(&mut server, SERVER_SIZES, &mut buf) {
-        let mode = mode_from(shared.mode.load(Ordering::SeqCst));
-        let verdict = lock(session).server_packet(&buf, mode);
+        let verdict = {
+            let mut s = lock(session);
+            let mode = mode_from(shared.mode.load(Ordering::SeqCst));
+            s.server_packet(&buf, mode)
+        };
         let r = match verdict {
             ServerVerdict::Forward => lock(to_guest).write_all(&buf),
             ServerVerdict::Rewrite(p) => lock(to_guest).write_all(&p),

@@ -283,3 +283,36 @@ fn pulseaudio_is_untouched_by_hostile_clients() {
 fn pipewire_is_untouched_by_hostile_clients() {
     hostile_clients_are_refused("pipewire");
 }
+
+/// Review finding: nothing bounded a VM's connections (each is one to the
+/// host's server, and PulseAudio serves 64 in all), and a connection that
+/// never authenticated stayed.
+#[test]
+fn connections_are_capped_and_a_silent_one_is_cut() {
+    let rig = Rig::start("pulse");
+    let idle: Vec<_> = (0..16)
+        .map(|_| client::RawClient::open(&rig.proxy_socket(), c"idle").unwrap())
+        .collect();
+    let over = client::RawClient::open(&rig.proxy_socket(), c"one too many");
+    assert!(over.is_err(), "the 17th connection is refused");
+    drop(idle);
+    // Room again once they are gone.
+    let t = Instant::now();
+    let again = loop {
+        match client::RawClient::open(&rig.proxy_socket(), c"again") {
+            Ok(c) => break c,
+            Err(e) if t.elapsed() > Duration::from_secs(10) => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    drop(again);
+    // Silent: cut after its handshake time.
+    let mut silent = std::os::unix::net::UnixStream::connect(rig.proxy_socket()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t = Instant::now();
+    let n = std::io::Read::read(&mut silent, &mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}

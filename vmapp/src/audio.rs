@@ -71,6 +71,9 @@ impl Drop for AudioProcess {
 pub struct AudioSwitch {
     stream: UnixStream,
     mode: Mode,
+    /// A request went unanswered: a late answer could be read as the next
+    /// one's, so the switch refuses from then on.
+    broken: bool,
 }
 
 /// The `audio-proxy` binary: beside the running executable, else `PATH`'s.
@@ -161,6 +164,7 @@ impl AudioProcess {
         let switch = AudioSwitch {
             stream: mine,
             mode: cfg.mode,
+            broken: false,
         };
         Ok((p, switch))
     }
@@ -174,6 +178,13 @@ impl AudioSwitch {
 
     /// Switches; returns once the proxy has cut what the mode forbids.
     pub fn set(&mut self, mode: Mode) -> Result<(), AudioError> {
+        if self.broken {
+            return Err(AudioError::Switch(
+                "an earlier switch went unanswered".into(),
+            ));
+        }
+        // Broken until the answer is read whole.
+        self.broken = true;
         let broken = |e: std::io::Error| AudioError::Switch(e.to_string());
         self.stream
             .write_all(format!("{mode}\n").as_bytes())
@@ -185,6 +196,7 @@ impl AudioSwitch {
         if line.trim() != format!("ok {mode}") {
             return Err(AudioError::Switch(format!("answered {:?}", line.trim())));
         }
+        self.broken = false;
         self.mode = mode;
         Ok(())
     }

@@ -231,15 +231,15 @@ fn the_server_and_other_clients_are_out_of_reach() {
         }
     }
     // What playing needs passes.
-    for c in [Command::GetServerInfo, Command::GetSinkInfoList] {
+    for (seq, c) in [(30, Command::GetServerInfo), (31, Command::GetSinkInfoList)] {
         assert_eq!(
-            s.client_packet(&packet(30, &c), Mode::Playback),
+            s.client_packet(&packet(seq, &c), Mode::Playback),
             Verdict::Forward
         );
     }
     // A subscription keeps sink and server events only.
     let sub = Command::Subscribe(SubscriptionMask::all());
-    let Verdict::Rewrite(p) = s.client_packet(&packet(31, &sub), Mode::Playback) else {
+    let Verdict::Rewrite(p) = s.client_packet(&packet(32, &sub), Mode::Playback) else {
         panic!()
     };
     assert_eq!(
@@ -404,4 +404,130 @@ fn a_stream_with_too_many_channels_or_no_rate_is_refused() {
         );
     }
     assert_eq!(n.load(Ordering::Relaxed), 0);
+}
+
+/// Review finding: a request number still waiting for its answer, used
+/// again, matched the first answer to the second request (a sink index
+/// became the client's own index; a stream went uncounted).
+#[test]
+fn a_request_number_in_use_cuts_the_connection() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut s = authed(&n);
+    let lookup = Command::LookupSink(CString::new("null").unwrap());
+    assert_eq!(
+        s.client_packet(&packet(7, &lookup), Mode::Playback),
+        Verdict::Forward
+    );
+    let name = Command::SetClientName(Props::new());
+    assert!(matches!(
+        s.client_packet(&packet(7, &name), Mode::Playback),
+        Verdict::Close(_)
+    ));
+}
+
+/// Review finding: properties went to the server as the guest wrote them:
+/// `filter.apply` makes PulseAudio's module-filter-apply load a module,
+/// `module-stream-restore.id` aims at another app's saved volume,
+/// `media.role=phone` corks other apps, PipeWire's `target.object` picks
+/// any node; an update in `Set` mode dropped the tagged names.
+#[test]
+fn only_known_properties_pass_and_names_stay_tagged() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut s = authed(&n);
+    let mut p = playback_params("tone");
+    for (k, v) in [
+        ("filter.apply", "echo-cancel"),
+        (
+            "module-stream-restore.id",
+            "sink-input-by-application-name:Firefox",
+        ),
+        ("target.object", "alsa_input.mic"),
+        ("media.role", "phone"),
+        ("application.name", "Firefox"),
+        ("media.title", "a song"),
+    ] {
+        p.props
+            .set_bytes(CString::new(k).unwrap(), format!("{v}\0"));
+    }
+    let Verdict::Rewrite(out) = s.client_packet(
+        &packet(2, &Command::CreatePlaybackStream(p)),
+        Mode::Playback,
+    ) else {
+        panic!()
+    };
+    let (_, Command::CreatePlaybackStream(sent)) = decode(&out) else {
+        panic!()
+    };
+    let keys: Vec<String> = sent
+        .props
+        .iter()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        ["application.name", "media.name", "media.title"],
+        "{keys:?}"
+    );
+    assert_eq!(
+        sent.props.get(Prop::ApplicationName),
+        Some(&b"[browser] Firefox\0"[..])
+    );
+    // A client's update: filtered the same way, never `Set` (which would
+    // drop the tagged names).
+    let mut up = Props::new();
+    up.set_bytes(c"filter.apply", b"ladspa\0");
+    up.set(Prop::ApplicationName, c"Other");
+    let cmd = Command::UpdateClientProplist(pa::UpdateClientProplistParams {
+        mode: pa::props::PropsUpdateMode::Set,
+        props: up,
+    });
+    let Verdict::Rewrite(out) = s.client_packet(&packet(3, &cmd), Mode::Playback) else {
+        panic!()
+    };
+    let (_, Command::UpdateClientProplist(u)) = decode(&out) else {
+        panic!()
+    };
+    assert_eq!(u.mode, pa::props::PropsUpdateMode::Replace);
+    assert!(u.props.get_bytes(c"filter.apply").is_none());
+    assert_eq!(
+        u.props.get(Prop::ApplicationName),
+        Some(&b"[browser] Other\0"[..])
+    );
+}
+
+/// Review finding: `off` was treated as `playback` by the policy, so a
+/// connection accepted while the switch turned kept playing.
+#[test]
+fn off_cuts_every_packet() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut s = authed(&n);
+    assert!(matches!(
+        s.client_packet(&packet(2, &Command::GetServerInfo), Mode::Off),
+        Verdict::Close(_)
+    ));
+}
+
+/// Review finding: an arbitrary's length comes from the guest and the
+/// decoder allocates it before reading (up to 4 GiB): a length past the
+/// packet is refused before decoding.
+#[test]
+fn an_arbitrary_longer_than_its_packet_is_refused_before_decoding() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let mut s = session(&n);
+    let auth = Command::Auth(AuthParams {
+        version: V,
+        supports_shm: false,
+        supports_memfd: false,
+        cookie: vec![0; COOKIE_LEN],
+    });
+    let mut p = packet(1, &auth);
+    // 'x', then the length: make it 4 GiB - 1.
+    let at = p.iter().rposition(|b| *b == b'x').unwrap();
+    p[at + 1..at + 5].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(!tagstruct_fits(&p[DESCRIPTOR..]));
+    assert!(matches!(
+        s.client_packet(&p, Mode::Playback),
+        Verdict::Close(_)
+    ));
+    assert!(tagstruct_fits(&packet(1, &auth)[DESCRIPTOR..]));
 }
