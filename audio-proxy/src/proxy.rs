@@ -311,6 +311,7 @@ fn guest_to_server(
 ) -> Result<(), String> {
     let sizes = shared.cfg.limits.sizes();
     let mut buf = Vec::new();
+    let mut handshake = true;
     loop {
         match wire::read_packet(&mut guest, sizes, &mut buf) {
             Ok(Some(_)) => {}
@@ -330,8 +331,9 @@ fn guest_to_server(
             let mut s = lock(session);
             let mode = mode_from(shared.mode.load(Ordering::SeqCst));
             let v = s.client_packet(&buf, mode);
-            if s.version() != 0 {
-                // Authenticated: it may stay idle.
+            if handshake && s.version() != 0 {
+                // Authenticated: it may stay idle (one syscall, not one a packet).
+                handshake = false;
                 let _ = guest.set_read_timeout(None);
             }
             v

@@ -26,6 +26,14 @@ fn need(tool: &str) {
     assert!(ok, "{tool} is missing (.ci/run installs it)");
 }
 
+/// `argv` as uid 65534.
+fn as_user(argv: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", USER, "--regid", USER, "--clear-groups"])
+        .args(argv);
+    c
+}
+
 /// A sound server and the proxy in front of it, both as uid 65534.
 struct Rig {
     dir: PathBuf,
@@ -42,17 +50,7 @@ impl Rig {
 
     /// `sh -c script` as the servers' user, with their environment.
     fn sh(&self, script: &str) -> String {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            USER,
-            "--regid",
-            USER,
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ]);
+        let mut c = as_user(&["sh", "-c", script]);
         self.env(&mut c);
         let o = c.output().expect("setpriv");
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -100,20 +98,10 @@ impl Rig {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .unwrap();
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            USER,
-            "--regid",
-            USER,
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+        let mut c = as_user(&["sh", "-c", script]);
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
         let mut rig = Rig {
             dir: dir.clone(),
             server: Command::new("true").spawn().unwrap(),
@@ -134,9 +122,8 @@ impl Rig {
                 "pactl load-module module-null-sink sink_name=null; pactl set-default-sink null",
             );
         }
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", USER, "--regid", USER, "--clear-groups", PROXY])
-            .arg("--listen")
+        let mut c = as_user(&[PROXY]);
+        c.arg("--listen")
             .arg(dir.join("proxy"))
             .args(["--tag", "vm1", "--max-streams", "8"])
             .stderr(Stdio::piped())
