@@ -274,6 +274,55 @@ pub const HOSTILE_EXPECTED: &[(&str, &str)] = &[
     ("new-client", "allowed"),
 ];
 
+/// 20,000 refused commands (`STAT`, answered by the proxy itself) in one
+/// write, the answers drained on a thread of their own: past the packet
+/// rate wherever the guest writes fast enough. Whether it was cut.
+fn burst(path: &Path) -> Result<bool, ClientError> {
+    let mut fl = RawClient::open(path, c"burst")?;
+    let mut all = Vec::new();
+    for seq in 0..20_000u32 {
+        pa::write_command_message(&mut all, 1000 + seq, &Command::Stat, pa::MAX_VERSION)?;
+    }
+    fl.socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = fl.socket.try_clone()?;
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                // Quiet for 5 s: still open. Reset or broken: cut.
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    });
+    // Fails once the proxy has cut the connection: that is the point.
+    let _ = fl.socket.write_all(&all);
+    Ok(drain.join().unwrap_or(false))
+}
+
+/// Commands sent without reading their answers, as fast as the socket
+/// takes them: a slow guest (one under an emulated host) never outruns
+/// the packet rate, but its unanswered requests pile up. Whether it was cut.
+fn unread_flood(path: &Path) -> Result<bool, ClientError> {
+    let mut fl = RawClient::open(path, c"flood")?;
+    fl.socket.set_nonblocking(true)?;
+    for _ in 0..20000 {
+        if fl.send(&Command::GetServerInfo).is_err() {
+            break;
+        }
+    }
+    fl.socket.set_nonblocking(false)?;
+    // Cut off: every answer before the cut is skipped, then the end.
+    let seq = fl.send(&Command::GetServerInfo).unwrap_or(0);
+    Ok(matches!(fl.answer(seq), Err(ClientError::Closed)))
+}
+
 /// What a hostile guest tries on the socket at `path`, and what became of
 /// each try: server management, another client (`other_client`) and its
 /// stream (`other_input`), oversize buffer attributes, garbage, an oversize
@@ -338,17 +387,15 @@ pub fn hostile(
         .find(|o| *o != Outcome::Allowed)
         .unwrap_or(Outcome::Allowed);
     out.push(("thousand-streams", last));
-    let mut fl = RawClient::open(path, c"flood")?;
-    fl.socket.set_nonblocking(true)?;
-    for _ in 0..20000 {
-        if fl.send(&Command::GetServerInfo).is_err() {
-            break;
-        }
-    }
-    fl.socket.set_nonblocking(false)?;
-    // Cut off: every answer before the cut is skipped, then the end.
-    let seq = fl.send(&Command::GetServerInfo).unwrap_or(0);
-    out.push(("command-flood", outcome(fl.answer(seq))));
+    let cut = burst(path)? || unread_flood(path)?;
+    out.push((
+        "command-flood",
+        if cut {
+            Outcome::Closed
+        } else {
+            Outcome::Allowed
+        },
+    ));
     drop(c);
     let mut ok = RawClient::open(path, c"after")?;
     out.push(("new-client", outcome(ok.call(&Command::GetServerInfo))));
