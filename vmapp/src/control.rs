@@ -53,6 +53,15 @@ pub enum ControlError {
         /// The error.
         source: std::io::Error,
     },
+    /// The socket is served by another user (checked with `SO_PEERCRED`
+    /// before anything is sent).
+    #[error("{}: served by uid {uid}, not by this user: refused", path.display())]
+    NotOurs {
+        /// The socket.
+        path: PathBuf,
+        /// Who serves it.
+        uid: u32,
+    },
     /// The other side broke the protocol.
     #[error("control socket: {0}")]
     Protocol(String),
@@ -189,27 +198,6 @@ fn accept_loop(listener: &UnixListener, served: &Served, owner: u32, done: &Atom
     }
 }
 
-/// The peer's user ID.
-fn peer_uid(s: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
-}
-
 /// Reads one line of at most `max` bytes before `deadline`.
 fn read_line(s: &mut UnixStream, deadline: Instant, max: usize) -> Result<String, String> {
     let mut buf = Vec::new();
@@ -315,7 +303,7 @@ fn reply_json(served: &Served, op: Result<Op, String>) -> serde_json::Value {
 
 /// Answers one client (a peer other than `owner` gets an error).
 fn handle(mut conn: UnixStream, served: &Served, owner: u32) {
-    let op = if peer_uid(&conn) != Some(owner) {
+    let op = if vmm::agent::peer_uid(&conn) != Some(owner) {
         Err("only the VM's owner may use its control socket".to_string())
     } else {
         read_line(&mut conn, Instant::now() + REQUEST_TIMEOUT, MAX_LINE)
@@ -328,9 +316,21 @@ fn handle(mut conn: UnixStream, served: &Served, owner: u32) {
 }
 
 /// Sends one request line to the control socket at `path`; returns the
-/// reply's fields (an error for `"ok": false`).
+/// reply's fields (an error for `"ok": false`). A socket another user
+/// serves is refused before the request is sent.
 pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value, ControlError> {
     let mut s = UnixStream::connect(path).map_err(io(path))?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    match vmm::agent::peer_uid(&s) {
+        Some(u) if u == me => {}
+        other => {
+            return Err(ControlError::NotOurs {
+                path: path.to_path_buf(),
+                uid: other.unwrap_or(u32::MAX),
+            })
+        }
+    }
     let mut line = req.to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io(path))?;

@@ -19,13 +19,13 @@ const STARTING: Duration = Duration::from_secs(120);
 /// by its runtime directory's name (`vmapp-XXXXXX`, as `vmapp list` shows).
 fn control_path(name: &str) -> anyhow::Result<PathBuf> {
     if name.starts_with("vmapp-") && !name.contains('/') {
-        let dir = runtime::base().join(name);
+        let dir = runtime::base()?.join(name);
         if dir.is_dir() {
             return Ok(dir.join(runtime::CONTROL));
         }
     }
     profile::check_name(name)?;
-    Ok(runtime::app_dir(name).join(runtime::CONTROL))
+    Ok(runtime::app_dir(name)?.join(runtime::CONTROL))
 }
 
 /// The status of `name`'s VM, waiting while an app's VM is starting (its
@@ -57,7 +57,7 @@ fn human(secs: u64) -> String {
 
 /// `vmapp list`: every profile (running or not) and every running VM.
 pub fn list() -> anyhow::Result<ExitCode> {
-    let mut running: Vec<(String, Option<Status>)> = runtime::control_sockets()
+    let mut running: Vec<(String, Option<Status>)> = runtime::control_sockets()?
         .into_iter()
         .map(|(name, sock)| (name, control::status(&sock).ok()))
         .collect();

@@ -9,9 +9,11 @@
 //! vmapp that was killed (its lock released with its last fd) is cleaned
 //! and reused. Other VMs get a fresh `vmapp-XXXXXX` directory.
 
+use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Errors making a runtime directory.
@@ -56,37 +58,54 @@ pub struct RuntimeDir {
     _lock: Option<std::fs::File>,
 }
 
-/// Where runtime directories live: `$XDG_RUNTIME_DIR`, else
-/// `/tmp/vmapp-UID`.
-pub fn base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir())
-        .unwrap_or_else(|| {
-            // SAFETY: getuid has no preconditions.
-            std::env::temp_dir().join(format!("vmapp-{}", unsafe { libc::getuid() }))
-        })
+/// The real user ID.
+fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
 }
 
-/// Makes `dir` (0700) if missing and checks that it is ours and private.
-fn private_dir(dir: &Path) -> Result<(), RuntimeError> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
-        _ => {}
+/// Where runtime directories live: `$XDG_RUNTIME_DIR` if it is this user's
+/// and closed to others, else `/tmp/vmapp-UID` (made 0700 if missing).
+/// Whichever it is must be this user's, a directory and not open to other
+/// users, checked on every call: another local user who made
+/// `/tmp/vmapp-UID` first (or opened it) could otherwise swap the VMs'
+/// directories for theirs and answer vmapp's clients on their sockets.
+pub fn base() -> Result<PathBuf, RuntimeError> {
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        match std::fs::metadata(&xdg) {
+            // Ours: it must be private too (a misconfiguration, said).
+            Ok(md) if md.is_dir() && md.uid() == uid() => {
+                check_private(&xdg, &md)?;
+                return Ok(xdg);
+            }
+            // Another user's (left by `su`) or missing: not ours to use.
+            Ok(_) | Err(_) => tracing::debug!(
+                dir = %xdg.display(),
+                "XDG_RUNTIME_DIR is not this user's directory; using /tmp"
+            ),
+        }
     }
-    let md = std::fs::symlink_metadata(dir).map_err(io(dir))?;
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let unsafe_why = if !md.is_dir() {
+    let dir = std::env::temp_dir().join(format!("vmapp-{}", uid()));
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Checks that `md` (of `dir`, not followed if a symlink) is a directory of
+/// ours that other users cannot enter.
+fn check_private(dir: &Path, md: &std::fs::Metadata) -> Result<(), RuntimeError> {
+    let why = if !md.is_dir() {
         Some("not a directory")
-    } else if std::os::unix::fs::MetadataExt::uid(&md) != uid {
+    } else if md.uid() != uid() {
         Some("belongs to another user")
     } else if md.permissions().mode() & 0o077 != 0 {
         Some("is open to other users (want 0700)")
     } else {
         None
     };
-    match unsafe_why {
+    match why {
         Some(why) => Err(RuntimeError::Unsafe {
             path: dir.to_path_buf(),
             why,
@@ -95,13 +114,90 @@ fn private_dir(dir: &Path) -> Result<(), RuntimeError> {
     }
 }
 
+/// Makes `dir` (0700) if missing and checks that it is ours and private
+/// (a symlink is refused, not followed).
+fn private_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+        _ => {}
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    check_private(dir, &md)
+}
+
+/// Opens the directory `dir` (not through a symlink) and checks again, on
+/// what was opened, that it is ours and private: what follows works on this
+/// descriptor, whatever is renamed meanwhile.
+fn open_private(dir: &Path) -> Result<OwnedFd, RuntimeError> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| RuntimeError::Unsafe {
+        path: dir.to_path_buf(),
+        why: "has a NUL byte",
+    })?;
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io(dir)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: open returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let f = std::fs::File::from(fd);
+    let md = f.metadata().map_err(io(dir))?;
+    check_private(dir, &md)?;
+    Ok(f.into())
+}
+
+/// Opens (creating, 0600) `name` in the directory `dir`, not through a
+/// symlink.
+fn open_in(dir: &OwnedFd, name: &str, path: &Path) -> Result<std::fs::File, RuntimeError> {
+    let c = CString::new(name).map_err(|_| RuntimeError::Unsafe {
+        path: path.to_path_buf(),
+        why: "has a NUL byte",
+    })?;
+    // SAFETY: a valid directory fd and C string; the fd returned is owned
+    // below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io(path)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Removes everything but `lock` from the directory open as `dir` (a
+/// killed vmapp's sockets and scratch), through the descriptor.
+fn clean(dir: &OwnedFd, path: &Path) -> Result<(), RuntimeError> {
+    let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    for e in std::fs::read_dir(&via).map_err(io(path))?.flatten() {
+        if e.file_name() != "lock" {
+            let p = via.join(e.file_name());
+            // Not followed: a symlink is removed, not what it names.
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(io(&path.join(e.file_name())))?;
+        }
+    }
+    Ok(())
+}
+
 impl RuntimeDir {
     /// A fresh directory for a VM without a name.
     pub fn temp() -> Result<Self, RuntimeError> {
-        let base = base();
-        if !base.exists() {
-            private_dir(&base)?;
-        }
+        let base = base()?;
         let t = tempfile::Builder::new()
             .prefix("vmapp-")
             .tempdir_in(&base)
@@ -115,45 +211,29 @@ impl RuntimeDir {
     /// The directory of app `name` (a checked profile name), taken for this
     /// run.
     pub fn named(name: &str) -> Result<Self, RuntimeError> {
-        Self::named_in(&base(), name)
+        Self::named_in(&base()?, name)
     }
 
     fn named_in(base: &Path, name: &str) -> Result<Self, RuntimeError> {
+        private_dir(base)?;
         let parent = base.join("vmapp");
-        if let Some(b) = parent.parent().filter(|b| !b.exists()) {
-            private_dir(b)?;
-        }
         private_dir(&parent)?;
         let path = parent.join(name);
         private_dir(&path)?;
+        let dir = open_private(&path)?;
         let lock_path = path.join("lock");
-        let mut lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
+        let mut lock = open_in(&dir, "lock", &lock_path)?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let mut pid = String::new();
+            let _ = std::io::Read::read_to_string(&mut lock, &mut pid);
             return Err(RuntimeError::Running {
                 name: name.to_string(),
                 pid: pid.trim().to_string(),
             });
         }
         // Ours now: whatever a killed vmapp left goes.
-        for e in std::fs::read_dir(&path).map_err(io(&path))?.flatten() {
-            if e.file_name() != "lock" {
-                let p = e.path();
-                let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.map_err(io(&p))?;
-            }
-        }
+        clean(&dir, &path)?;
         lock.set_len(0).map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
         Ok(Self {
@@ -181,13 +261,16 @@ pub const CONTROL: &str = "control";
 
 /// The runtime directory app `name` (a checked profile name) has while it
 /// runs.
-pub fn app_dir(name: &str) -> PathBuf {
-    base().join("vmapp").join(name)
+pub fn app_dir(name: &str) -> Result<PathBuf, RuntimeError> {
+    Ok(base()?.join("vmapp").join(name))
 }
 
 /// Whether app `name`'s VM runs (its lock is held), whatever its state.
 pub fn app_running(name: &str) -> bool {
-    let Ok(f) = std::fs::File::open(app_dir(name).join("lock")) else {
+    let Ok(dir) = app_dir(name) else {
+        return false;
+    };
+    let Ok(f) = std::fs::File::open(dir.join("lock")) else {
         return false;
     };
     // SAFETY: flock on an fd we own; a shared lock we get is dropped with it.
@@ -196,7 +279,7 @@ pub fn app_running(name: &str) -> bool {
 
 /// The control sockets of the VMs this user runs: (name, socket), apps
 /// first, then VMs without a name.
-pub fn control_sockets() -> Vec<(String, PathBuf)> {
+pub fn control_sockets() -> Result<Vec<(String, PathBuf)>, RuntimeError> {
     let list = |dir: &Path, keep: &dyn Fn(&str) -> bool| -> Vec<(String, PathBuf)> {
         let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
             .into_iter()
@@ -211,10 +294,10 @@ pub fn control_sockets() -> Vec<(String, PathBuf)> {
         v.sort();
         v
     };
-    let base = base();
+    let base = base()?;
     let mut all = list(&base.join("vmapp"), &|_| true);
     all.extend(list(&base, &|n| n.starts_with("vmapp-")));
-    all
+    Ok(all)
 }
 
 impl Drop for RuntimeDir {
@@ -234,6 +317,11 @@ mod tests {
     #[test]
     fn an_app_dir_is_private_taken_once_and_cleaned_after_a_crash() {
         let t = tempfile::tempdir().unwrap();
+        // A base open to others is refused, even when it is ours.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = RuntimeDir::named_in(t.path(), "app").err().expect("open");
+        assert!(e.to_string().contains("0700"), "{e}");
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let a = RuntimeDir::named_in(t.path(), "app").unwrap();
         let dir = t.path().join("vmapp/app");
         assert_eq!(a.path(), dir);

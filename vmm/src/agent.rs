@@ -43,6 +43,14 @@ pub enum AgentError {
     /// The VM stopped before the command ended.
     #[error("the VM stopped before the command ended")]
     Stopped,
+    /// The socket is served by another user than the caller.
+    #[error("{}: served by uid {uid}, not by this user: refused", path.display())]
+    NotOurs {
+        /// The socket.
+        path: PathBuf,
+        /// Who serves it.
+        uid: u32,
+    },
     /// The agent spoke another protocol version.
     #[error("the guest agent speaks protocol version {0}, vmapp speaks {v}", v = proto::VERSION)]
     Version(u32),
@@ -124,7 +132,8 @@ impl AgentHost {
 /// socket `uds`, asks for the guest's `port` (the default guest's agent
 /// listens on [`EXEC_PORT`] when started with `vmapp.exec=PORT`), and runs
 /// `run` there as [`AgentHost::serve`] does, with its own stdio. Returns
-/// how the command ended.
+/// how the command ended. A socket served by another user than the
+/// caller's is refused ([`AgentError::NotOurs`]) before anything is sent.
 pub fn exec(
     uds: &Path,
     port: u32,
@@ -134,12 +143,48 @@ pub fn exec(
     mut stderr: impl Write,
 ) -> Result<Exit, AgentError> {
     let mut s = UnixStream::connect(uds).map_err(|e| AgentError::Connect(uds.into(), e))?;
+    match peer_uid(&s) {
+        Some(u) if u == current_uid() => {}
+        other => {
+            return Err(AgentError::NotOurs {
+                path: uds.into(),
+                uid: other.unwrap_or(u32::MAX),
+            })
+        }
+    }
     match connect_port(&mut s, port) {
         Ok(true) => {}
         Ok(false) => return Err(AgentError::NoExec(port)),
         Err(e) => return Err(AgentError::Connect(uds.into(), e)),
     }
     session(s, run, stdin, &mut stdout, &mut stderr)?.ok_or(AgentError::Stopped)
+}
+
+/// The user ID of the process at the other end of `s` (`SO_PEERCRED`: who
+/// bound or connected it), if the kernel says.
+pub fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
 }
 
 /// [`exec`] without stdin, tried again every half second while nothing

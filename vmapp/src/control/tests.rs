@@ -219,7 +219,7 @@ fn a_silent_client_is_dropped_after_the_timeout() {
 fn the_peer_is_the_owner_here() {
     let (a, _b) = UnixStream::pair().unwrap();
     // SAFETY: getuid has no preconditions.
-    assert_eq!(peer_uid(&a), Some(unsafe { libc::getuid() }));
+    assert_eq!(vmm::agent::peer_uid(&a), Some(unsafe { libc::getuid() }));
 }
 
 #[test]
