@@ -233,6 +233,34 @@ pub struct Passt {
     socket: PathBuf,
 }
 
+/// Opens passt's log for appending (0600, created if missing), only as a
+/// plain file with one name: the log usually lives in a directory a jailed
+/// VMM can write, and this runs outside the jail, so a symlink (followed
+/// out of the jail), a FIFO (a hang) or a hard link to another file is
+/// refused.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() || md.nlink() != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: not a plain file of its own", path.display()),
+        ));
+    }
+    // Back to blocking writes for passt.
+    // SAFETY: F_SETFL on an fd we own.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// `pidfd_open(2)`.
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; the result is a new fd or -1.
@@ -250,12 +278,7 @@ impl Passt {
         let bin = cfg.binary()?;
         let _ = std::fs::remove_file(socket);
         let log = match &cfg.log {
-            Some(p) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map(Stdio::from)
-                .map_err(NetError::Spawn)?,
+            Some(p) => Stdio::from(open_log(p).map_err(NetError::Spawn)?),
             None => Stdio::null(),
         };
         let mtu = cfg.mtu_for(&bin);
@@ -643,5 +666,38 @@ mod tests {
             "passt was reaped"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_log_is_opened_only_as_a_plain_file_of_its_own() {
+        let t = tempfile::tempdir().unwrap();
+        // A plain file is appended to.
+        let log = t.path().join("passt.log");
+        std::fs::write(&log, "old\n").unwrap();
+        std::io::Write::write_all(&mut open_log(&log).unwrap(), b"new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "old\nnew\n");
+        // A symlink the jailed VMM put there (it can write the runtime
+        // directory) is not followed out of the jail.
+        let target = t.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let link = t.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_log(&link).is_err());
+        // A dangling one would be created through.
+        let link2 = t.path().join("link2.log");
+        std::os::unix::fs::symlink(t.path().join("made"), &link2).unwrap();
+        assert!(open_log(&link2).is_err());
+        assert!(!t.path().join("made").exists());
+        // A FIFO (nobody reading) neither blocks nor is taken.
+        let fifo = t.path().join("fifo.log");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_log(&fifo).is_err());
+        // A second name of another file (a hard link) is not taken either.
+        let hard = t.path().join("hard.log");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(open_log(&hard).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     }
 }
