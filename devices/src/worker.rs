@@ -4,14 +4,19 @@
 //! end. So a worker never inherits a vCPU thread's filter, and a vCPU thread
 //! never needs the right to create threads.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use seccomp_policies::ThreadKind;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How long [`Parked::stop`] waits for a serving loop to end before it
+/// gives the thread up as stuck.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Errors of a worker thread.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,9 @@ pub enum WorkerError {
     /// The thread is gone.
     #[error("the worker thread has ended")]
     Gone,
+    /// A job did not end when told to: the thread is given up.
+    #[error("the worker thread is stuck in a job that did not end when stopped")]
+    Stuck,
 }
 
 /// A parked worker thread.
@@ -33,6 +41,9 @@ pub struct Parked {
     jobs: Option<Sender<Job>>,
     done: Receiver<()>,
     busy: bool,
+    /// A job outlived its stop deadline: the thread is never waited for
+    /// again (nor joined), and takes no more jobs.
+    stuck: bool,
     kill: Option<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -68,6 +79,7 @@ impl Parked {
             jobs: Some(jtx),
             done: drx,
             busy: false,
+            stuck: false,
             kill: None,
             thread: Some(thread),
         })
@@ -75,6 +87,9 @@ impl Parked {
 
     /// Runs `job` on the worker (after the previous one has been waited for).
     pub fn start(&mut self, job: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
+        if self.stuck {
+            return Err(WorkerError::Stuck);
+        }
         self.wait();
         let jobs = self.jobs.as_ref().ok_or(WorkerError::Gone)?;
         jobs.send(Box::new(job)).map_err(|_| WorkerError::Gone)?;
@@ -96,17 +111,37 @@ impl Parked {
     }
 
     /// Ends the serving loop started by [`serve`](Self::serve), if any, and
-    /// waits for it.
-    pub fn stop(&mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.write(1);
-            self.wait();
-        }
+    /// waits for it, at most [`STOP_DEADLINE`]. Returns false if it did not
+    /// end by then (or an earlier one did not): the thread is given up as
+    /// stuck, so that a loop a guest wedged (inside a library's own
+    /// threads, say) cannot make the VMM's stop path hang.
+    pub fn stop(&mut self) -> bool {
+        self.stop_within(STOP_DEADLINE)
     }
 
-    /// Waits until the running job (if any) has returned.
+    /// [`stop`](Self::stop) with another deadline.
+    pub fn stop_within(&mut self, deadline: Duration) -> bool {
+        if let Some(k) = self.kill.take() {
+            let _ = k.write(1);
+            if self.busy && !self.stuck {
+                match self.done.recv_timeout(deadline) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => self.busy = false,
+                    Err(RecvTimeoutError::Timeout) => {
+                        tracing::error!(
+                            "a device worker did not stop within {deadline:?}; giving it up"
+                        );
+                        self.stuck = true;
+                    }
+                }
+            }
+        }
+        !self.stuck
+    }
+
+    /// Waits until the running job (if any) has returned (never for a
+    /// stuck one).
     pub fn wait(&mut self) {
-        if self.busy {
+        if self.busy && !self.stuck {
             let _ = self.done.recv();
             self.busy = false;
         }
@@ -119,7 +154,10 @@ impl Drop for Parked {
         self.wait();
         self.jobs = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A stuck thread is left to end with the process.
+            if !self.stuck {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -144,5 +182,41 @@ mod tests {
         }
         p.wait();
         assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_serving_loop_that_ignores_its_stop_is_given_up_not_waited_for() {
+        let mut p = Parked::spawn("test-stuck", ThreadKind::VirtioBlk).unwrap();
+        // A loop that never looks at its kill event (what a guest can make
+        // of a library's worker that joins a thread waiting for ever).
+        let (_hold, wedge) = channel::<()>();
+        let kill = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        p.serve(kill, move || {
+            let _ = wedge.recv();
+        })
+        .unwrap();
+        let t = std::time::Instant::now();
+        assert!(!p.stop_within(Duration::from_millis(200)), "reported stuck");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(!p.stop(), "still stuck");
+        assert!(matches!(p.start(|| ()), Err(WorkerError::Stuck)));
+        let t = std::time::Instant::now();
+        drop(p);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "drop does not join it"
+        );
+        // A loop that does stop is waited for.
+        let mut p = Parked::spawn("test-stops", ThreadKind::VirtioBlk).unwrap();
+        let kill = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let k = kill.try_clone().unwrap();
+        p.serve(kill, move || {
+            while k.read().is_err() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap();
+        assert!(p.stop());
+        p.start(|| ()).unwrap();
     }
 }

@@ -459,13 +459,21 @@ impl Session {
             off += p.size;
             let fds: Vec<OwnedFd> = self.cfds.drain(..p.fds).collect();
             let ids = self.request(&p, &bytes, fds)?;
-            if self.batch.len() + bytes.len() > virtgpu::MAX_SEND_DATA
+            // The host takes a read pipe only as the first identifier of
+            // its SEND, one per SEND: such a request starts a SEND of its
+            // own and ends it.
+            let pipe = ids.iter().any(|&(_, t)| t == id_type::READ_PIPE);
+            if pipe
+                || self.batch.len() + bytes.len() > virtgpu::MAX_SEND_DATA
                 || self.batch_ids.len() + ids.len() > virtgpu::MAX_IDENTIFIERS
             {
                 self.flush()?;
             }
             self.batch.extend_from_slice(&bytes);
             self.batch_ids.extend(ids);
+            if pipe {
+                self.flush()?;
+            }
         }
         self.cin.drain(..off);
         self.flush()

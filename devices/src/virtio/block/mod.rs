@@ -593,7 +593,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        self.thread.stop();
-        true
+        // A worker stuck past its deadline leaves the device failed.
+        self.thread.stop()
     }
 }

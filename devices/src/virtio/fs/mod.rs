@@ -567,7 +567,7 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) -> bool {
-        self.thread.stop();
-        true
+        // A worker stuck past its deadline leaves the device failed.
+        self.thread.stop()
     }
 }

@@ -11,6 +11,7 @@
 //! host Wayland connection. rutabaga's per-context threads are started by the
 //! worker and inherit its filter.
 
+mod guard;
 pub mod protocol;
 mod worker;
 
@@ -182,8 +183,8 @@ impl VirtioDevice for Gpu {
     fn reset(&mut self) -> bool {
         // Ending the job drops rutabaga: every context, its host connection
         // and every blob mapping (slots first) go with it.
-        self.thread.stop();
-        true
+        // A worker stuck past its deadline leaves the device failed.
+        self.thread.stop()
     }
 
     fn shm_regions(&self) -> &[ShmRegion] {

@@ -115,6 +115,19 @@ impl Driver {
         self.push_raw(&[(c, cmd.len() as u32, false), (r, resp_len, true)])
     }
 
+    /// Makes the chain at `head` available again (what a broken or hostile
+    /// driver may do while the device still holds it).
+    fn repost(&mut self, head: u16) {
+        let avail = self.q.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(idx as usize % QUEUE_SIZE as usize)
+            .unwrap()
+            .store(head);
+        avail.idx().store(idx.wrapping_add(1));
+    }
+
     fn used_idx(&self) -> u16 {
         self.q.used().idx().load()
     }
@@ -231,6 +244,7 @@ fn resp_type(b: &[u8]) -> u32 {
 
 struct Running {
     gpu: Gpu,
+    interrupt: Arc<Interrupt>,
     notify: EventFd,
     mapper: Arc<Recorder>,
     _dir: tempfile::TempDir,
@@ -265,10 +279,12 @@ fn start(d: &Driver) -> Running {
         },
     ];
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    gpu.activate(d.mem.clone(), Interrupt::new(irq), 0, queues)
+    let interrupt = Interrupt::new(irq);
+    gpu.activate(d.mem.clone(), interrupt.clone(), 0, queues)
         .unwrap();
     Running {
         gpu,
+        interrupt,
         notify,
         mapper,
         _dir: dir,
@@ -845,4 +861,186 @@ fn config_features_and_window_placement() {
     );
     assert!(gpu.shm_regions().is_empty(), "not placed yet");
     assert_eq!(gpu.shm_size(), DEFAULT_SHM_SIZE);
+}
+
+fn ok(x: Option<(u32, Vec<u8>)>) -> u32 {
+    resp_type(&x.expect("answered").1)
+}
+
+/// Context `ctx` with its two rings (resources `ctx*10+1`, `ctx*10+2`),
+/// initialised with the Wayland channel; returns the host's end.
+fn wayland_context(r: &Running, d: &mut Driver, ctx: u32) -> std::os::unix::net::UnixStream {
+    assert_eq!(ok(r.call(d, &ctx_create(ctx), 24)), resp::OK_NODATA);
+    let (q, c) = (ctx * 10 + 1, ctx * 10 + 2);
+    for (id, at) in [(q, QUERY_RING), (c, CHANNEL_RING)] {
+        let b = create_blob(0, id, 1, 1, 0, 4096, &[(at, 4096)]);
+        assert_eq!(ok(r.call(d, &b, 24)), resp::OK_NODATA);
+        let a = u32s(hdr(cmd::CTX_ATTACH_RESOURCE, ctx), &[id, 0]);
+        assert_eq!(ok(r.call(d, &a, 24)), resp::OK_NODATA);
+    }
+    let init = u32s(xd(1, 0, 20), &[q, c, 1]);
+    assert_eq!(
+        ok(r.call(d, &submit(hdr(cmd::SUBMIT_3D, ctx), &init), 24)),
+        resp::OK_NODATA
+    );
+    r.listener.accept().expect("rutabaga connected").0
+}
+
+/// A second INIT on a running context (rutabaga 0.1.85 replaced the state
+/// its thread waits on, and destroying the context then joined that thread
+/// for ever): refused, and the context, the device and its worker still
+/// stop at once.
+#[test]
+fn a_second_init_is_refused_and_the_device_still_stops() {
+    let mut d = Driver::new();
+    let mut r = start(&d);
+    let mut host = wayland_context(&r, &mut d, 1);
+    for channel in [0, 1] {
+        let again = u32s(xd(1, 0, 20), &[11, 12, channel]);
+        let t = ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &again), 24));
+        assert_eq!(
+            t,
+            resp::ERR_INVALID_PARAMETER,
+            "INIT again (channel {channel})"
+        );
+    }
+    let t = Instant::now();
+    assert_eq!(
+        r.call(&mut d, &hdr(cmd::CTX_DESTROY, 1), 24)
+            .map(|a| resp_type(&a.1)),
+        Some(resp::OK_NODATA),
+        "the context is destroyed (its thread joined)"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(host.read_to_end(&mut rest).unwrap(), 0);
+    // And on a second context, never stopped by hand: the reset does it.
+    let _host = wayland_context(&r, &mut d, 2);
+    let again = u32s(xd(1, 0, 20), &[21, 22, 0]);
+    let a = ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 2), &again), 24));
+    assert_eq!(a, resp::ERR_INVALID_PARAMETER);
+    assert!(r.gpu.reset(), "the worker stopped");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// SENDs with a read pipe rutabaga would refuse after making the pipe
+/// (0.1.85 kept each one's read end until the context went): refused first,
+/// so no host pipe is left per command; a good one still works.
+#[test]
+fn refused_read_pipes_leave_no_host_pipe_behind() {
+    let mut d = Driver::new();
+    let r = start(&d);
+    let host = wayland_context(&r, &mut d, 1);
+    let pipe_send = |ids: &[(u32, u32)]| {
+        let mut b = u32s(xd(4, 0, 353), &[ids.len() as u32, 1]);
+        b.resize(352, 0);
+        b.push(b'p');
+        for (i, &(id, ty)) in ids.iter().enumerate() {
+            b[16 + 4 * i..20 + 4 * i].copy_from_slice(&id.to_le_bytes());
+            b[128 + 4 * i..132 + 4 * i].copy_from_slice(&ty.to_le_bytes());
+        }
+        submit(hdr(cmd::SUBMIT_3D, 1), &b)
+    };
+    let before = open_fds();
+    for i in 0..300u32 {
+        let bad = match i % 3 {
+            0 => pipe_send(&[(0x1234, 3)]),
+            1 => pipe_send(&[(0x8000_0005 + i, 3)]),
+            _ => pipe_send(&[(0x8000_0001, 3), (0x8000_0002, 3)]),
+        };
+        let t = ok(r.call(&mut d, &bad, 24));
+        assert!(t >= resp::ERR_UNSPEC, "SEND {i}: {t:#x}");
+    }
+    let grown = open_fds().saturating_sub(before);
+    assert!(grown < 50, "{grown} fds more after 300 refused pipe SENDs");
+    // The id the host assigns goes through; the host gets the write end.
+    let good = pipe_send(&[(0x8000_0001, 3)]);
+    assert_eq!(ok(r.call(&mut d, &good, 24)), resp::OK_NODATA);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (data, fds) = recv_fd(&host);
+    assert_eq!((data.as_slice(), fds.len()), (&b"p"[..], 1));
+}
+
+/// Host blobs are host memory: their total is capped at the guest's RAM
+/// (16 MiB here), however many the guest creates, and UNREF gives back.
+#[test]
+fn host_blobs_are_capped_at_the_guests_memory() {
+    let mut d = Driver::new();
+    let r = start(&d);
+    assert_eq!(ok(r.call(&mut d, &ctx_create(1), 24)), resp::OK_NODATA);
+    for (id, at) in [(1, QUERY_RING), (2, CHANNEL_RING)] {
+        let b = create_blob(0, id, 1, 1, 0, 4096, &[(at, 4096)]);
+        assert_eq!(ok(r.call(&mut d, &b, 24)), resp::OK_NODATA);
+        let a = u32s(hdr(cmd::CTX_ATTACH_RESOURCE, 1), &[id, 0]);
+        assert_eq!(ok(r.call(&mut d, &a, 24)), resp::OK_NODATA);
+    }
+    let init = u32s(xd(1, 0, 20), &[1, 2, 0]);
+    assert_eq!(
+        ok(r.call(&mut d, &submit(hdr(cmd::SUBMIT_3D, 1), &init), 24)),
+        resp::OK_NODATA
+    );
+    // 4 MiB as one R8 row.
+    let size = 4u64 << 20;
+    let req = u32s(xd(2, 0, 24), &[size as u32, 1, 0x2020_3852, 0x11]);
+    let a = ok(r.call(
+        &mut d,
+        &submit(fenced(cmd::SUBMIT_3D, 1, 1, Some(0)), &req),
+        24,
+    ));
+    assert_eq!(a, resp::OK_NODATA);
+    let reqs = d.answer(QUERY_RING, 64);
+    assert_eq!(u64::from_le_bytes(reqs[40..48].try_into().unwrap()), size);
+    let blob_id = u64::from(u32::from_le_bytes(reqs[48..52].try_into().unwrap()));
+    let mut made = 0;
+    for id in 100..140 {
+        let c = create_blob(1, id, 2, 3, blob_id, size, &[]);
+        match ok(r.call(&mut d, &c, 24)) {
+            resp::OK_NODATA => made += 1,
+            t => {
+                assert_eq!(t, resp::ERR_OUT_OF_MEMORY);
+                break;
+            }
+        }
+    }
+    assert_eq!(made, 4, "4 × 4 MiB fit in 16 MiB of guest RAM, no more");
+    let unref = u32s(hdr(cmd::RESOURCE_UNREF, 0), &[100, 0]);
+    assert_eq!(ok(r.call(&mut d, &unref, 24)), resp::OK_NODATA);
+    let c = create_blob(1, 200, 2, 3, blob_id, size, &[]);
+    assert_eq!(ok(r.call(&mut d, &c, 24)), resp::OK_NODATA, "room again");
+}
+
+/// Fenced answers are bounded by the queue: a ring's fence ids must grow
+/// (rutabaga queues a job per ring-1 fence), and a descriptor made
+/// available again while its answer is parked breaks the queue (needs
+/// reset) instead of being parked twice.
+#[test]
+fn parked_answers_stay_bounded_by_the_queue() {
+    let mut d = Driver::new();
+    let r = start(&d);
+    let _host = wayland_context(&r, &mut d, 1);
+    let poll = |fence| {
+        submit(
+            fenced(cmd::SUBMIT_3D, 1, fence, Some(1)),
+            &u32s(xd(3, 1, 16), &[0, 0]),
+        )
+    };
+    let (head, _) = d.push(&poll(10), 24);
+    r.notify.write(1).unwrap();
+    // A fence not after the ring's last: refused at once.
+    for f in [10, 9, 1] {
+        let t = ok(r.call(&mut d, &poll(f), 24));
+        assert_eq!(t, resp::ERR_INVALID_PARAMETER, "fence {f}");
+    }
+    assert_eq!(d.used_len(head), None, "the POLL waits");
+    assert!(!r.interrupt.needs_reset());
+    d.repost(head);
+    r.notify.write(1).unwrap();
+    let t = Instant::now();
+    while !r.interrupt.needs_reset() {
+        assert!(t.elapsed() < Duration::from_secs(5), "no needs-reset");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -24,6 +24,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory as _};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::guard::ContextGuard;
 use super::protocol::*;
 use super::ShmPlacement;
 use crate::virtio::{queue_served, ActiveQueue, Interrupt, VIRTIO_F_RING_EVENT_IDX};
@@ -37,6 +38,8 @@ const MAX_DESCS: usize = 64;
 pub const MAX_ENTRIES: u32 = 16 * 1024;
 /// Most live contexts (each may hold a host connection and a thread).
 pub const MAX_CONTEXTS: usize = 256;
+/// Most live host blobs (each a host fd).
+pub const MAX_HOST_BLOBS: usize = 4096;
 /// Most live resources (blobs and 2D resources together).
 pub const MAX_RESOURCES: usize = 64 * 1024;
 const PAGE: u64 = 4096;
@@ -92,7 +95,16 @@ pub struct Backend {
     maps: BTreeMap<u32, Mapping>,
     local_2d: HashSet<u32>,
     resources: HashSet<u32>,
-    contexts: HashSet<u32>,
+    /// Live contexts, each with its guard in front of rutabaga.
+    contexts: HashMap<u32, ContextGuard>,
+    /// Host blobs (host memory rutabaga allocated or the host sent): their
+    /// sizes, and the total, capped at the guest's RAM.
+    host_blobs: HashMap<u32, u64>,
+    host_blob_bytes: u64,
+    blob_cap: u64,
+    /// The last fence created on each ring: a ring's fences must increase
+    /// (rutabaga queues a job per ring-1 fence, released only by host data).
+    ring_fences: HashMap<Timeline, u64>,
     completions: Completions,
     completed: HashMap<Timeline, u64>,
     parked: Vec<ParkedDesc>,
@@ -136,6 +148,7 @@ impl Backend {
             }]))
             .build()
             .map_err(|e| BackendError::Rutabaga(e.to_string()))?;
+        let blob_cap = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
         Ok(Self {
             rutabaga: ManuallyDrop::new(rutabaga),
             mem,
@@ -143,7 +156,11 @@ impl Backend {
             maps: BTreeMap::new(),
             local_2d: HashSet::new(),
             resources: HashSet::new(),
-            contexts: HashSet::new(),
+            contexts: HashMap::new(),
+            host_blobs: HashMap::new(),
+            host_blob_bytes: 0,
+            blob_cap,
+            ring_fences: HashMap::new(),
             completions,
             completed: HashMap::new(),
             parked: Vec::new(),
@@ -166,6 +183,11 @@ impl Backend {
             queue.disable_notification(&mem)?;
             while let Some(chain) = queue.iter(&mem)?.next() {
                 let head = chain.head_index();
+                if self.parked.iter().any(|p| p.head == head) {
+                    // Made available again while its answer waits: a
+                    // broken driver (the used ring would get it twice).
+                    return Err(virtio_queue::Error::InvalidChain);
+                }
                 let (readable, writable) = split_chain(&mem, chain, &mut self.cmd);
                 let answer = match readable {
                     Some(()) => self.handle_guarded(),
@@ -315,6 +337,18 @@ impl Backend {
             ctx_id: hdr.ctx_id,
             ring_idx: hdr.ring_idx,
         };
+        let timeline = Timeline::of(f.flags, f.ctx_id, f.ring_idx);
+        if let Timeline::Ring(..) = timeline {
+            if self
+                .ring_fences
+                .get(&timeline)
+                .is_some_and(|&last| f.fence_id <= last)
+            {
+                warn_limited!("virtio-gpu: fence {} not after the ring's last", f.fence_id);
+                return Answer::error(hdr, resp::ERR_INVALID_PARAMETER);
+            }
+            self.ring_fences.insert(timeline, f.fence_id);
+        }
         match self.rutabaga.create_fence(f) {
             Ok(()) => {
                 a.fence = Some(f);
@@ -415,6 +449,9 @@ impl Backend {
         // Never free memory the guest can still reach: the slot goes first.
         self.remove_mapping(id)?;
         self.resources.remove(&id);
+        if let Some(size) = self.host_blobs.remove(&id) {
+            self.host_blob_bytes -= size;
+        }
         self.rutabaga
             .unref_resource(id)
             .map_err(|_| resp::ERR_INVALID_RESOURCE_ID)
@@ -423,7 +460,7 @@ impl Backend {
     fn ctx_create(&mut self, hdr: &CtrlHdr) -> Result<(), u32> {
         let nlen = le32(&self.cmd, 24).ok_or(resp::ERR_INVALID_PARAMETER)?;
         let init = le32(&self.cmd, 28).ok_or(resp::ERR_INVALID_PARAMETER)?;
-        if hdr.ctx_id == 0 || self.contexts.contains(&hdr.ctx_id) {
+        if hdr.ctx_id == 0 || self.contexts.contains_key(&hdr.ctx_id) {
             return Err(resp::ERR_INVALID_CONTEXT_ID);
         }
         if self.contexts.len() >= MAX_CONTEXTS {
@@ -441,14 +478,16 @@ impl Backend {
                 warn_limited!("virtio-gpu: context {} not created: {e}", hdr.ctx_id);
                 resp::ERR_UNSPEC
             })?;
-        self.contexts.insert(hdr.ctx_id);
+        self.contexts.insert(hdr.ctx_id, ContextGuard::default());
         Ok(())
     }
 
     fn ctx_destroy(&mut self, hdr: &CtrlHdr) -> Result<(), u32> {
-        if !self.contexts.remove(&hdr.ctx_id) {
+        if self.contexts.remove(&hdr.ctx_id).is_none() {
             return Err(resp::ERR_INVALID_CONTEXT_ID);
         }
+        self.ring_fences
+            .retain(|t, _| !matches!(t, Timeline::Ring(c, _) if *c == hdr.ctx_id));
         let r = self.rutabaga.destroy_context(hdr.ctx_id);
         // Whatever the context's fences were waiting for will not come:
         // release its parked answers now.
@@ -469,7 +508,7 @@ impl Backend {
 
     fn ctx_resource(&mut self, hdr: &CtrlHdr) -> Result<(), u32> {
         let id = le32(&self.cmd, 24).ok_or(resp::ERR_INVALID_PARAMETER)?;
-        if !self.contexts.contains(&hdr.ctx_id) {
+        if !self.contexts.contains_key(&hdr.ctx_id) {
             return Err(resp::ERR_INVALID_CONTEXT_ID);
         }
         if self.local_2d.contains(&id) {
@@ -524,7 +563,16 @@ impl Backend {
             if total.is_none_or(|t| t < b.size) {
                 return Err(resp::ERR_INVALID_PARAMETER);
             }
+        } else if self.host_blobs.len() >= MAX_HOST_BLOBS
+            || self
+                .host_blob_bytes
+                .checked_add(b.size)
+                .is_none_or(|t| t > self.blob_cap)
+        {
+            warn_limited!("virtio-gpu: host blobs past the guest's memory; refused");
+            return Err(resp::ERR_OUT_OF_MEMORY);
         }
+        let host = iovecs.is_none();
         let create = ResourceCreateBlob {
             blob_mem: b.blob_mem,
             blob_flags: b.blob_flags,
@@ -538,34 +586,36 @@ impl Backend {
                 resp::ERR_UNSPEC
             })?;
         self.resources.insert(b.resource_id);
+        if host {
+            self.host_blobs.insert(b.resource_id, b.size);
+            self.host_blob_bytes += b.size;
+        }
         Ok(())
     }
 
     fn submit(&mut self, hdr: &CtrlHdr) -> Result<(), u32> {
         let size = le32(&self.cmd, 24).ok_or(resp::ERR_INVALID_PARAMETER)? as usize;
-        if !self.contexts.contains(&hdr.ctx_id) {
-            return Err(resp::ERR_INVALID_CONTEXT_ID);
-        }
+        let guard = self
+            .contexts
+            .get_mut(&hdr.ctx_id)
+            .ok_or(resp::ERR_INVALID_CONTEXT_ID)?;
         let end = 32usize
             .checked_add(size)
             .ok_or(resp::ERR_INVALID_PARAMETER)?;
-        let mut cmd = std::mem::take(&mut self.cmd);
-        let r = match cmd.get_mut(32..end) {
-            Some(data) if !cross_domain_sizes_ok(data) => {
-                warn_limited!("virtio-gpu: cross-domain command with a bad size");
-                Err(resp::ERR_INVALID_PARAMETER)
-            }
-            Some(data) => self
-                .rutabaga
-                .submit_command(hdr.ctx_id, data, &[])
-                .map_err(|e| {
-                    warn_limited!("virtio-gpu: submit to context {} failed: {e}", hdr.ctx_id);
-                    resp::ERR_INVALID_PARAMETER
-                }),
-            None => Err(resp::ERR_INVALID_PARAMETER),
-        };
-        self.cmd = cmd;
-        r
+        let data = self
+            .cmd
+            .get_mut(32..end)
+            .ok_or(resp::ERR_INVALID_PARAMETER)?;
+        let checked = guard.check(data).map_err(|why| {
+            warn_limited!("virtio-gpu: cross-domain submit refused: {why}");
+            resp::ERR_INVALID_PARAMETER
+        })?;
+        let r = self.rutabaga.submit_command(hdr.ctx_id, data, &[]);
+        guard.submitted(&checked, r.is_ok());
+        r.map_err(|e| {
+            warn_limited!("virtio-gpu: submit to context {} failed: {e}", hdr.ctx_id);
+            resp::ERR_INVALID_PARAMETER
+        })
     }
 
     fn map_blob(&mut self, hdr: &CtrlHdr) -> Answer {
@@ -753,26 +803,6 @@ fn write_answer(mem: &GuestMemory, writable: &[(GuestAddress, u32)], bytes: &[u8
 }
 
 /// The worker's serving job: built on activation, run on the worker thread.
-/// Whether every cross-domain command in `data` has a size that covers at
-/// least its 8-byte header and stays inside `data`. rutabaga steps through
-/// the buffer by each command's own `cmd_size` and would loop for ever on a
-/// size of 0; it is never handed such a buffer.
-fn cross_domain_sizes_ok(data: &[u8]) -> bool {
-    const HDR: usize = 8;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let Some(&[_, _, lo, hi]) = rest.get(..4) else {
-            return false;
-        };
-        let size = usize::from(u16::from_le_bytes([lo, hi]));
-        if size < HDR || size > rest.len() {
-            return false;
-        }
-        rest = &rest[size..];
-    }
-    true
-}
-
 pub(super) struct Job {
     socket: PathBuf,
     shm: ShmPlacement,

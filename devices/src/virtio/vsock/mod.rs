@@ -252,7 +252,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) -> bool {
-        self.thread.stop();
-        true
+        // A worker stuck past its deadline leaves the device failed.
+        self.thread.stop()
     }
 }
