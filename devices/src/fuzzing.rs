@@ -413,12 +413,45 @@ impl crate::virtio::GuestMapper for CheckedMapper {
     }
 }
 
+/// The listening "compositor" of [`gpu_commands`]: a live socket, so that an
+/// INIT connects and starts rutabaga's per-context thread, and SENDs reach
+/// a host end.
+struct GpuHost {
+    dir: tempfile::TempDir,
+    listener: std::os::unix::net::UnixListener,
+}
+
+fn gpu_host() -> Option<&'static GpuHost> {
+    static HOST: OnceLock<Option<GpuHost>> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let dir = tempfile::tempdir().ok()?;
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("wayland-0")).ok()?;
+        listener.set_nonblocking(true).ok()?;
+        Some(GpuHost { dir, listener })
+    })
+    .as_ref()
+}
+
+/// Takes the connections INITs made; each is greeted with a few bytes (the
+/// host's side of a channel: a guest POLL then gets a RECEIVE) and kept open
+/// in `conns` until the run ends.
+fn gpu_accept(host: &GpuHost, conns: &mut Vec<std::os::unix::net::UnixStream>) {
+    use std::io::Write;
+    while let Ok((mut c, _)) = host.listener.accept() {
+        let _ = c.set_nonblocking(true);
+        let _ = c.write(b"\x01\x00\x01\x00\x0c\x00\x00\x00");
+        conns.push(c);
+    }
+}
+
 /// virtio-gpu control-queue command sequences. Input: records of
 /// `len: u16 le` and `len` bytes (at most 4096), each one command, put on
 /// the control queue with a 512-byte answer buffer; the byte after the
 /// length chooses (bit 0) whether the command is served alone or batched
 /// with the next. The first 8 KiB of guest memory hold the two rings of a
-/// cross-domain context at 0x4000 and 0x5000. Returns the used index.
+/// cross-domain context at 0x4000 and 0x5000. rutabaga's Wayland socket is
+/// live (INIT connects; the host end greets and stays open), so its
+/// per-context threads, pipes and SENDs are reached. Returns the used index.
 pub fn gpu_commands(data: &[u8]) -> u16 {
     use crate::virtio::gpu::{Backend, ShmPlacement};
     let Ok(m) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GPU_MEM)]) else {
@@ -430,10 +463,13 @@ pub fn gpu_commands(data: &[u8]) -> u16 {
         len: GPU_WINDOW_LEN,
         mapper: mapper.clone(),
     };
-    // Nothing listens there: INIT fails to connect, no threads start.
-    let Ok(mut b) = Backend::new("/nonexistent/wayland-0".into(), m.clone(), shm) else {
+    let Some(host) = gpu_host() else {
         return 0;
     };
+    let Ok(mut b) = Backend::new(host.dir.path().join("wayland-0"), m.clone(), shm) else {
+        return 0;
+    };
+    let mut conns = Vec::new();
     let Some(mut q) = queue_at(BLK_DESC, 64) else {
         return 0;
     };
@@ -466,15 +502,176 @@ pub fn gpu_commands(data: &[u8]) -> u16 {
             if b.process_ctrl(&mut q).is_err() {
                 break;
             }
+            gpu_accept(host, &mut conns);
             used = m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0);
         }
     }
     let _ = b.process_ctrl(&mut q);
     let _ = b.retire_fences(&mut q);
+    gpu_accept(host, &mut conns);
+    // Dropping the backend ends every context and joins its thread: a hang
+    // here is a finding (libFuzzer's timeout).
     drop(b);
+    drop(conns);
     assert!(
         crate::bus::lock(&mapper.live).is_empty(),
         "a mapping outlived the device"
     );
     used.max(m.read_obj::<u16>(GuestAddress(BLK_USED + 2)).unwrap_or(0))
+}
+
+/// Builders of the `virtio_gpu` seeds ([`gpu_seeds`]).
+mod gpu_seed {
+    use crate::virtio::gpu::protocol::{cmd, FLAG_FENCE, FLAG_INFO_RING_IDX};
+
+    /// A control header: type, flags, fence, context, ring.
+    pub fn hdr(ty: u32, flags: u32, fence: u64, ctx: u32, ring: u8) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&fence.to_le_bytes());
+        b.extend_from_slice(&ctx.to_le_bytes());
+        b.extend_from_slice(&[ring, 0, 0, 0]);
+        b
+    }
+
+    pub fn words(mut b: Vec<u8>, v: &[u32]) -> Vec<u8> {
+        for x in v {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b
+    }
+
+    /// A cross-domain command header.
+    pub fn xd(c: u8, ring: u8, size: u16) -> Vec<u8> {
+        let mut b = vec![c, ring];
+        b.extend_from_slice(&size.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b
+    }
+
+    pub fn submit(ctx: u32, fence: Option<(u64, u8)>, data: &[u8]) -> Vec<u8> {
+        let h = match fence {
+            Some((f, ring)) => hdr(
+                cmd::SUBMIT_3D,
+                FLAG_FENCE | FLAG_INFO_RING_IDX,
+                f,
+                ctx,
+                ring,
+            ),
+            None => hdr(cmd::SUBMIT_3D, 0, 0, ctx, 0),
+        };
+        let mut b = words(h, &[data.len() as u32, 0]);
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// RESOURCE_CREATE_BLOB: guest memory at `at` (mem 1) or a host blob
+    /// (mem 2, `blob_id` from the context).
+    pub fn blob(ctx: u32, id: u32, host: Option<u64>, size: u64, at: u64) -> Vec<u8> {
+        let (mem, n) = if host.is_some() { (2, 0) } else { (1, 1) };
+        let mut b = words(
+            hdr(cmd::RESOURCE_CREATE_BLOB, 0, 0, ctx, 0),
+            &[id, mem, 3, n],
+        );
+        b.extend_from_slice(&host.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        if host.is_none() {
+            b.extend_from_slice(&at.to_le_bytes());
+            b.extend_from_slice(&(size as u32).to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+        }
+        b
+    }
+
+    /// A context with its query and channel rings (resources 1 and 2 at
+    /// 0x4000 and 0x5000), INIT with the Wayland channel (or none).
+    pub fn context(ctx: u32, channel: u32) -> Vec<Vec<u8>> {
+        let mut create = words(hdr(cmd::CTX_CREATE, 0, 0, ctx, 0), &[4, 5]);
+        create.extend_from_slice(&[0; 64]);
+        let mut v = vec![create];
+        for (id, at) in [(1, 0x4000), (2, 0x5000)] {
+            v.push(blob(0, id, None, 4096, at));
+            v.push(words(hdr(cmd::CTX_ATTACH_RESOURCE, 0, 0, ctx, 0), &[id, 0]));
+        }
+        v.push(submit(ctx, None, &words(xd(1, 0, 20), &[1, 2, channel])));
+        v
+    }
+
+    /// A SEND of one byte with `ids` (identifier, type).
+    pub fn send(ctx: u32, ids: &[(u32, u32)]) -> Vec<u8> {
+        let mut b = words(xd(4, 0, 353), &[ids.len() as u32, 1]);
+        b.resize(352, 0);
+        for (i, &(id, ty)) in ids.iter().enumerate() {
+            b[16 + 4 * i..20 + 4 * i].copy_from_slice(&id.to_le_bytes());
+            b[128 + 4 * i..132 + 4 * i].copy_from_slice(&ty.to_le_bytes());
+        }
+        b.push(b'x');
+        submit(ctx, None, &b)
+    }
+
+    /// Records (`len: u16 le`, bytes) of `cmds`.
+    pub fn records(cmds: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in cmds {
+            out.extend_from_slice(&(c.len() as u16).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        out
+    }
+}
+
+/// The `virtio_gpu` seeds of the sequences a hostile guest used against
+/// rutabaga (`fuzz/seeds/virtio_gpu/`, written by `cargo run -p devices
+/// --example gpu_seeds`): INIT again on a live context, read-pipe SENDs
+/// with ids the host would not assign, host blobs created, mapped,
+/// unmapped and freed past the memory cap. Each: (name, input, commands).
+pub fn gpu_seeds() -> Vec<(&'static str, Vec<u8>, usize)> {
+    use crate::virtio::gpu::protocol::cmd;
+    use gpu_seed::*;
+    let poll = |ctx, fence| submit(ctx, Some((fence, 1)), &words(xd(3, 1, 16), &[0, 0]));
+    let destroy = hdr(cmd::CTX_DESTROY, 0, 0, 1, 0);
+    let mut init_twice = context(1, 1);
+    init_twice.push(submit(1, None, &words(xd(1, 0, 20), &[1, 2, 0])));
+    init_twice.push(submit(1, None, &words(xd(1, 0, 20), &[1, 2, 1])));
+    init_twice.push(poll(1, 5));
+    init_twice.push(destroy.clone());
+    let mut pipes = context(1, 1);
+    for ids in [
+        &[(0x8000_0001, 3)][..],
+        &[(0x1234, 3)],
+        &[(0x8000_0002, 3), (0x8000_0003, 3)],
+        &[(1, 1), (0x8000_0002, 3)],
+        &[(0x8000_0002, 3)],
+    ] {
+        pipes.push(send(1, ids));
+    }
+    pipes.push(poll(1, 9));
+    pipes.push(destroy.clone());
+    let mut blobs = context(1, 0);
+    // GET_IMAGE_REQUIREMENTS: 64 KiB as one R8 row; its item is id 2.
+    let req = words(xd(2, 0, 24), &[65536, 1, 0x2020_3852, 0x11]);
+    blobs.push(submit(1, Some((1, 0)), &req));
+    let map = |id: u32, off: u64| {
+        let mut b = words(hdr(cmd::RESOURCE_MAP_BLOB, 0, 0, 0, 0), &[id, 0]);
+        b.extend_from_slice(&off.to_le_bytes());
+        b
+    };
+    for id in 10..26 {
+        blobs.push(blob(1, id, Some(2), 65536, 0));
+    }
+    blobs.push(map(10, 0));
+    blobs.push(words(hdr(cmd::RESOURCE_UNMAP_BLOB, 0, 0, 0, 0), &[10, 0]));
+    blobs.push(map(10, 0x10000));
+    blobs.push(words(hdr(cmd::RESOURCE_UNREF, 0, 0, 0, 0), &[10, 0]));
+    blobs.push(blob(1, 30, Some(2), 65536, 0));
+    blobs.push(destroy);
+    [
+        ("init_twice", init_twice),
+        ("pipe_sends", pipes),
+        ("blobs", blobs),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n, records(&c), c.len()))
+    .collect()
 }

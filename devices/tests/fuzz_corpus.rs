@@ -93,3 +93,21 @@ fn virtio_gpu_corpus_replays() {
         }
     }
 }
+
+/// The seeds of what a hostile guest did to rutabaga (a second INIT that
+/// hung the context's teardown, read-pipe SENDs that leaked host pipes,
+/// host blobs past guest memory) are the files in `fuzz/seeds/virtio_gpu/`
+/// (`cargo run -p devices --example gpu_seeds` writes them), and each runs
+/// to its end with every command answered, within seconds.
+#[test]
+fn virtio_gpu_hostile_seeds_are_current_and_every_command_is_answered() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/virtio_gpu");
+    for (name, input, cmds) in devices::fuzzing::gpu_seeds() {
+        let on_disk = std::fs::read(dir.join(name)).unwrap();
+        assert!(on_disk == input, "{name}: stale, run the gpu_seeds example");
+        let t = std::time::Instant::now();
+        let used = devices::fuzzing::gpu_commands(&input);
+        assert_eq!(usize::from(used), cmds, "{name}");
+        assert!(t.elapsed().as_secs() < 4, "{name}: {:?}", t.elapsed());
+    }
+}
