@@ -44,6 +44,29 @@ pub fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout: Option<std::time::
 /// The guest memory type every device works on.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
+/// The user ID of the process at the other end of the Unix socket `s`
+/// (`SO_PEERCRED`: who bound or connected it, as this process's user
+/// namespace sees it), if the kernel says.
+pub fn peer_uid(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,53 @@ pub struct Spec {
     pub scratch: PathBuf,
 }
 
+/// Checks that the directory of a user's vsock socket `sock` (`--vsock
+/// PATH`) may be bound into the jail whole, as it must be (the VMM binds
+/// PATH and connects to the `PATH_PORT` sockets host programs make there):
+/// it must be this user's, closed to others, and hold nothing but this
+/// VM's sockets — else the jailed VMM would reach every other socket there
+/// (with `$XDG_RUNTIME_DIR/vm.sock`: the session bus, the compositor,
+/// PipeWire), and another user could bind a `PATH_PORT` first.
+pub fn check_vsock_dir(sock: &Path) -> Result<(), JailError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| JailError::Step {
+        what: format!("--vsock {}", sock.display()),
+        err: io::Error::other(why),
+    };
+    let (Some(dir), Some(name)) = (sock.parent(), sock.file_name()) else {
+        return Err(refuse("not a socket path".into()));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let md = std::fs::symlink_metadata(dir).map_err(step(format!("{}", dir.display())))?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if !md.is_dir() || md.uid() != uid || md.mode() & 0o077 != 0 {
+        return Err(refuse(format!(
+            "the jail binds its directory {} whole: it must be yours and 0700 (or use --jail=off)",
+            dir.display()
+        )));
+    }
+    let name = name.as_bytes();
+    for e in std::fs::read_dir(dir).map_err(step(format!("{}", dir.display())))? {
+        let e = e.map_err(step(format!("{}", dir.display())))?;
+        let n = e.file_name();
+        let n = n.as_bytes();
+        let ours = n == name || (n.starts_with(name) && n.get(name.len()) == Some(&b'_'));
+        if !ours {
+            return Err(refuse(format!(
+                "the jail binds its directory {} whole, which holds {:?} besides this VM's sockets: give the VM a directory of its own (or use --jail=off)",
+                dir.display(),
+                String::from_utf8_lossy(n)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which side of [`enter`]'s fork this is.
 #[derive(Debug)]
 pub enum Side {
@@ -472,6 +519,35 @@ fn add_rule(ruleset: &OwnedFd, p: &Path, mut access: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vsock_directory_is_bound_only_when_it_is_the_vms_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("vm");
+        std::fs::create_dir(&d).unwrap();
+        let mode = |m| std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o700);
+        let sock = d.join("v.sock");
+        check_vsock_dir(&sock).unwrap();
+        std::fs::write(d.join("v.sock"), "").unwrap();
+        std::fs::write(d.join("v.sock_1234"), "").unwrap();
+        check_vsock_dir(&sock).unwrap();
+        // Another socket there (the session bus, say) would be reachable.
+        std::fs::write(d.join("bus"), "").unwrap();
+        let e = check_vsock_dir(&sock).unwrap_err().to_string();
+        assert!(e.contains("\"bus\""), "{e}");
+        std::fs::remove_file(d.join("bus")).unwrap();
+        std::fs::write(d.join("v.sockX"), "").unwrap();
+        assert!(check_vsock_dir(&sock).is_err(), "only PATH and PATH_PORT");
+        std::fs::remove_file(d.join("v.sockX")).unwrap();
+        // Open to others: another user could bind PATH_PORT first.
+        mode(0o1777);
+        assert!(check_vsock_dir(&sock)
+            .unwrap_err()
+            .to_string()
+            .contains("0700"));
+    }
 
     /// Runs `f` in a forked child; its exit status.
     fn in_child(f: impl FnOnce() -> i32) -> i32 {

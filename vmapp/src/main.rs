@@ -878,10 +878,10 @@ fn start_network(
     if !a.net {
         return Ok((None, None));
     }
-    let (Some(uds), Some(dir)) = (vsock, runtime) else {
-        anyhow::bail!(
-            "--net needs the VM's vsock device (not with --vsock outside a runtime directory)"
-        );
+    // passt's socket must be in the private directory: in a shared one
+    // another user could bind it first and take the guest's traffic.
+    let (Some(uds), Some(dir)) = (vsock.filter(|_| a.vsock.is_none()), runtime) else {
+        anyhow::bail!("--net needs vmapp's own vsock socket (not --vsock)");
     };
     let publish = a.publish.iter().map(|p| p.parse());
     let cfg = vmm::net::NetConfig {
@@ -971,6 +971,9 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if let Some(v) = a.vsock.as_deref().filter(|_| jailed) {
+        vmapp::jail::check_vsock_dir(v)?;
+    }
     let jail = tmp
         .as_ref()
         .filter(|_| jailed)

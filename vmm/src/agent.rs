@@ -160,27 +160,7 @@ pub fn exec(
     session(s, run, stdin, &mut stdout, &mut stderr)?.ok_or(AgentError::Stopped)
 }
 
-/// The user ID of the process at the other end of `s` (`SO_PEERCRED`: who
-/// bound or connected it), if the kernel says.
-pub fn peer_uid(s: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
-}
+pub use devices::peer_uid;
 
 fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions.

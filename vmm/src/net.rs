@@ -372,16 +372,31 @@ impl Passt {
 /// (`/proc/net/unix`: the flag `__SO_ACCEPTCON`); `None` when that table
 /// cannot be read, or `path` is not UTF-8.
 fn listening(path: &Path) -> Option<bool> {
-    const ACCEPTCON: u32 = 1 << 16;
     let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-    let end = format!(" {}", path.to_str()?);
-    Some(table.lines().skip(1).any(|l| {
-        l.ends_with(&end)
-            && l.split_whitespace()
-                .nth(3)
-                .and_then(|f| u32::from_str_radix(f, 16).ok())
-                .is_some_and(|f| f & ACCEPTCON != 0)
-    }))
+    let path = path.to_str()?;
+    Some(table.lines().skip(1).any(|l| listens_at(l, path)))
+}
+
+/// Whether a line of `/proc/net/unix` is a listening socket bound at
+/// exactly `path` (not one whose path merely ends the same).
+fn listens_at(line: &str, path: &str) -> bool {
+    const ACCEPTCON: u32 = 1 << 16;
+    // Num RefCount Protocol Flags Type St Inode, then the path (which may
+    // hold spaces) after one space.
+    let mut rest = line;
+    for _ in 0..7 {
+        rest = rest.trim_start_matches(' ');
+        match rest.find(' ') {
+            Some(i) => rest = &rest[i..],
+            None => return false,
+        }
+    }
+    rest.strip_prefix(' ') == Some(path)
+        && line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .is_some_and(|f| f & ACCEPTCON != 0)
 }
 
 /// What the `passt` thread hands back: passt's PID and pidfd.
@@ -577,6 +592,23 @@ mod tests {
         for p in [new, old, feb] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    #[test]
+    fn only_a_listener_at_exactly_the_path_counts() {
+        let l = |p: &str| format!("0000000000000000: 00000002 00000000 00010000 0001 01 12345 {p}");
+        assert!(listens_at(&l("/r/v.sock_1026"), "/r/v.sock_1026"));
+        // Another user's socket whose path only ends the same.
+        assert!(!listens_at(&l("/tmp/x /r/v.sock_1026"), "/r/v.sock_1026"));
+        assert!(!listens_at(&l("/tmp/x/r/v.sock_1026"), "/r/v.sock_1026"));
+        assert!(listens_at(&l("/a b/s"), "/a b/s"));
+        // Bound, not listening; no path at all.
+        let bound = "0000000000000000: 00000002 00000000 00000000 0001 01 12345 /r/s";
+        assert!(!listens_at(bound, "/r/s"));
+        assert!(!listens_at(
+            "0000: 00000002 00000000 00010000 0001 01 12345",
+            ""
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!
 //! Run it through `cargo xtask bench gpu`.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -190,7 +191,14 @@ fn run() -> Result<()> {
     let a = Args::parse();
     let sway = Sway::start()?;
     let dir = tempfile::tempdir()?;
-    let vsock = dir.path().join("v.sock");
+    // A directory of the VM's own for its vsock sockets: the jail binds it
+    // whole (the compositor's runtime directory must not be).
+    let vdir = dir.path().join("vs");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&vdir)
+        .context("vsock directory")?;
+    let vsock = vdir.join("v.sock");
     let color = Path::new(&a.guest.vmapp).with_file_name("wl-color");
     let bench = format!(
         "{} --bench --size 1280x720 --seconds {}",

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,6 +125,8 @@ fn run() -> Result<()> {
     let a = Args::parse();
     let dir = std::env::temp_dir().join(format!("vmapp-vsock-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // The jail binds the socket's directory whole: the VM's own, 0700.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let sock = dir.join("v.sock");
     let sock_s = sock.display().to_string();
     let (cid, tx, rx, mib) = (

@@ -32,7 +32,7 @@ const IDLE_TICKS_SLACK: u64 = 50;
 /// PORT`, which then returns); the neighbour VM `$B` and a sink for guest streams.
 const PRELUDE: &str = r#"
 for t in socat script python3; do command -v $t >/dev/null || { echo "$t is required" >&2; exit 1; }; done
-d=$(mktemp -d /tmp/vmapp-hostile.XXXXXX); mkdir $d/g
+d=$(mktemp -d /tmp/vmapp-hostile.XXXXXX); mkdir $d/g; mkdir -m 700 $d/va $d/vb
 gone() { [ -n "$P" ] && [ ! -d /proc/$P ]; }
 wait_for() { i=0; while ! grep -q "$1" "$2" 2>/dev/null; do i=$((i+1)); [ $i -gt 1500 ] && return 1; gone && return 1; sleep 0.2; done; }
 vmpid() { for p in $(pgrep -x vmapp); do
@@ -48,9 +48,9 @@ for l in open("/proc/%s/smaps" % sys.argv[1]):
     elif f[0] == "Rss:" and size < int(sys.argv[2]) * 1024: rss += int(f[1])
 print(rss)' $1 $MEM; }
 measure() { t0=$(ticks $2); sleep 5; t1=$(ticks $2); echo "@@$1 cpu=$((t1 - t0)) rss=$(vmmrss $2) fds=$(ls /proc/$2/fd | wc -l)"; }
-probe() { s=$(date +%s%N); r=$( (printf 'CONNECT 5000\n'; printf ping) | timeout 120 socat -t 30 - UNIX-CONNECT:$d/b.sock | tail -c 4)
+probe() { s=$(date +%s%N); r=$( (printf 'CONNECT 5000\n'; printf ping) | timeout 120 socat -t 30 - UNIX-CONNECT:$d/vb/b.sock | tail -c 4)
   echo "@@$1-neighbour=$r $(( ($(date +%s%N) - s) / 1000000 ))"; }
-go() { i=0; until (printf 'CONNECT %s\n' $1; sleep 1) | timeout 30 socat -t 2 - UNIX-CONNECT:$d/a.sock 2>/dev/null | grep -q '^OK'; do
+go() { i=0; until (printf 'CONNECT %s\n' $1; sleep 1) | timeout 30 socat -t 2 - UNIX-CONNECT:$d/va/a.sock 2>/dev/null | grep -q '^OK'; do
   i=$((i+1)); [ $i -gt 300 ] && break; gone && break; sleep 0.5; done; }
 cat > $d/sink.py <<'EOF'
 import resource, selectors, socket, sys
@@ -76,14 +76,14 @@ while True:
         if not data:
             sel.unregister(k.fileobj); k.fileobj.close()
 EOF
-timeout 3000 $VMAPP launch --memory $MEM --vsock $d/b.sock -- /init vsock echo 5000 > $d/b.out 2>&1 &
+timeout 3000 $VMAPP launch --memory $MEM --vsock $d/vb/b.sock -- /init vsock echo 5000 > $d/b.out 2>&1 &
 B=$!
 wait_for @@listening $d/b.out || echo "no neighbour: $(cat $d/b.out)"
 # The neighbour idles: what an idle VM costs here, for comparison.
 measure neighbour-idle $(vmpid b.sock)
 # The attacker runs as a user who is not root (vmapp needs no root; its fd
 # limit then stays the one it was given); the host's sockets let it in.
-chmod 0666 /dev/kvm; mkdir -m 700 $d/rt; chown 65534:65534 $d $d/g $d/rt; umask 000
+chmod 0666 /dev/kvm; mkdir -m 700 $d/rt; chown 65534:65534 $d $d/g $d/rt $d/va; umask 000
 "#;
 
 /// Guest helper: `waitgo PORT` blocks (in `accept`, using no CPU, so the
@@ -103,7 +103,7 @@ cat > $d/g/attack.sh <<'EOF'
 EOF
 {setup}
 setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=$d XDG_RUNTIME_DIR=$d/rt \
-  script -qefc "timeout --foreground $T $VMAPP launch --memory $MEM --vsock $d/a.sock --share $d/g:g,ro {args} -- sh /mnt/g/attack.sh" /dev/null < /dev/null > $d/a.out 2>&1 &
+  script -qefc "timeout --foreground $T $VMAPP launch --memory $MEM --vsock $d/va/a.sock --share $d/g:g,ro {args} -- sh /mnt/g/attack.sh" /dev/null < /dev/null > $d/a.out 2>&1 &
 A=$!
 wait_for @@phase= $d/a.out || {{ echo "the attacker never started:"; cat $d/a.out; }} >&2
 P=$(vmpid a.sock); echo @@attacker-pid=$P
@@ -187,19 +187,19 @@ echo after-resets | /init vsock connect 2 6301; echo @@after-resets-rc=$?
 wait_for @@phase=held $d/a.out; measure held $P; probe held
 kill $SINK; wait $SINK; sleep 2; measure halfopen $P; probe halfopen; go 6202
 wait_for @@phase=sink $d/a.out
-for i in $(seq 8); do (printf 'CONNECT 5001\n'; head -c 64M /dev/zero) | timeout 60 socat -t 5 - UNIX-CONNECT:$d/a.sock > /dev/null 2>&1 & done
-sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/a.sock
+for i in $(seq 8); do (printf 'CONNECT 5001\n'; head -c 64M /dev/zero) | timeout 60 socat -t 5 - UNIX-CONNECT:$d/va/a.sock > /dev/null 2>&1 & done
+sleep 10; measure sink $P; probe sink; pkill -f 'UNIX-CONNECT:'$d/va/a.sock
 # Listening before the guest is let go: it connects as soon as it is.
-socat -u UNIX-LISTEN:$d/a.sock_6300 CREATE:$d/after & while [ ! -S $d/a.sock_6300 ]; do sleep 0.1; done
+socat -u UNIX-LISTEN:$d/va/a.sock_6300 CREATE:$d/after & while [ ! -S $d/va/a.sock_6300 ]; do sleep 0.1; done
 go 6203
 # The guest resets its vsock device 20 times, then the device works on.
 wait_for @@phase=vreset $d/a.out; measure vreset $P; probe vreset
-socat -u UNIX-LISTEN:$d/a.sock_6301 CREATE:$d/after2 & while [ ! -S $d/a.sock_6301 ]; do sleep 0.1; done
+socat -u UNIX-LISTEN:$d/va/a.sock_6301 CREATE:$d/after2 & while [ ! -S $d/va/a.sock_6301 ]; do sleep 0.1; done
 go 6204
 "#;
-    let setup = "python3 $d/sink.py $d/a.sock_6000 & SINK=$!\n\
-        python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(1e6)' $d/a.sock_6100 &\n\
-        while [ ! -S $d/a.sock_6000 ] || [ ! -S $d/a.sock_6100 ]; do sleep 0.1; done";
+    let setup = "python3 $d/sink.py $d/va/a.sock_6000 & SINK=$!\n\
+        python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(1e6)' $d/va/a.sock_6100 &\n\
+        while [ ! -S $d/va/a.sock_6000 ] || [ ! -S $d/va/a.sock_6100 ]; do sleep 0.1; done";
     let post = "echo @@after=$(cat $d/after); echo @@after2=$(cat $d/after2)";
     let (out, err) = attack("", setup, guest, host, post);
     let all = format!("{out}\n{err}");

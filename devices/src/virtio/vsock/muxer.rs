@@ -294,6 +294,9 @@ pub struct Muxer {
     want_rx: VecDeque<Key>,
     next_local: u32,
     framed: Vec<u32>,
+    /// The user this VMM runs as: host peers of another user (but root)
+    /// are refused.
+    owner: u32,
 }
 
 impl Muxer {
@@ -320,7 +323,16 @@ impl Muxer {
             want_rx: VecDeque::new(),
             next_local: FIRST_LOCAL_PORT,
             framed: Vec::new(),
+            // SAFETY: getuid has no preconditions.
+            owner: unsafe { libc::getuid() },
         })
+    }
+
+    /// Whether the host peer of `s` is this VMM's own user or root (who can
+    /// reach the VMM anyway). In a user namespace, users it does not map
+    /// (root outside a jail among them) show as the overflow id.
+    fn trusted(&self, s: &UnixStream) -> bool {
+        matches!(crate::peer_uid(s), Some(u) if u == self.owner || u == 0)
     }
 
     /// Makes guest streams to these host ports framed (see the module's
@@ -622,6 +634,15 @@ impl Muxer {
         let mut path = self.uds.clone().into_os_string();
         path.push(format!("_{}", key.local));
         match connect_nonblocking(Path::new(&path)) {
+            // Another user's listener (bound first in a shared directory)
+            // gets nothing from the guest.
+            Ok(s) if !self.trusted(&s) => {
+                warn_limited!(
+                    "vsock: the listener for port {} is another user's; refused",
+                    key.local
+                );
+                self.push_ctrl(key, op::RST, 0);
+            }
             Ok(s) => {
                 let mut c = Conn::new(s, State::Established);
                 c.framed = self.framed.contains(&key.local);
@@ -819,6 +840,7 @@ impl Muxer {
             match l.accept() {
                 Ok((s, _)) => {
                     if self.pending.len() + self.conns.len() >= MAX_CONNS
+                        || !self.trusted(&s)
                         || s.set_nonblocking(true).is_err()
                     {
                         continue;

@@ -1170,3 +1170,69 @@ fn an_rx_buffer_without_room_for_data_does_not_spin_the_worker() {
         .expect("the data, in the next real buffer");
     assert_eq!((h.op, d.as_slice()), (op::RW, &b"waiting"[..]));
 }
+
+/// `cmd` as uid 65534 (the test runs as root, as CI does).
+fn as_other_user(args: &[&str]) -> std::process::Child {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test acts as another user: run it as root");
+    std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv and socat (.ci/run installs them)")
+}
+
+/// Another local user's sockets, where the VMM's vsock socket lives in a
+/// directory they can write (`--vsock` in a shared place): their listener
+/// for a guest port gets a reset instead of the guest's stream, and their
+/// client of the VMM's socket never reaches the guest.
+#[test]
+fn another_users_host_peers_are_refused_both_ways() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut e = env();
+    let dir = e.path.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let theirs = port_path(&e.path, 52);
+    let listen = format!("UNIX-LISTEN:{}", theirs.display());
+    let mut server = as_other_user(&["socat", &listen, "-"]);
+    let t = std::time::Instant::now();
+    while !theirs.exists() {
+        assert!(t.elapsed().as_secs() < 10, "socat did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let m = mem();
+    let mut g = Guest::new(&m);
+    g.send(&mut e.mux, Hdr::guest(1000, 52, op::REQUEST), &[]);
+    let (h, _) = g.recv(&mut e.mux).expect("a reply");
+    assert_eq!((h.op, h.src_port), (op::RST, 52), "their listener refused");
+    let _ = server.kill();
+    let _ = server.wait();
+    // Their client of the VMM's own socket.
+    let connect = format!("UNIX-CONNECT:{}", e.path.display());
+    let mut client = as_other_user(&["socat", "-", &connect]);
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"CONNECT 5000\n")
+        .unwrap();
+    for _ in 0..20 {
+        pump(&mut e.mux);
+        assert!(
+            g.recv(&mut e.mux).is_none(),
+            "their CONNECT reached the guest"
+        );
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    // Our own user's are served.
+    std::fs::remove_file(&theirs).unwrap();
+    let mut ours = guest_connect(&mut e, &mut g);
+    g.send(&mut e.mux, Hdr::guest(1000, 52, op::RW), b"hi");
+    let mut b = [0u8; 2];
+    ours.read_exact(&mut b).unwrap();
+}
