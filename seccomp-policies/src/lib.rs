@@ -96,11 +96,15 @@ pub enum ThreadKind {
     /// The audio proxy: every thread (accept, control, one pair per
     /// connection).
     AudioProxy,
+    /// vmapp's jail parent: outside the jail, waits for the jailed child,
+    /// passes stop signals on, then stops the helpers and removes the
+    /// runtime directory.
+    JailParent,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 12] = [
+    pub const ALL: [ThreadKind; 13] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
@@ -113,6 +117,7 @@ impl ThreadKind {
         ThreadKind::WlProxy,
         ThreadKind::WlProxyHelper,
         ThreadKind::AudioProxy,
+        ThreadKind::JailParent,
     ];
 
     /// Its key in the JSON.
@@ -130,6 +135,7 @@ impl ThreadKind {
             ThreadKind::WlProxy => "wl_proxy",
             ThreadKind::WlProxyHelper => "wl_proxy_helper",
             ThreadKind::AudioProxy => "audio_proxy",
+            ThreadKind::JailParent => "jail_parent",
         }
     }
 

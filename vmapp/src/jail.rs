@@ -61,6 +61,51 @@ pub struct Spec {
     /// An empty directory the jail's root is built on (it must not be under
     /// any of `paths`' directories but the runtime one).
     pub scratch: PathBuf,
+    /// Paths under `paths` hidden in the jail (an empty file or directory
+    /// mounted over each): what the guest's view hides, for a vmapp that
+    /// runs as root and could otherwise read it (`/etc/shadow`).
+    pub masked: Vec<PathBuf>,
+}
+
+/// Most entries [`unreadable_by_others`] looks at in one tree.
+const MASK_SCAN_LIMIT: usize = 20_000;
+
+/// The entries under `tree` that other users may not read (files without
+/// `o+r`, directories without `o+rx`; not descended into), looking at most
+/// at [`MASK_SCAN_LIMIT`] entries; symlinks are left alone (the view does
+/// not follow them out of its trees).
+pub fn unreadable_by_others(tree: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![tree.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > MASK_SCAN_LIMIT {
+                tracing::warn!(
+                    "jail: {} has too many entries to look through",
+                    tree.display()
+                );
+                return out;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            let mode = md.permissions().mode();
+            if md.is_dir() {
+                if mode & 0o005 != 0o005 {
+                    out.push(e.path());
+                } else {
+                    todo.push(e.path());
+                }
+            } else if md.is_file() && mode & 0o004 == 0 {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 /// Checks that the directory of a user's vsock socket `sock` (`--vsock
@@ -153,6 +198,11 @@ pub fn enter(spec: &Spec) -> Result<Side, JailError> {
     let pid = unsafe { libc::fork() };
     check(pid, "fork")?;
     if pid > 0 {
+        // Outside the jail, in the host's namespaces: from here on it only
+        // waits, passes signals on, stops the helpers and removes the
+        // runtime directory.
+        seccomp_policies::install_default(seccomp_policies::ThreadKind::JailParent)
+            .map_err(|e| step("seccomp")(io::Error::other(e.to_string())))?;
         return Ok(Side::Parent(wait_child(pid, &set)));
     }
     // SAFETY: restores the mask saved above; PDEATHSIG takes plain values.
@@ -302,6 +352,42 @@ fn bind(src: &Path, dst: &Path, writable: bool, recursive: bool) -> Result<(), J
     Ok(())
 }
 
+/// Mounts an empty read-only file or directory over each of
+/// `spec.masked` in the root being built at `root`.
+fn mask(spec: &Spec, root: &Path) -> Result<(), JailError> {
+    if spec.masked.is_empty() {
+        return Ok(());
+    }
+    let empty_dir = root.join(".empty-dir");
+    let empty_file = root.join(".empty-file");
+    std::fs::create_dir_all(&empty_dir).map_err(step("mkdir .empty-dir"))?;
+    std::fs::write(&empty_file, b"").map_err(step("create .empty-file"))?;
+    // Closed to others, as what they cover was: the guest's view (which
+    // hides what others may not read) goes on hiding them.
+    for p in [&empty_dir, &empty_file] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o000))
+            .map_err(step("chmod the empty stand-ins"))?;
+    }
+    for p in &spec.masked {
+        let at = root.join(p.strip_prefix("/").unwrap_or(p));
+        let Ok(md) = std::fs::symlink_metadata(&at) else {
+            continue;
+        };
+        let src = if md.is_dir() {
+            &empty_dir
+        } else if md.is_file() {
+            &empty_file
+        } else {
+            continue;
+        };
+        mount(Some(src), &at, None, libc::MS_BIND)?;
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept_flags(&at);
+        mount(None, &at, None, flags)?;
+    }
+    Ok(())
+}
+
 /// Builds the root on `spec.scratch` and moves into it.
 fn build_root(spec: &Spec) -> Result<(), JailError> {
     let root = spec.scratch.as_path();
@@ -329,6 +415,7 @@ fn build_root(spec: &Spec) -> Result<(), JailError> {
     for dev in ["/dev/kvm", "/dev/null"] {
         bind(Path::new(dev), &inside(Path::new(dev)), true, false)?;
     }
+    mask(spec, root)?;
     // This PID namespace's /proc, mounted while the host's is still in
     // reach (the kernel lets a user namespace mount proc only then).
     let proc_dir = root.join("proc");
@@ -519,6 +606,29 @@ fn add_rule(ruleset: &OwnedFd, p: &Path, mut access: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_others_cannot_read_is_found_for_masking() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let set = |p: &str, m| {
+            std::fs::set_permissions(r.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        for d in ["ssl", "ssl/private", "ssl/certs"] {
+            std::fs::create_dir(r.join(d)).unwrap();
+        }
+        for f in ["shadow", "passwd", "ssl/private/key", "ssl/certs/ca"] {
+            std::fs::write(r.join(f), "x").unwrap();
+        }
+        set("shadow", 0o640);
+        set("passwd", 0o644);
+        set("ssl/private", 0o710);
+        set("ssl/certs/ca", 0o644);
+        let mut got = unreadable_by_others(r);
+        got.sort();
+        assert_eq!(got, vec![r.join("shadow"), r.join("ssl/private")]);
+    }
 
     #[test]
     fn a_vsock_directory_is_bound_only_when_it_is_the_vms_own() {

@@ -492,7 +492,34 @@ fn jail_spec(
         paths,
         runtime,
         scratch,
+        masked: masked_for_root(shares),
     }
+}
+
+/// What a vmapp run as root hides from its own jailed side: what the
+/// guest's views hide (their deny lists, and in `/etc` what others may not
+/// read), since root could read it there. Nothing for another user, who
+/// cannot read it anyway.
+fn masked_for_root(shares: &[ShareConfig]) -> Vec<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Vec::new();
+    }
+    let mut masked = Vec::new();
+    for e in shares
+        .iter()
+        .filter_map(|s| s.expose.as_ref().map(|e| (s, e)))
+    {
+        let (s, e) = e;
+        let host = |t: &std::path::Path| s.host_dir.join(t.strip_prefix("/").unwrap_or(t));
+        masked.extend(e.deny.iter().map(|d| host(d)));
+        if e.public_only {
+            for t in e.allow.iter().filter(|t| t.starts_with("/etc")) {
+                masked.extend(vmapp::jail::unreadable_by_others(&host(t)));
+            }
+        }
+    }
+    masked
 }
 
 /// Where the serial console goes.
@@ -998,6 +1025,8 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).
         b = b.check()?;
+        // The jail's parent filters itself in this mode.
+        seccomp_policies::set_default_mode(a.seccomp);
         if let Some(code) = enter_jail(spec, &mut proxy, &mut tmp)? {
             // The switches' copies first: the helpers then see their end.
             drop((host, ctl));

@@ -200,6 +200,7 @@ impl RuntimeDir {
         let base = base()?;
         let t = tempfile::Builder::new()
             .prefix("vmapp-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
             .map_err(io(&base))?;
         Ok(Self {

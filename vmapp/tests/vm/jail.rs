@@ -25,8 +25,10 @@ wait_for up $RT/out || echo "never up: $(cat $RT/out)"
 parent=$(pgrep -P $t -x vmapp)
 child=$(pgrep -P $parent -x vmapp)
 echo have-child=$([ -n "$child" ] && echo yes)
-# The parent outside keeps the host's root (the child's pivot_root is its own).
+# The parent outside keeps the host's root (the child's pivot_root is its own),
+# under a seccomp filter of its own.
 echo parent-root=$(ls /proc/$parent/root/ | grep -c "^etc$")
+echo parent-seccomp=$(awk '/^Seccomp:/{{print $2}}' /proc/$parent/status)
 R=/proc/$child/root
 echo top=$(ls -A $R | sort | tr '\n' ' ')
 [ -e $R$RT/wayland-host ] && echo visible=compositor
@@ -43,6 +45,17 @@ done
 wait $t; echo rc=$?
 echo out=$(grep -cx up $RT/out) $(grep -cx done $RT/out)
 echo landlock=$(grep -o "Landlock ABI [0-9]*\|no Landlock" $RT/out)
+
+# Run as root with --host-root, the jailed side binds /etc for the guest's
+# view, which hides /etc/shadow: the jail hides it from itself too.
+timeout {T} {VMAPP} launch --memory 256 --host-root -- sh -c 'echo up; sleep 8' > $RT/out6 2>&1 &
+t=$!
+wait_for up $RT/out6 || echo "host-root never up: $(cat $RT/out6)"
+parent=$(pgrep -P $t -x vmapp); child=$(pgrep -P $parent -x vmapp)
+echo host-shadow=$([ -s /etc/shadow ] && echo some)
+echo shadow-bytes=$(wc -c < /proc/$child/root/etc/shadow)
+echo passwd=$([ -s /proc/$child/root/etc/passwd ] && echo some)
+wait $t; echo hr-rc=$?
 
 # A stop signal presses the VM's power button: the app gets SIGTERM (its
 # trap runs) and vmapp exits with the app's status.
@@ -91,6 +104,11 @@ kill $sock; rm -rf $RT $U /tmp/vmapp-jail-secret.$$
     let all = format!("{out}\n{err}");
     assert_eq!(value(&out, "have-child="), "yes", "{all}");
     assert_eq!(value(&out, "parent-root="), "1", "{all}");
+    assert_eq!(value(&out, "parent-seccomp="), "2", "{all}");
+    assert_eq!(value(&out, "host-shadow="), "some", "{all}");
+    assert_eq!(value(&out, "shadow-bytes="), "0", "{all}");
+    assert_eq!(value(&out, "passwd="), "some", "{all}");
+    assert_eq!(value(&out, "hr-rc="), "0", "{all}");
     assert!(!out.contains("visible="), "{all}");
     // The root holds /dev, /proc and the way to the runtime directory and the
     // guest's kernel and initramfs: nothing of the host's system.
