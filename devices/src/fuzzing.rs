@@ -245,7 +245,8 @@ pub fn vsock_queues(data: &[u8]) -> (u16, u16) {
     };
     let Some(m) = mem() else { return (0, 0) };
     let _ = m.write_slice(&data[..data.len().min(MEM)], GuestAddress(0));
-    let Ok(mux) = crate::virtio::vsock::Muxer::new(3, host.dir.path().join("v.sock"), None) else {
+    let Ok(mux) = crate::virtio::vsock::Muxer::new(3, host.dir.path().join("v.sock"), None, 0)
+    else {
         return (0, 0);
     };
     let mut mux = mux.frame_ports(&VSOCK_FUZZ_PORTS[1..]);

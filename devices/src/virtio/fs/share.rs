@@ -116,6 +116,9 @@ pub struct Share {
     max_inodes: usize,
     /// Open file and directory handles (each an fd), bounded like inodes.
     handles: std::sync::atomic::AtomicUsize,
+    /// The flags each open file handle was opened with: READ and WRITE
+    /// pass these on instead of the guest's (see [`host_flags`]).
+    open_flags: Mutex<HashMap<u64, u32>>,
 }
 
 impl Share {
@@ -162,6 +165,7 @@ impl Share {
             held: Mutex::new(HashMap::new()),
             max_inodes: default_max_inodes(),
             handles: std::sync::atomic::AtomicUsize::new(0),
+            open_flags: Mutex::new(HashMap::new()),
         })
     }
 
@@ -189,6 +193,27 @@ impl Share {
             return Err(err(libc::ENFILE));
         }
         Ok(())
+    }
+
+    /// Remembers the flags file handle `h` was opened with.
+    fn opened_with(&self, h: Option<u64>, flags: u32) {
+        if let Some(h) = h {
+            self.open_flags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h, flags);
+        }
+    }
+
+    /// The flags to pass with a READ or WRITE on `h`: those it was opened
+    /// with, so that fuse-backend-rs never changes the fd's flags.
+    fn flags_of(&self, h: u64, guest: u32) -> u32 {
+        self.open_flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&h)
+            .copied()
+            .unwrap_or_else(|| host_flags(guest))
     }
 
     fn took_handle(&self, h: Option<u64>) {
@@ -333,6 +358,14 @@ impl Share {
             _ => Err(err(libc::EACCES)),
         }
     }
+}
+
+/// A guest's open flags as the host opens the file: without `O_NOATIME`,
+/// which the guest kernel sets (on every exec, for one) and which the host
+/// refuses with EPERM for a file vmapp's user does not own — every file of
+/// a host-root share when vmapp is not root.
+pub fn host_flags(flags: u32) -> u32 {
+    flags & !(libc::O_NOATIME as u32)
 }
 
 /// Whether open flags ask for write access.
@@ -588,8 +621,9 @@ impl FileSystem for Share {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.openable(ctx, inode, flags)?;
         self.handle_room()?;
-        let r = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        let r = self.inner.open(ctx, inode, host_flags(flags), fuse_flags)?;
         self.took_handle(r.0);
+        self.opened_with(r.0, host_flags(flags));
         Ok(r)
     }
 
@@ -608,7 +642,7 @@ impl FileSystem for Share {
         args.mode = safe_mode(args.mode, false);
         let exclusive = args.flags & libc::O_EXCL as u32 != 0;
         let excl = CreateIn {
-            flags: args.flags | libc::O_EXCL as u32,
+            flags: host_flags(args.flags) | libc::O_EXCL as u32,
             ..args
         };
         match self.inner.create(ctx, parent, name, excl) {
@@ -618,11 +652,12 @@ impl FileSystem for Share {
                 let entry = self.lookup(ctx, parent, name)?;
                 let opened = self.openable(ctx, entry.inode, args.flags).and_then(|()| {
                     self.inner
-                        .open(ctx, entry.inode, args.flags, args.fuse_flags)
+                        .open(ctx, entry.inode, host_flags(args.flags), args.fuse_flags)
                 });
                 match opened {
                     Ok((h, o, p)) => {
                         self.took_handle(h);
+                        self.opened_with(h, host_flags(args.flags));
                         Ok((entry, h, o, p))
                     }
                     Err(e) => {
@@ -633,6 +668,7 @@ impl FileSystem for Share {
             }
             Ok((entry, h, o, p)) => {
                 self.took_handle(h);
+                self.opened_with(h, host_flags(args.flags) | libc::O_EXCL as u32);
                 Ok((self.admit(ctx, entry)?, h, o, p))
             }
             Err(e) => Err(e),
@@ -650,6 +686,7 @@ impl FileSystem for Share {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.flags_of(handle, flags);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -668,6 +705,7 @@ impl FileSystem for Share {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let flags = self.flags_of(handle, flags);
         self.inner.write(
             ctx,
             inode,
@@ -717,6 +755,10 @@ impl FileSystem for Share {
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
         self.dropped_handle();
+        self.open_flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
         Ok(())
     }
 
@@ -755,7 +797,7 @@ impl FileSystem for Share {
             return Err(err(libc::ENOTDIR));
         }
         self.handle_room()?;
-        let r = self.inner.opendir(ctx, inode, flags)?;
+        let r = self.inner.opendir(ctx, inode, host_flags(flags))?;
         self.took_handle(r.0);
         Ok(r)
     }

@@ -207,6 +207,15 @@ impl Dev {
         self.call(READ, node, &b)
     }
 
+    /// READ with the open flags the guest's kernel sends along.
+    fn read_flags(&mut self, node: u64, fh: u64, size: u32, flags: u32) -> Reply {
+        let mut b = le64(&[fh, 0]);
+        b.extend(le(&[size, 0]));
+        b.extend(le64(&[0]));
+        b.extend(le(&[flags, 0]));
+        self.call(READ, node, &b)
+    }
+
     fn setattr(&mut self, node: u64, valid: u32, size: u64, mode: u32, uid: u32) -> Reply {
         // fuse_setattr_in: valid, padding, fh, size, lock_owner, atime, mtime,
         // ctime, atimensec, mtimensec, ctimensec, mode, unused4, uid, gid, unused5.
@@ -1143,4 +1152,54 @@ fn hard_links_need_no_privilege() {
         }
     });
     assert_eq!(code, 0, "LINK failed with {code}");
+}
+
+/// This thread's file-system uid for a while (the device serves on the
+/// calling thread here): as a user who owns nothing in the share and has no
+/// CAP_FOWNER, what vmapp is when run by a user on host files.
+struct FsUid(u32);
+
+impl FsUid {
+    fn set(uid: u32) -> FsUid {
+        // SAFETY: setfsuid changes this thread's fsuid only; it returns the
+        // previous one.
+        let old = unsafe { libc::setfsuid(uid) } as u32;
+        FsUid(old)
+    }
+}
+
+impl Drop for FsUid {
+    fn drop(&mut self) {
+        // SAFETY: as above, back to the previous fsuid.
+        unsafe { libc::setfsuid(self.0) };
+    }
+}
+
+/// The guest's kernel opens with O_NOATIME (every exec does), which the
+/// host refuses (EPERM) for a file vmapp's user does not own — every file of
+/// a host-root share for a vmapp that is not root — and READ/WRITE carry
+/// the guest's flags, which fuse-backend-rs 0.14 applied with F_SETFL,
+/// closing the handle's fd when that failed (it had wrapped the borrowed
+/// fd in a File): the next use of the handle hit another fd or aborted the
+/// VMM. The host opens without O_NOATIME and keeps the flags it opened
+/// with, whatever a READ says.
+#[test]
+fn the_guests_o_noatime_works_on_files_of_other_users_and_never_closes_a_handle() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test acts as another user: run it as root (CI does)");
+    }
+    let t = tree();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = dev(t.path(), true, true);
+    let _as_user = FsUid::set(65534);
+    let node = d.lookup(1, "file").nodeid();
+    let noatime = (libc::O_RDONLY | libc::O_NOATIME) as u32;
+    let o = d.open(node, noatime as i32);
+    assert_eq!(o.errno, 0, "open with O_NOATIME");
+    let fh = o.fh(0);
+    for _ in 0..3 {
+        let r = d.read_flags(node, fh, 5, noatime | libc::O_NONBLOCK as u32);
+        assert_eq!(r.ok(), b"hello", "the handle still reads its file");
+    }
 }

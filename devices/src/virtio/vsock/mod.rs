@@ -68,6 +68,8 @@ pub struct Vsock {
     config: [u8; 8],
     queue_sizes: [u16; 3],
     thread: Parked,
+    /// The user the VMM runs as (host peers must be it, or root).
+    owner: u32,
 }
 
 impl Vsock {
@@ -78,6 +80,10 @@ impl Vsock {
         }
         let listener = muxer::bind(&cfg.uds_path)?;
         Ok(Self {
+            // Here, on the builder's thread: activation runs on a vCPU's,
+            // whose filter has no getuid.
+            // SAFETY: getuid has no preconditions.
+            owner: unsafe { libc::getuid() },
             config: cfg.cid.to_le_bytes(),
             cfg,
             listener,
@@ -216,9 +222,14 @@ impl VirtioDevice for Vsock {
             .try_into()
             .map_err(|q: Vec<_>| ActivateError::BadQueues(format!("{} queues, want 3", q.len())))?;
         let listener = self.listener.try_clone()?;
-        let mux = Muxer::new(self.cfg.cid, self.cfg.uds_path.clone(), Some(listener))
-            .map_err(|e| ActivateError::BadQueues(e.to_string()))?
-            .frame_ports(&self.cfg.framed_ports);
+        let mux = Muxer::new(
+            self.cfg.cid,
+            self.cfg.uds_path.clone(),
+            Some(listener),
+            self.owner,
+        )
+        .map_err(|e| ActivateError::BadQueues(e.to_string()))?
+        .frame_ports(&self.cfg.framed_ports);
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let k = kill.try_clone()?;
         for (fd, token) in [

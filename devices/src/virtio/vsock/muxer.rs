@@ -300,8 +300,14 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// A muxer for guest `cid` whose host side is `uds` (`listener` bound to it).
-    pub fn new(cid: u64, uds: PathBuf, listener: Option<UnixListener>) -> Result<Self, MuxerError> {
+    /// A muxer for guest `cid` whose host side is `uds` (`listener` bound to
+    /// it), serving host peers of user `owner` (the VMM's) and root.
+    pub fn new(
+        cid: u64,
+        uds: PathBuf,
+        listener: Option<UnixListener>,
+        owner: u32,
+    ) -> Result<Self, MuxerError> {
         let epoll = Epoll::new()?;
         if let Some(l) = &listener {
             l.set_nonblocking(true)?;
@@ -323,8 +329,7 @@ impl Muxer {
             want_rx: VecDeque::new(),
             next_local: FIRST_LOCAL_PORT,
             framed: Vec::new(),
-            // SAFETY: getuid has no preconditions.
-            owner: unsafe { libc::getuid() },
+            owner,
         })
     }
 

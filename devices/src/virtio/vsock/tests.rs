@@ -181,6 +181,11 @@ impl<'a> Guest<'a> {
     }
 }
 
+fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
 fn mem() -> GuestMemory {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
 }
@@ -206,7 +211,7 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.sock");
     let l = bind(&path).unwrap();
-    let mux = Muxer::new(CID, path.clone(), Some(l)).unwrap();
+    let mux = Muxer::new(CID, path.clone(), Some(l), uid()).unwrap();
     Env {
         _dir: dir,
         path,
@@ -745,7 +750,7 @@ fn read_now(host: &mut UnixStream, into: &mut Vec<u8>) {
 /// A muxer whose host port 52 is framed.
 fn framed_env() -> Env {
     let mut e = env();
-    e.mux = Muxer::new(CID, e.path.clone(), None)
+    e.mux = Muxer::new(CID, e.path.clone(), None, uid())
         .unwrap()
         .frame_ports(&[52]);
     e
@@ -868,7 +873,7 @@ fn framed_traffic_runs_under_the_worker_filter() {
     // of it (the directory is left to the parent to remove).
     let dir = tempfile::tempdir_in(parent).unwrap().keep();
     let path = dir.join("v.sock");
-    let mux = Muxer::new(CID, path.clone(), None)
+    let mux = Muxer::new(CID, path.clone(), None, uid())
         .unwrap()
         .frame_ports(&[52]);
     let mut e = Env {
