@@ -1186,9 +1186,12 @@ impl Drop for FsUid {
 #[test]
 fn the_guests_o_noatime_works_on_files_of_other_users_and_never_closes_a_handle() {
     use std::os::unix::fs::PermissionsExt;
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("this test acts as another user: run it as root (CI does)");
-    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test acts as another user: run it as root (CI does)"
+    );
     let t = tree();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut d = dev(t.path(), true, true);
