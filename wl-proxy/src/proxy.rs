@@ -99,10 +99,16 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The most fds one client can make the proxy hold: its shm pools, what is
 /// queued in each direction (a full queue, plus one `recvmsg` worth read and
 /// not yet passed on, on both sides of the parser) and its two sockets.
+/// Clients share one pool of fds (the fd limit less [`OWN_FDS`]); this is
+/// what one may take of it at most, not what each is set aside.
 pub fn fds_per_client(l: &Limits) -> u64 {
     let queued = 2 * (l.max_buffered_fds + MAX_FDS_PER_SEND) as u64;
     l.max_pools as u64 + 2 * queued + 2
 }
+
+/// Fds a `recvmsg` may bring at once: a client may read only while this
+/// many more fit in the shared pool.
+const RECV_FDS: u64 = MAX_FDS_PER_SEND as u64;
 
 /// Raises this process's `RLIMIT_NOFILE`: both limits to 1,048,576 (or
 /// `fs.nr_open` if lower) where the process may raise its hard limit
@@ -163,6 +169,9 @@ enum End {
     Closed(&'static str),
     /// The client broke a rule: it gets a `wl_display.error`.
     Violation(Violation),
+    /// The shared fd pool has no room for the client's next read: the
+    /// proxy cuts whoever holds the most, then serves it again.
+    Short,
 }
 
 impl From<Violation> for End {
@@ -191,6 +200,8 @@ struct Client {
     up_eof: bool,
     /// Registered epoll events for (down, up); 0 = not registered.
     interest: [u32; 2],
+    /// Fds it held when last counted (in [`Proxy::held`]).
+    held: u64,
 }
 
 /// A validating proxy serving any number of clients on one thread.
@@ -205,9 +216,12 @@ pub struct Proxy {
     serial: u64,
     rx: Receiver<Cmd>,
     handle: Handle,
-    /// The policy's client limit, lowered to what the fd limit can hold
-    /// with every client at its fd budget.
+    /// The policy's client limit.
     max_clients: usize,
+    /// The fds clients may hold together (the fd limit less [`OWN_FDS`]),
+    /// and what they hold now.
+    fd_pool: u64,
+    held: u64,
     /// When a listener taken out after a failed `accept` goes back.
     accept_paused: Option<Instant>,
 }
@@ -224,23 +238,19 @@ impl Proxy {
         )?;
         let (tx, rx) = channel();
         let l = cfg.policy.limits;
-        let fit = fd_limit().saturating_sub(OWN_FDS) / fds_per_client(&l);
-        // (One client at least: alone, it can only exhaust its own fds.)
-        let max_clients = l
-            .max_clients
-            .min(usize::try_from(fit).unwrap_or(usize::MAX))
-            .max(1);
-        if max_clients < l.max_clients {
-            tracing::warn!(
-                "wl-proxy: the fd limit ({}) holds {max_clients} clients at {} fds each, not {}; \
-                 raise it (wl_proxy::proxy::raise_fd_limit) or lower the policy's fd limits",
+        let fd_pool = fd_limit().saturating_sub(OWN_FDS);
+        if fd_pool < fds_per_client(&l) {
+            tracing::info!(
+                "wl-proxy: the fd limit ({}) is below one client's most ({}); clients share it, \
+                 and whoever holds the most is cut off when it runs short",
                 fd_limit(),
                 fds_per_client(&l),
-                l.max_clients
             );
         }
         Ok(Proxy {
-            max_clients,
+            max_clients: l.max_clients,
+            fd_pool,
+            held: 0,
             accept_paused: None,
             tag: cfg.tag.as_deref().map(Arc::from),
             cfg,
@@ -292,6 +302,10 @@ impl Proxy {
                 self.live
             )));
         }
+        // Its two sockets, and room for its first read.
+        if !self.make_room(2 + RECV_FDS, None) {
+            return Err(ProxyError::Refused("the proxy is out of fds".into()));
+        }
         let up = UnixStream::connect(&self.cfg.upstream).map_err(|e| {
             ProxyError::Refused(format!(
                 "cannot reach the compositor at {}: {e}",
@@ -316,6 +330,7 @@ impl Proxy {
             down_eof: false,
             up_eof: false,
             interest: [0, 0],
+            held: 2,
         };
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -326,6 +341,7 @@ impl Proxy {
         };
         self.clients[slot] = Some(c);
         self.live += 1;
+        self.held += 2;
         tracing::debug!(client = self.serial, "wl-proxy: client connected");
         if let Err(e) = self.update_interest(slot) {
             self.remove(slot, Some(End::Closed("epoll refused its socket")));
@@ -405,11 +421,24 @@ impl Proxy {
 
     fn on_event(&mut self, slot: usize, upstream: bool, events: u32) {
         let limits = self.limits();
+        let others = self.held.saturating_sub(self.held_by(slot));
+        let room = self.fd_pool.saturating_sub(others);
         let Some(Some(c)) = self.clients.get_mut(slot) else {
             return;
         };
-        let res = c.service(upstream, events, &limits);
+        let res = c.service(upstream, events, &limits, room);
+        let now = c.fds_held();
+        self.held = others + now;
+        c.held = now;
         match res {
+            Err(End::Short) => {
+                // Whoever holds the most goes (this client, if it is the
+                // one); the others are served on (epoll reports this
+                // client again, level-triggered).
+                if !self.make_room(RECV_FDS, Some(slot)) {
+                    self.remove(slot, Some(End::Violation(Violation::Fds(SHORT))));
+                }
+            }
             Ok(true) => {
                 if let Err(e) = self.update_interest(slot) {
                     warn_limited!("wl-proxy: epoll: {e}");
@@ -503,12 +532,39 @@ impl Proxy {
         Ok(())
     }
 
+    /// The fds client `slot` held when last counted.
+    fn held_by(&self, slot: usize) -> u64 {
+        match self.clients.get(slot) {
+            Some(Some(c)) => c.held,
+            _ => 0,
+        }
+    }
+
+    /// Makes `need` fds free in the shared pool by cutting off whoever
+    /// holds the most, as often as needed; `asking` (the client that needs
+    /// them) is cut only when it holds the most itself, and then false is
+    /// returned. False too when nobody is left to cut.
+    fn make_room(&mut self, need: u64, asking: Option<usize>) -> bool {
+        while self.held + need > self.fd_pool {
+            let hog = (0..self.clients.len())
+                .filter(|&s| self.clients[s].is_some())
+                .max_by_key(|&s| (self.held_by(s), Some(s) == asking));
+            match hog {
+                Some(h) if Some(h) == asking => return false,
+                Some(h) => self.remove(h, Some(End::Violation(Violation::Fds(SHORT)))),
+                None => return false,
+            }
+        }
+        true
+    }
+
     fn remove(&mut self, slot: usize, end: Option<End>) {
         let Some(c) = self.clients.get_mut(slot).and_then(Option::take) else {
             return;
         };
         self.free.push(slot);
         self.live -= 1;
+        self.held = self.held.saturating_sub(c.held);
         for (side, fd) in [(0, c.down.as_raw_fd()), (1, c.up.as_raw_fd())] {
             if c.interest[side] != 0 {
                 let _ = self
@@ -520,6 +576,9 @@ impl Proxy {
             None => info_limited!("wl-proxy: client {} disconnected", c.serial),
             Some(End::Closed(why)) => {
                 info_limited!("wl-proxy: client {} disconnected: {why}", c.serial)
+            }
+            Some(End::Short) => {
+                info_limited!("wl-proxy: client {} disconnected: out of fds", c.serial)
             }
             Some(End::Violation(v)) => {
                 warn_limited!("wl-proxy: client {} disconnected: {v}", c.serial);
@@ -546,7 +605,20 @@ fn epoll_timeout(left: Duration) -> i32 {
         .saturating_add(1)
 }
 
+/// Why a client is cut off when the shared fd pool runs short.
+const SHORT: &str = "holds the most fds while the proxy is short of them";
+
 impl Client {
+    /// The fds the proxy holds for it: its two sockets, its shm pools and
+    /// what is queued either way.
+    fn fds_held(&self) -> u64 {
+        let queued = self.from_client.fds.len()
+            + self.from_server.fds.len()
+            + self.to_server.fd_count()
+            + self.to_client.fd_count();
+        (2 + self.session.pool_count() + queued) as u64
+    }
+
     /// Epoll interest for (client socket, upstream socket).
     fn wanted(&self, l: &Limits) -> [u32; 2] {
         let room = |o: &OutBuf| o.len() < l.max_buffered_bytes && o.fd_count() < l.max_buffered_fds;
@@ -566,13 +638,14 @@ impl Client {
         w
     }
 
-    /// Handles readiness on one side. `Ok(false)` when the client is done.
-    fn service(&mut self, upstream: bool, events: u32, l: &Limits) -> Result<bool, End> {
+    /// Handles readiness on one side, holding at most `room` fds.
+    /// `Ok(false)` when the client is done.
+    fn service(&mut self, upstream: bool, events: u32, l: &Limits, room: u64) -> Result<bool, End> {
         let readable = events
             & (EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP).bits()
             != 0;
         if readable {
-            self.read_side(!upstream, l)?;
+            self.read_side(!upstream, l, room)?;
         }
         if !self.to_server.is_empty() {
             match self.to_server.flush(&self.up) {
@@ -596,9 +669,12 @@ impl Client {
         Ok(true)
     }
 
-    fn read_side(&mut self, from_client: bool, l: &Limits) -> Result<(), End> {
+    fn read_side(&mut self, from_client: bool, l: &Limits, room: u64) -> Result<(), End> {
         let mut tmp = [0u8; 16384];
         loop {
+            if self.fds_held() + RECV_FDS > room {
+                return Err(End::Short);
+            }
             let (sock, inb, out) = if from_client {
                 (&self.down, &mut self.from_client, &self.to_server)
             } else {

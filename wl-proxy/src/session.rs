@@ -184,6 +184,11 @@ impl Session {
         display_error(object, code, &v.to_string())
     }
 
+    /// The shm pools this client holds (an fd each).
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+
     /// Number of objects the client has.
     pub fn object_count(&self) -> usize {
         self.objects.len()

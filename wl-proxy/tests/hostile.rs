@@ -373,3 +373,52 @@ fn one_clients_fd_hoard_does_not_touch_another() {
     let (mut third, _) = registered(&proxy);
     assert!(third.roundtrip().is_some());
 }
+
+/// Round 3, finding 9: the fd budget of round 2 set aside each client's
+/// most (1,394 fds with the default policy), so at the kernel's default
+/// hard limit of 4,096 only 2 clients were admitted. Clients now share the
+/// pool: 200 idle clients get in, hogs that run it short are cut off,
+/// biggest first, and nobody else notices.
+#[test]
+fn two_hundred_clients_share_a_4096_fd_limit_and_hogs_are_cut_first() {
+    let sway = Compositor::sway();
+    let proxy = ProxyProc::start_with_hard_nofile(&sway, "[limits]\nmax_clients = 250\n", 4096);
+    let mut idle: Vec<RawClient> = (0..200).map(|_| registered(&proxy).0).collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert!(c.roundtrip().is_some(), "idle client {i} was refused");
+    }
+    let (_, shown) = registered(&proxy);
+    let (shm_name, _) = find(&shown, "wl_shm");
+    // 16 hogs of 250 pools each: 4,000 fds more than the pool holds.
+    let mut hogs = Vec::new();
+    for _ in 0..16 {
+        let (mut hog, _) = registered(&proxy);
+        let shm = hog.new_id();
+        hog.send(&bind(2, shm_name, "wl_shm", 1, shm), &[]);
+        for _ in 0..250 {
+            let id = hog.new_id();
+            let msg = Writer::new(shm, 0).uint(id).uint(4096).finish();
+            if !hog.send(&msg, &[file_of(4096)]) {
+                break;
+            }
+        }
+        hog.roundtrip();
+        hogs.push(hog);
+    }
+    let mut cut = 0;
+    for h in &mut hogs {
+        if h.roundtrip().is_none() {
+            cut += 1;
+        }
+    }
+    assert!(cut >= 1, "no hog was cut off");
+    assert!(
+        cut < 16,
+        "every hog was cut off: the pool holds most of them"
+    );
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert!(c.roundtrip().is_some(), "idle client {i} was cut off");
+    }
+    let (mut late, _) = registered(&proxy);
+    assert!(late.roundtrip().is_some(), "a new client is refused");
+}

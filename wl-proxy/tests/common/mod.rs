@@ -256,6 +256,32 @@ impl ProxyProc {
         Self::start_with(comp, policy, c)
     }
 
+    /// The proxy with both fd limits at `limit` and no way to raise them
+    /// (CAP_SYS_RESOURCE dropped before exec, should the test run as root
+    /// with it): what a desktop user's proxy has at the kernel's default
+    /// hard limit of 4,096.
+    pub fn start_with_hard_nofile(comp: &Compositor, policy: &str, limit: u64) -> ProxyProc {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(proxy_bin());
+        // SAFETY: setrlimit and prctl are async-signal-safe; the child only
+        // calls them between fork and exec, with plain values.
+        unsafe {
+            c.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // CAP_SYS_RESOURCE (24); EINVAL where capabilities are absent.
+                libc::prctl(libc::PR_CAPBSET_DROP, 24, 0, 0, 0);
+                Ok(())
+            });
+        }
+        Self::start_with(comp, policy, c)
+    }
+
     fn start_with(comp: &Compositor, policy: &str, mut cmd: Command) -> ProxyProc {
         let pol = comp.dir.path().join("policy.toml");
         std::fs::write(&pol, policy).unwrap();
