@@ -8,6 +8,7 @@
 
 mod agent;
 mod bench;
+mod gpu_attack;
 mod power;
 mod shares;
 mod vsock;
@@ -352,6 +353,7 @@ fn main() {
         match args.get(1).map(String::as_str) {
             Some("vsock") => std::process::exit(vsock::main(&args[2..])),
             Some("bench") => std::process::exit(bench::main(&args[2..])),
+            Some("gpu-attack") => std::process::exit(gpu_attack::main(&args[2..])),
             _ => {}
         }
     }

@@ -150,6 +150,14 @@ impl Mapping {
         true
     }
 
+    /// Writes a byte into every page (what makes the host's memory real).
+    pub fn touch(&self) {
+        for off in (0..self.len).step_by(4096) {
+            // SAFETY: `off` lies inside the mapping.
+            unsafe { self.ptr.add(off).write_volatile(1) };
+        }
+    }
+
     /// Reads `out.len()` bytes at `off`.
     pub fn read(&self, off: usize, out: &mut [u8]) -> bool {
         if off.checked_add(out.len()).is_none_or(|e| e > self.len) {
@@ -349,6 +357,17 @@ impl Context {
             e.num_bo_handles = 1;
         }
         ioctl(&self.fd, EXECBUFFER, &mut e)
+    }
+
+    /// Submits raw cross-domain commands (no ring): what the host makes of
+    /// them shows only on its side.
+    pub fn submit_raw(&self, cmd: &[u8]) -> io::Result<()> {
+        self.exec(cmd, None)
+    }
+
+    /// The resource ids of the query and channel rings.
+    pub fn rings(&self) -> (u32, u32) {
+        (self.query.res_handle, self.channel.res_handle)
     }
 
     /// Asks the host for the next channel event (exactly one is outstanding).

@@ -181,7 +181,7 @@ mkdir $d/home
 echo rc1=$?
 {v} --host-root -- sh -c '
 echo sockversion=$(socat -V | grep -c "socat version")
-echo pysha=$(sha256sum /usr/bin/python3.11 | cut -d" " -f1)
+echo pysha=$(sha256sum $(readlink -f $(command -v python3)) | cut -d" " -f1)
 ls /tmp/vmapp-hostroot-marker.* 2>/dev/null; echo hosttmp-rc=$?
 echo x > /usr/vmapp-write-test 2>/dev/null; echo usr-write-rc=$?
 echo home=$HOME pwd=$(pwd)
@@ -190,7 +190,7 @@ ls /proc/1/exe >/dev/null && echo guestproc=$(cat /proc/1/comm)
 foot --version >/dev/null && echo foot=runs
 '
 echo rc2=$?
-echo hostpysha=$(sha256sum /usr/bin/python3.11 | cut -d' ' -f1)
+echo hostpysha=$(sha256sum $(readlink -f $(command -v python3)) | cut -d' ' -f1)
 {v} --host-root --home $d/home -- sh -c 'echo persisted > $HOME/kept; echo guesthome=$(pwd)'
 echo rc3=$?
 echo kept=$(cat $d/home/kept)
@@ -254,6 +254,9 @@ rm -rf $d /tmp/vmapp-hostroot-marker.$$
     assert!(out.lines().any(|l| l == "1"), "python3 printed 1: {all}");
     assert_eq!(value(&out, "rc2="), "0", "{all}");
     assert_eq!(value(&out, "sockversion="), "1", "{all}");
+    // The host's python3 as the guest reads it through the share (a hash
+    // of something: an empty one would match a missing file on both sides).
+    assert_eq!(value(&out, "hostpysha=").len(), 64, "{all}");
     assert_eq!(value(&out, "pysha="), value(&out, "hostpysha="), "{all}");
     assert_ne!(
         value(&out, "hosttmp-rc="),

@@ -22,6 +22,10 @@ const VMM_RSS_MAX_KIB: u64 = 64 << 10;
 /// attacked vmapp may use this many more clock ticks (of 500) while its
 /// guest idles: a busy loop shows as hundreds.
 const IDLE_TICKS_SLACK: u64 = 50;
+/// Most fds the attacked vmapp may hold while its guest attacks the gpu
+/// device (its blobs are fds: at 1 MiB each, half of 256 MiB is 128 of
+/// them; a pipe leaked per SEND would pass this within seconds).
+const GPU_FDS_MAX: u64 = 600;
 
 /// Host helpers: `wait_for TEXT FILE` (gives up when the attacker's vmapp,
 /// `$P`, is gone); `vmpid PATTERN` (the jailed vmapp
@@ -231,25 +235,57 @@ echo @@resets=$n
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo @@disksha=$(head -c 8388608 /dev/vda | sha256sum | cut -c1-64)
 echo @@phase=reset; waitgo 6202
+/init gpu-attack 60 2>&1 | grep '^@@'
+echo @@phase=gpu; waitgo 6203
 "#;
     // A hard fd limit of 8192 makes the share's inode budget small enough
     // to exhaust here: (8192 - 4096) / 3, at least 1024.
     let setup = "mkdir $d/many; (cd $d/many && seq -f f%g 3000 | xargs touch)\n\
         head -c 8M /dev/urandom > $d/disk.img; echo @@imgsha=$(sha256sum < $d/disk.img | cut -c1-64)\n\
+        socat UNIX-LISTEN:$d/wl-host,fork /dev/null & while [ ! -S $d/wl-host ]; do sleep 0.1; done\n\
         ulimit -Hn 8192";
+    // The gpu phase: the peak RSS (reset first) and the most fds while the
+    // guest attacks for 60 s, then how soon the VM is gone after its last
+    // step.
     let host = "wait_for @@phase=full $d/a.out; measure full $P; probe full; go 6201\n\
-        wait_for @@phase=reset $d/a.out; measure reset $P; probe reset; go 6202";
+        wait_for @@phase=reset $d/a.out; measure reset $P; probe reset\n\
+        echo 5 > /proc/$P/clear_refs; echo 0 > $d/fdmax\n\
+        (m=0; while [ -d /proc/$P ] && [ ! -e $d/gpu-done ]; do n=$(ls /proc/$P/fd | wc -l); [ $n -gt $m ] && m=$n && echo $m > $d/fdmax; sleep 1; done) &\n\
+        go 6202\n\
+        wait_for @@phase=gpu $d/a.out; touch $d/gpu-done; echo @@gpu-peak-kib=$(awk '/VmHWM/{print $2}' /proc/$P/status)\n\
+        echo @@gpu-fdmax=$(cat $d/fdmax); measure gpu $P; probe gpu; go 6203; GO_END=$(date +%s)";
     let (out, err) = attack(
-        "--share $d/many:many --disk $d/disk.img",
+        "--share $d/many:many --disk $d/disk.img --wayland=$d/wl-host",
         setup,
         guest,
         host,
-        "",
+        "echo @@poweroff-secs=$(( $(date +%s) - GO_END ))",
     );
     let all = format!("{out}\n{err}");
-    for phase in ["full", "reset"] {
+    for phase in ["full", "reset", "gpu"] {
         check_phase(&out, phase, &all);
     }
+    // A hostile gpu client (issue 29, findings 2-4: INIT twice, read pipes
+    // with ids the host would not assign, host blobs to the cap) for 60 s:
+    // memory under guest RAM + 64 MiB at its peak, a bounded fd count, and
+    // the VM gone within 10 s of its last step.
+    let rounds = value(&out, "@@gpu-rounds=");
+    assert!(!rounds.starts_with('0'), "no gpu round ran: {all}");
+    let peak: u64 = value(&out, "@@gpu-peak-kib=").parse().expect("KiB");
+    assert!(
+        peak <= u64::from(MEM) * 1024 + VMM_RSS_MAX_KIB,
+        "vmapp's peak RSS {peak} KiB under the gpu attack: {all}"
+    );
+    let fdmax: u64 = value(&out, "@@gpu-fdmax=").parse().expect("a count");
+    assert!(
+        fdmax <= GPU_FDS_MAX,
+        "{fdmax} fds under the gpu attack: {all}"
+    );
+    let off: u64 = value(&out, "@@poweroff-secs=").parse().expect("seconds");
+    assert!(
+        off <= 10,
+        "the VM took {off} s to end after the gpu attack: {all}"
+    );
     assert_eq!(value(&out, "@@listed="), "3000", "{all}");
     let errors: u32 = value(&out, "@@cat-errors=").parse().expect("a count");
     assert!(

@@ -368,6 +368,24 @@ pub fn host_flags(flags: u32) -> u32 {
     flags & !(libc::O_NOATIME as u32)
 }
 
+/// `fstatat` of `name` in the directory `dir` (an `O_PATH` fd), not
+/// following a symlink.
+fn stat_at(dir: &OwnedFd, name: &[u8]) -> Option<stat64> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: stat64 is plain data; fstatat fills it.
+    let mut st: stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, C string and out pointer.
+    let r = unsafe {
+        libc::fstatat64(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    (r == 0).then_some(st)
+}
+
 /// Whether open flags ask for write access.
 pub fn open_writes(flags: u32) -> bool {
     let acc = flags & libc::O_ACCMODE as u32;
@@ -816,11 +834,27 @@ impl FileSystem for Share {
                 .inner
                 .readdir(ctx, inode, handle, size, offset, add_entry);
         };
-        // A hidden entry is skipped (its offset still moves the listing on).
+        // A hidden entry is skipped (its offset still moves the listing on):
+        // by name, and, where the view hides what others may not read, by
+        // what the entry is (a listing shows what a lookup would).
         let dir = self.identity(ctx, inode)?;
+        let dirfd = if view.hides_by_mode(dir) {
+            Some(self.reopen(ctx, inode, true)?)
+        } else {
+            None
+        };
         self.inner
             .readdir(ctx, inode, handle, size, offset, &mut |d| {
-                if view.may_look_up(dir, d.name) {
+                let shown = view.may_look_up(dir, d.name)
+                    && (d.name == b"." || d.name == b".." || {
+                        match &dirfd {
+                            Some(fd) => {
+                                stat_at(fd, d.name).is_some_and(|st| view.may_show(dir, &st))
+                            }
+                            None => true,
+                        }
+                    });
+                if shown {
                     add_entry(d)
                 } else {
                     Ok(1)

@@ -733,6 +733,11 @@ fn a_view_shows_only_the_allowed_trees() {
         !names.iter().any(|n| n == "shadow" || n == "machine-id"),
         "{names:?}"
     );
+    // Nor a name the view hides because others may not read it: a listing
+    // shows what a lookup would.
+    assert!(!names.iter().any(|n| n == "ssh_host_key"), "{names:?}");
+    let ssl = walk(&mut d, "etc/ssl").nodeid();
+    assert!(list(&mut d, ssl).is_empty(), "etc/ssl/private is hidden");
     // A link is text the guest resolves in its own tree: the host never
     // follows it.
     let l = walk(&mut d, "usr/bin/to-secret").nodeid();

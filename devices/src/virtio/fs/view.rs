@@ -165,6 +165,12 @@ impl View {
         }
     }
 
+    /// Whether entries of `dir` may be hidden for what they are (their
+    /// mode): inside a tree of a view that hides what others may not read.
+    pub(crate) fn hides_by_mode(&self, dir: Identity) -> bool {
+        self.public_only && !self.ways.contains_key(&dir)
+    }
+
     /// Whether `dir` is a way directory (nothing may be created in it).
     pub(crate) fn is_way(&self, dir: Identity) -> bool {
         self.ways.contains_key(&dir)

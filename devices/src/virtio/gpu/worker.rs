@@ -98,7 +98,7 @@ pub struct Backend {
     /// Live contexts, each with its guard in front of rutabaga.
     contexts: HashMap<u32, ContextGuard>,
     /// Host blobs (host memory rutabaga allocated or the host sent): their
-    /// sizes, and the total, capped at the guest's RAM.
+    /// sizes, and the total, capped at half the guest's RAM.
     host_blobs: HashMap<u32, u64>,
     host_blob_bytes: u64,
     blob_cap: u64,
@@ -148,7 +148,13 @@ impl Backend {
             }]))
             .build()
             .map_err(|e| BackendError::Rutabaga(e.to_string()))?;
-        let blob_cap = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
+        // Half the guest's RAM: with all of its own RAM in use too, a guest
+        // makes the host hold at most 1.5 times what it was given.
+        let blob_cap = mem
+            .iter()
+            .map(vm_memory::GuestMemoryRegion::len)
+            .sum::<u64>()
+            / 2;
         Ok(Self {
             rutabaga: ManuallyDrop::new(rutabaga),
             mem,
@@ -569,7 +575,7 @@ impl Backend {
                 .checked_add(b.size)
                 .is_none_or(|t| t > self.blob_cap)
         {
-            warn_limited!("virtio-gpu: host blobs past the guest's memory; refused");
+            warn_limited!("virtio-gpu: host blobs past half the guest's memory; refused");
             return Err(resp::ERR_OUT_OF_MEMORY);
         }
         let host = iovecs.is_none();
