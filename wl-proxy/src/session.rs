@@ -3,7 +3,7 @@
 //! it is forwarded as is, rewritten, or dropped.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::objects::{Object, ObjectError, Objects, State};
@@ -498,6 +498,9 @@ impl Session {
                     .map_err(|e| up(e.into()))?;
             }
         }
+        for fd in fds.iter().take(msg.fds) {
+            unblock_pipe(fd.as_fd());
+        }
         if msg.destructor {
             // A client id waits for delete_id; a server id is gone now.
             if h.object >= SERVER_ID_START {
@@ -542,6 +545,31 @@ fn id_nonzero(v: Value<'_>) -> bool {
 
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Pipe buffer given to a pipe a client writes into (what a host reader
+/// that falls behind has as slack).
+pub const CLIENT_PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// A pipe the compositor hands a client (the write end of a paste: a host
+/// app reads the other end) is made non-blocking with a larger buffer. The
+/// client is a VM's relay, whose writes happen on the VM's gpu worker: a
+/// host app that never reads must not freeze the VM's every window; one
+/// that falls more than [`CLIENT_PIPE_SIZE`] behind loses the rest of that
+/// paste instead. Other fds are left alone.
+pub fn unblock_pipe(fd: BorrowedFd<'_>) {
+    if !fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO) {
+        return;
+    }
+    // SAFETY: fcntl on an open fd with plain integer arguments; failures
+    // leave it as it was.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, CLIENT_PIPE_SIZE);
+    }
 }
 
 fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {

@@ -341,3 +341,40 @@ fn tables_fit_the_argument_buffer() {
         .unwrap();
     assert!(most <= MAX_ARGS, "{most}");
 }
+
+/// The write end of a paste pipe handed to a client (a VM's relay, whose
+/// writes block the VM's gpu worker) becomes non-blocking with a 1 MiB
+/// buffer; a regular file is left as it was.
+#[test]
+fn pipes_handed_to_clients_never_block_their_writer() {
+    use std::io::Write;
+    use std::os::fd::{AsFd, AsRawFd};
+    let (_r, w) = std::io::pipe().unwrap();
+    unblock_pipe(w.as_fd());
+    // SAFETY: fcntl queries on an open fd.
+    let (fl, size) = unsafe {
+        (
+            libc::fcntl(w.as_raw_fd(), libc::F_GETFL),
+            libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ),
+        )
+    };
+    assert_ne!(fl & libc::O_NONBLOCK, 0);
+    assert_eq!(size, CLIENT_PIPE_SIZE);
+    // Nobody reads: the writer gets WouldBlock past the buffer, not a hang.
+    let mut w = std::fs::File::from(std::os::fd::OwnedFd::from(w));
+    let chunk = vec![0u8; 64 * 1024];
+    let mut wrote = 0;
+    let err = loop {
+        match w.write(&chunk) {
+            Ok(n) => wrote += n,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    assert_eq!(wrote, CLIENT_PIPE_SIZE as usize);
+    let f = tempfile::tempfile().unwrap();
+    unblock_pipe(f.as_fd());
+    // SAFETY: as above.
+    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_NONBLOCK, 0);
+}
