@@ -69,7 +69,7 @@ fn frame(c: &mut Criterion) {
                 s.request(m, &[]).unwrap();
             }
             for m in &evs {
-                s.event(m, &[]).unwrap();
+                s.event(m, &mut []).unwrap();
             }
         })
     });

@@ -57,7 +57,7 @@ pub fn primed_session() -> Session {
             .string(name)
             .uint(*cap)
             .finish();
-        let _ = s.event(&ev, &[]);
+        let _ = s.event(&ev, &mut []);
     }
     s
 }

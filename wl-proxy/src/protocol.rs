@@ -92,6 +92,8 @@ pub struct Known {
     pub shm_pool: IfaceId,
     /// `xdg_toplevel`
     pub xdg_toplevel: IfaceId,
+    /// `wl_keyboard`
+    pub keyboard: IfaceId,
 }
 
 impl Known {
@@ -108,6 +110,7 @@ impl Known {
                 shm: l("wl_shm"),
                 shm_pool: l("wl_shm_pool"),
                 xdg_toplevel: l("xdg_toplevel"),
+                keyboard: l("wl_keyboard"),
             }
         })
     }

@@ -447,7 +447,11 @@ impl Session {
     }
 
     /// Validates one complete event from the compositor.
-    pub fn event(&mut self, buf: &[u8], fds: &[OwnedFd]) -> Result<(Verdict, usize), Violation> {
+    pub fn event(
+        &mut self,
+        buf: &[u8],
+        fds: &mut [OwnedFd],
+    ) -> Result<(Verdict, usize), Violation> {
         let up = |v: Violation| Violation::Upstream(v.to_string());
         let h = wire::header(buf).map_err(|_| Violation::Upstream("bad header".into()))?;
         let obj = self
@@ -479,6 +483,15 @@ impl Session {
             if let [Value::Uint(name)] = vals {
                 if !self.globals.contains_key(name) {
                     verdict = Verdict::Drop;
+                }
+            }
+        } else if obj.iface == k.keyboard && h.opcode == 0 {
+            // keymap(format, fd, size): the client only reads it.
+            if let ([_, _, Value::Uint(size)], Some(fd)) = (vals, fds.first_mut()) {
+                if !read_only(fd.as_fd()) {
+                    *fd = sealed_copy(fd.as_fd(), *size).map_err(|e| {
+                        Violation::Upstream(format!("a writable keymap that cannot be copied: {e}"))
+                    })?;
                 }
             }
         }
@@ -545,6 +558,82 @@ fn id_nonzero(v: Value<'_>) -> bool {
 
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether a client can write through `fd`: opened read-only, or sealed
+/// against writes.
+pub fn read_only(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl queries on an open fd.
+    let (fl, seals) = unsafe {
+        (
+            libc::fcntl(fd.as_raw_fd(), libc::F_GETFL),
+            libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS),
+        )
+    };
+    (fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDONLY)
+        || (seals >= 0 && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0)
+}
+
+/// Largest keymap copied (xkb keymaps are tens of KiB).
+const MAX_KEYMAP: u32 = 16 << 20;
+
+/// The first `size` bytes of `fd` in a new memfd sealed against every
+/// change: what a client gets instead of a keymap it could write (and
+/// with it, a compositor that shares one writable keymap, every other
+/// client's).
+pub fn sealed_copy(fd: BorrowedFd<'_>, size: u32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if size == 0 || size > MAX_KEYMAP {
+        return Err(std::io::Error::other(format!("size {size}")));
+    }
+    let len = size as usize;
+    // SAFETY: a private read-only mapping of `len` bytes of an open fd;
+    // checked below and unmapped before returning.
+    let src = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if src == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let copy = (|| {
+        // SAFETY: a NUL-terminated name and flags.
+        let m = unsafe {
+            libc::memfd_create(
+                c"keymap".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if m < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd nothing else owns.
+        let m = unsafe { OwnedFd::from_raw_fd(m) };
+        let mut f = std::fs::File::from(m);
+        // A file shorter than `size` faults (SIGBUS) past its end: the
+        // mapping is read only as far as the file goes.
+        let have = fstat(fd).map(|st| st.st_size.max(0) as usize)?.min(len);
+        // SAFETY: `have` bytes of the mapping lie inside the file.
+        let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), have) };
+        std::io::Write::write_all(&mut f, bytes)?;
+        std::io::Write::write_all(&mut f, &vec![0; len - have])?;
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our memfd.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from(f))
+    })();
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(src, len) };
+    copy
 }
 
 /// Pipe buffer given to a pipe a client writes into (what a host reader

@@ -15,7 +15,7 @@ fn req(s: &mut Session, m: Vec<u8>) -> Result<Verdict, Violation> {
 }
 
 fn ev(s: &mut Session, m: Vec<u8>) -> Result<Verdict, Violation> {
-    s.event(&m, &[]).map(|(v, _)| v)
+    s.event(&m, &mut []).map(|(v, _)| v)
 }
 
 /// get_registry as id 2, then the compositor offers `globals`.
@@ -377,4 +377,42 @@ fn pipes_handed_to_clients_never_block_their_writer() {
     // SAFETY: as above.
     let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
     assert_eq!(fl & libc::O_NONBLOCK, 0);
+}
+
+/// A keymap the client could write (a compositor that shares one writable
+/// keymap between clients would let one rewrite every other's) reaches it
+/// as a sealed copy; a read-only or sealed one passes as it is.
+#[test]
+fn a_writable_keymap_reaches_the_client_sealed() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(b"xkb_keymap { };").unwrap();
+    let rw = f.as_fd();
+    assert!(!read_only(rw));
+    let copy = sealed_copy(rw, 15).unwrap();
+    assert!(read_only(copy.as_fd()));
+    let mut got = [0u8; 15];
+    let c = std::fs::File::from(copy.try_clone().unwrap());
+    std::os::unix::fs::FileExt::read_exact_at(&c, &mut got, 0).unwrap();
+    assert_eq!(&got, b"xkb_keymap { };");
+    // Writing it fails, through the fd and through a shared mapping.
+    let mut w = std::fs::File::from(copy.try_clone().unwrap());
+    assert!(w.write_all(b"x").is_err());
+    // SAFETY: a shared writable mapping is asked for and must be refused.
+    let m = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            15,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            copy.as_raw_fd(),
+            0,
+        )
+    };
+    assert_eq!(m, libc::MAP_FAILED);
+    // A size past the file reads as zeros, not a fault.
+    assert!(sealed_copy(rw, 4096).is_ok());
+    assert!(sealed_copy(rw, 0).is_err());
+    let ro = std::fs::File::open("/proc/self/exe").unwrap();
+    assert!(read_only(ro.as_fd()));
 }
