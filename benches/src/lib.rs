@@ -8,6 +8,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The process that runs the VM of a VMM started as `pid`: vmapp's jailed
+/// child when `pid` is vmapp with its jail (the parent only waits, with
+/// little memory of its own), else `pid` itself.
+pub fn vm_process(pid: i32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default();
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let own = comm(&pid.to_string());
+    children
+        .split_whitespace()
+        .find(|c| comm(c) == own && own.trim() == "vmapp")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(pid)
+}
+
 /// Memory of a process, from `/proc/PID/smaps`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemSample {
@@ -96,7 +111,7 @@ pub fn run_until_marker(
     });
     let ready = rx.recv_timeout(timeout);
     let mem = match ready {
-        Ok(_) => std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        Ok(_) => std::fs::read_to_string(format!("/proc/{}/smaps", vm_process(pid)))
             .map(|t| parse_smaps(&t, guest_kib))
             .unwrap_or_default(),
         Err(_) => {
