@@ -13,6 +13,7 @@ mod power;
 mod shares;
 mod vsock;
 mod vsock_load;
+mod wget;
 
 use std::ffi::CString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -350,6 +351,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
+        // `/usr/bin/wget` is a link to this binary.
+        if args
+            .first()
+            .is_some_and(|a| a.rsplit('/').next() == Some("wget"))
+        {
+            std::process::exit(wget::main(&args[1..]));
+        }
         match args.get(1).map(String::as_str) {
             Some("vsock") => std::process::exit(vsock::main(&args[2..])),
             Some("bench") => std::process::exit(bench::main(&args[2..])),

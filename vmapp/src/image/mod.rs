@@ -395,6 +395,10 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
         .collect())
 }
 
+/// Where the guest's `wget` lives (a link to `/init`, whose wget survives
+/// `-T`, unlike busybox 1.35's).
+const WGET: &str = "usr/bin/wget";
+
 /// Adds the base directories, `/dev/console`, busybox with its applet links,
 /// and `mods` with a `modules.dep` to an archive.
 pub fn add_base(c: &mut Cpio, tree: &KernelTree, mods: &[Module]) -> Result<(), ImageError> {
@@ -422,11 +426,13 @@ pub fn add_base(c: &mut Cpio, tree: &KernelTree, mods: &[Module]) -> Result<(), 
     let bb = std::fs::read(&tree.busybox).map_err(io_err(tree.busybox.display()))?;
     c.file("bin/busybox", 0o755, &bb);
     for a in busybox_applets(&tree.busybox)? {
-        if a != "bin/busybox" {
+        if a != "bin/busybox" && a != WGET {
             let depth = a.matches('/').count();
             c.symlink(&a, &format!("{}bin/busybox", "../".repeat(depth)));
         }
     }
+    // busybox 1.35's wget crashes on -T: the guest's init has its own.
+    c.symlink(WGET, "../../init");
     let kdir = format!("lib/modules/{}", tree.release);
     c.dir(&kdir);
     let mut dirs: Vec<String> = Vec::new();
