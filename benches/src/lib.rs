@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 /// child when `pid` is vmapp with its jail (the parent only waits, with
 /// little memory of its own), else `pid` itself.
 pub fn vm_process(pid: i32) -> i32 {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
     let own = comm(&pid.to_string());
     children
@@ -349,6 +349,36 @@ pub fn print_table(title: &str, reference: &str, metrics: &[(&str, &str)], resul
     }
 }
 
+/// One row of [`print_table_spread`]: `median (min–max)`.
+pub fn with_spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.1} ({lo:.1}–{hi:.1})", median(v))
+}
+
+/// [`print_table`] with each side's spread over the runs next to its
+/// median: storage with latency varies run to run, and a median alone
+/// hides a slow run of one side.
+pub fn print_table_spread(
+    title: &str,
+    reference: &str,
+    metrics: &[(&str, &str)],
+    results: &Results,
+) {
+    println!("| {title} | vmapp median (min–max) | {reference} median (min–max) | vmapp / QEMU |");
+    println!("|---|---|---|---|");
+    for (j, (_, label)) in metrics.iter().enumerate() {
+        let col = |w: usize| results[w].iter().map(|r| r[j]).collect::<Vec<_>>();
+        let (ours, theirs) = (col(0), col(1));
+        println!(
+            "| {label} | {} | {} | {:.2} |",
+            with_spread(&ours),
+            with_spread(&theirs),
+            median(&ours) / median(&theirs)
+        );
+    }
+}
+
 /// A benchmark binary's exit: the error on stderr, prefixed by its name.
 pub fn exit(tool: &str, r: Result<()>) -> std::process::ExitCode {
     match r {
@@ -399,6 +429,12 @@ mod tests {
         assert!(metric(out, "x").is_err());
         assert!(metric(out, "missing").is_err());
         assert_eq!(hex(&["a", "b"]), "610062");
+    }
+
+    #[test]
+    fn a_spread_shows_the_slowest_and_fastest_run() {
+        assert_eq!(with_spread(&[2.5, 10.8, 2.3]), "2.5 (2.3–10.8)");
+        assert_eq!(with_spread(&[4.0]), "4.0 (4.0–4.0)");
     }
 
     #[test]

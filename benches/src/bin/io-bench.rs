@@ -338,7 +338,7 @@ fn run() -> Result<()> {
             a.runs,
             a.mib
         );
-        benches::print_table(&title, "QEMU microvm", &metrics, &results);
+        benches::print_table_spread(&title, "QEMU microvm", &metrics, &results);
         println!();
     }
     let _ = std::fs::remove_dir_all(&root);
