@@ -100,11 +100,14 @@ pub enum ThreadKind {
     /// passes stop signals on, then stops the helpers and removes the
     /// runtime directory.
     JailParent,
+    /// vmapp's network helper relay: outside the jail, passes the jailed
+    /// side's one-byte requests to the (unfiltered) process that runs passt.
+    NetHelper,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 13] = [
+    pub const ALL: [ThreadKind; 14] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::ConsoleIn,
@@ -118,6 +121,7 @@ impl ThreadKind {
         ThreadKind::WlProxyHelper,
         ThreadKind::AudioProxy,
         ThreadKind::JailParent,
+        ThreadKind::NetHelper,
     ];
 
     /// Its key in the JSON.
@@ -136,6 +140,7 @@ impl ThreadKind {
             ThreadKind::WlProxyHelper => "wl_proxy_helper",
             ThreadKind::AudioProxy => "audio_proxy",
             ThreadKind::JailParent => "jail_parent",
+            ThreadKind::NetHelper => "net_helper",
         }
     }
 

@@ -251,11 +251,109 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     }
     // SAFETY: fd 3 is open (checked above) and was handed to us; we own it.
     let stream = unsafe { UnixStream::from_raw_fd(HELPER_FD) };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut net = Network::new(cfg, &uds);
+    // The helper takes requests from the jailed side, outside the jail: the
+    // process that reads them (the relay) runs under a seccomp filter of its
+    // own and passes on only well-formed one-byte requests; passt is
+    // started and stopped by a child of it without a filter (passt inherits
+    // none), which only ever hears from the relay.
+    let (relay_end, launcher_end) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmapp {HELPER_ARG}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: this process has one thread (it was just exec'd to be this
+    // helper), so the child may run any code.
+    match unsafe { libc::fork() } {
+        0 => {
+            drop((stream, relay_end));
+            serve(&launcher_end, Network::new(cfg, &uds));
+            ExitCode::SUCCESS
+        }
+        pid if pid > 0 => {
+            drop(launcher_end);
+            let code = relay(&stream, &relay_end);
+            drop(relay_end);
+            let mut st = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            code
+        }
+        _ => {
+            eprintln!(
+                "vmapp {HELPER_ARG}: fork: {}",
+                std::io::Error::last_os_error()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Longest answer the relay passes back (the launcher's lines are short).
+const MAX_ANSWER: usize = 4096;
+
+/// The relay: under its filter, passes each request byte that is one of
+/// `1`, `0`, `?` from the jailed side (`from`) to the launcher and the
+/// launcher's answer line back; anything else is answered with an error
+/// here. Ends when either side closes.
+fn relay(from: &UnixStream, launcher: &UnixStream) -> ExitCode {
+    if let Err(e) = seccomp_policies::install_default(seccomp_policies::ThreadKind::NetHelper) {
+        eprintln!("vmapp {HELPER_ARG}: {e}");
+        return ExitCode::from(2);
+    }
+    relay_loop(from, launcher);
+    ExitCode::SUCCESS
+}
+
+/// [`relay`]'s loop, without the filter.
+fn relay_loop(from: &UnixStream, launcher: &UnixStream) {
     let mut byte = [0u8; 1];
     loop {
-        match (&stream).read(&mut byte) {
+        match (&*from).read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) if matches!(byte[0], b'0' | b'1' | b'?') => {
+                let answer = (&*launcher)
+                    .write_all(&byte)
+                    .and_then(|()| read_answer(launcher));
+                match answer {
+                    Ok(a) if (&*from).write_all(&a).is_ok() => {}
+                    _ => return,
+                }
+            }
+            Ok(_) => {
+                if (&*from).write_all(b"error: unknown request\n").is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// One answer line from the launcher (at most [`MAX_ANSWER`] bytes).
+fn read_answer(launcher: &UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < MAX_ANSWER {
+        if (&*launcher).read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.push(b[0]);
+        if b[0] == b'\n' {
+            return Ok(line);
+        }
+    }
+    Err(std::io::Error::other("answer too long"))
+}
+
+/// The launcher: owns the network (passt), serves the relay's requests.
+fn serve(stream: &UnixStream, mut net: Network) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut byte = [0u8; 1];
+    loop {
+        match (&*stream).read(&mut byte) {
             Ok(0) => break,
             Ok(_) => {
                 let r = match byte[0] {
@@ -269,7 +367,7 @@ pub fn helper_main(args: &[String]) -> ExitCode {
                     Ok(()) => "off\n".to_string(),
                     Err(e) => format!("error: {e}\n"),
                 };
-                if (&stream).write_all(answer.as_bytes()).is_err() {
+                if (&*stream).write_all(answer.as_bytes()).is_err() {
                     break;
                 }
             }
@@ -286,8 +384,6 @@ pub fn helper_main(args: &[String]) -> ExitCode {
             Err(_) => break,
         }
     }
-    drop(net);
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -361,6 +457,34 @@ mod tests {
         peer.write_all(b"on\n").unwrap();
         let e = s.set(None).unwrap_err();
         assert!(e.to_string().contains("stopped answering"), "{e}");
+    }
+
+    #[test]
+    fn the_relay_passes_on_only_requests_and_their_answers() {
+        let (mut jailed, from) = UnixStream::pair().unwrap();
+        let (launcher, mut theirs) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || relay_loop(&from, &launcher));
+        // Garbage is answered by the relay itself; the launcher sees none.
+        jailed.write_all(b"x").unwrap();
+        let mut line = [0u8; 23];
+        jailed.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"error: unknown request\n");
+        jailed.write_all(b"1").unwrap();
+        let mut b = [0u8; 1];
+        theirs.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"1", "the first byte the launcher sees is the request");
+        theirs.write_all(b"on\n").unwrap();
+        let mut on = [0u8; 3];
+        jailed.read_exact(&mut on).unwrap();
+        assert_eq!(&on, b"on\n");
+        // An answer that never ends is cut off, not relayed for ever.
+        jailed.write_all(b"?").unwrap();
+        theirs.read_exact(&mut b).unwrap();
+        theirs.write_all(&[b'a'; MAX_ANSWER + 10]).unwrap();
+        t.join().unwrap();
+        let mut rest = Vec::new();
+        jailed.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing of the overlong answer passed");
     }
 
     #[test]
