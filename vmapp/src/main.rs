@@ -926,9 +926,12 @@ fn start_network(
 /// ended; `None` in the child, which goes on to run the VM.
 fn enter_jail(
     spec: &vmapp::jail::Spec,
+    seccomp: seccomp_policies::Mode,
     proxy: &mut Option<ProxyProcess>,
     tmp: &mut Option<RuntimeDir>,
 ) -> anyhow::Result<Option<ExitCode>> {
+    // The jail's parent filters itself in this mode.
+    seccomp_policies::set_default_mode(seccomp);
     match vmapp::jail::enter(spec)? {
         vmapp::jail::Side::Parent(code) => Ok(Some(ExitCode::from(code))),
         // The parent stops this VM's wl-proxy and removes the runtime
@@ -950,11 +953,32 @@ fn launch_jail_spec(
     initramfs: Option<&std::path::Path>,
     disks: &[DiskConfig],
     shares: &[ShareConfig],
-) -> vmapp::jail::Spec {
+) -> anyhow::Result<vmapp::jail::Spec> {
+    if let Some(v) = &a.vsock {
+        vmapp::jail::check_vsock_dir(v)?;
+    }
     let vsock_dir = a.vsock.as_ref().and_then(|v| v.parent());
     let runtime = [t.path()].into_iter().chain(vsock_dir).map(PathBuf::from);
     let scratch = t.path().join("jail");
-    jail_spec(kernel, initramfs, disks, shares, runtime.collect(), scratch)
+    Ok(jail_spec(
+        kernel,
+        initramfs,
+        disks,
+        shares,
+        runtime.collect(),
+        scratch,
+    ))
+}
+
+/// The VM's runtime directory: an app's always (its lock says the app
+/// runs); another VM's when something needs a socket or the jail a scratch
+/// place (`needed`).
+fn runtime_dir(app_dir: Option<RuntimeDir>, needed: bool) -> anyhow::Result<Option<RuntimeDir>> {
+    Ok(match app_dir {
+        Some(d) => Some(d),
+        None if needed => Some(RuntimeDir::temp()?),
+        None => None,
+    })
 }
 
 fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
@@ -989,22 +1013,13 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
     for w in words {
         b = b.append_cmdline(&w);
     }
-    // An app's directory always (its lock says the app runs); another VM's
-    // when something needs a socket or the jail a scratch place.
-    let mut tmp = match app_dir {
-        Some(d) => Some(d),
-        None if agent || want_wayland || jailed || a.net || (default_guest && a.audio != "off") => {
-            Some(RuntimeDir::temp()?)
-        }
-        None => None,
-    };
-    if let Some(v) = a.vsock.as_deref().filter(|_| jailed) {
-        vmapp::jail::check_vsock_dir(v)?;
-    }
+    let needs_dir = agent || want_wayland || jailed || a.net || (default_guest && a.audio != "off");
+    let mut tmp = runtime_dir(app_dir, needs_dir)?;
     let jail = tmp
         .as_ref()
         .filter(|_| jailed)
-        .map(|t| launch_jail_spec(&a, t, &kernel, initramfs.as_deref(), &disks, &shares));
+        .map(|t| launch_jail_spec(&a, t, &kernel, initramfs.as_deref(), &disks, &shares))
+        .transpose()?;
     b = disks.into_iter().fold(b, VmBuilder::disk);
     b = shares.into_iter().fold(b, VmBuilder::share);
     let runtime = tmp.as_ref().map(|t| t.path());
@@ -1025,9 +1040,7 @@ fn launch(a: Launch, start: Instant) -> anyhow::Result<ExitCode> {
         // Bad input and an unusable KVM are reported from here, where the
         // host can be looked at (/sys for a PVM host, for one).
         b = b.check()?;
-        // The jail's parent filters itself in this mode.
-        seccomp_policies::set_default_mode(a.seccomp);
-        if let Some(code) = enter_jail(spec, &mut proxy, &mut tmp)? {
+        if let Some(code) = enter_jail(spec, a.seccomp, &mut proxy, &mut tmp)? {
             // The switches' copies first: the helpers then see their end.
             drop((host, ctl));
             drop((helper, proxy, audio, tmp));
