@@ -23,3 +23,35 @@ fn wl_relay_corpus_replays() {
     }
     assert!(n >= 1);
 }
+
+/// The whole-session harness over its corpus and seeds: the window seed (a
+/// pool, a buffer, a surface committed) is taken record by record to its
+/// end, and a pool that claims more than its file holds is refused (the
+/// relay would read past the file: SIGBUS), not mapped.
+#[test]
+fn wl_relay_session_corpus_replays() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    for dir in ["corpus", "seeds"] {
+        let Ok(rd) = std::fs::read_dir(fuzz.join(dir).join("wl_relay_session")) else {
+            assert_eq!(dir, "corpus", "the seeds are missing");
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let d = std::fs::read(&p).unwrap();
+            let taken = sommelier_guest::relay::fuzz::session(&d);
+            if p.ends_with("seeds/wl_relay_session/shm_window") {
+                assert_eq!(taken, 8, "every record of the seed is taken");
+                // The same window with a pool of 1 MiB in a 64 KiB file.
+                let big = d
+                    .windows(8)
+                    .position(|w| w == [4, 0, 0, 0, 0, 0x10, 0, 0])
+                    .expect("create_pool(4, fd, 4096) in the seed");
+                let mut bad = d.clone();
+                bad[big + 4..big + 8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+                let taken = sommelier_guest::relay::fuzz::session(&bad);
+                assert!(taken < 8, "a pool bigger than its file was taken");
+            }
+        }
+    }
+}

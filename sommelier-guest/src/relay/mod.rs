@@ -14,6 +14,7 @@
 //! that breaks the protocol, or sends an fd the relay cannot carry, is
 //! disconnected (its context closes, so its host connection and windows go).
 
+pub mod fuzz;
 pub mod session;
 pub mod virtgpu;
 

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use wl_proxy::protocol::{self, ArgKind, IfaceId, Message};
 use wl_proxy::wire::{self, Value, WireError, HEADER};
 
-use super::virtgpu::{self, id_type, xd, Bo, Context, Mapping};
+use super::virtgpu::{self, id_type, xd, Bo, Context, Host, Mapping};
 use super::{recv_with_fds, send_with_fds};
 
 /// Why a session ends.
@@ -317,8 +317,8 @@ struct ReadPipe {
 const MAX_PIPE_BUFFER: usize = 16 << 20;
 
 /// One client and its context.
-pub struct Session {
-    ctx: Context,
+pub struct Session<H: Host = Context> {
+    ctx: H,
     client: UnixStream,
     t: Tracker,
     cin: Vec<u8>,
@@ -337,9 +337,9 @@ pub struct Session {
     batch_ids: Vec<(u32, u32)>,
 }
 
-impl Session {
+impl<H: Host> Session<H> {
     /// A session for `client` over `ctx`.
-    pub fn new(ctx: Context, client: UnixStream) -> Self {
+    pub fn new(ctx: H, client: UnixStream) -> Self {
         Session {
             ctx,
             client,
@@ -359,6 +359,28 @@ impl Session {
             batch: Vec::new(),
             batch_ids: Vec::new(),
         }
+    }
+
+    /// Requests as if the client had sent them, with `fds` (the fuzz
+    /// harness).
+    pub(crate) fn client_input(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), RelayError> {
+        self.cin.extend_from_slice(bytes);
+        self.cfds.extend(fds);
+        self.client_bytes()
+    }
+
+    /// A channel event as if the host had sent it (the fuzz harness).
+    pub(crate) fn host_input(&mut self, ev: &[u8]) -> Result<(), RelayError> {
+        self.host_event(ev)
+    }
+
+    /// Releases every host blob (the fuzz harness's end of a run).
+    pub(crate) fn end(&mut self) {
+        self.teardown();
     }
 
     /// Relays until either side ends.
@@ -633,6 +655,7 @@ impl Session {
         if size <= 0 {
             return Err(RelayError::Protocol("pool size".into()));
         }
+        file_holds(&fd, size)?;
         let size = size as u64;
         // Room to grow: clients (cursor themes) resize pools.
         let capacity = size
@@ -683,6 +706,7 @@ impl Session {
                 pool.capacity
             )));
         }
+        file_holds(&pool.client_fd, size)?;
         pool.guest = Mapping::of_file(&pool.client_fd, size as usize)?;
         Ok(())
     }
@@ -869,6 +893,26 @@ impl Session {
             self.read_pipes.remove(&id);
         }
     }
+}
+
+/// A client's pool file must hold the size it claims: the relay reads the
+/// mapping, and a page past the file's end is a SIGBUS.
+fn file_holds(fd: &OwnedFd, size: i32) -> Result<(), RelayError> {
+    // SAFETY: fstat on a valid fd with a zeroed out-struct.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        st
+    };
+    if st.st_size < i64::from(size) {
+        return Err(RelayError::Protocol(format!(
+            "a pool of {size} bytes in a file of {}",
+            st.st_size
+        )));
+    }
+    Ok(())
 }
 
 fn is_pipe_write_end(fd: &OwnedFd) -> bool {

@@ -120,6 +120,26 @@ impl Mapping {
         Ok(Mapping { ptr: p.cast(), len })
     }
 
+    /// `len` bytes of fresh anonymous shared memory (a stand-in for a host
+    /// blob where there is no device: the relay's fuzz harness).
+    pub fn anonymous(len: usize) -> io::Result<Self> {
+        // SAFETY: a new anonymous shared mapping; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: p.cast(), len })
+    }
+
     /// Maps `len` bytes of a client's file (its wl_shm pool) read-only.
     pub fn of_file(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
         Self::new(fd, 0, len, false)
@@ -519,6 +539,59 @@ impl Drop for Context {
         // context and the host connection).
         self.query.map = None;
         self.channel.map = None;
+    }
+}
+
+/// What the relay needs of the host side: [`Context`], the device's
+/// cross-domain context; the relay's fuzz harness has a stand-in.
+pub trait Host {
+    /// The fd to poll for channel events.
+    fn fd(&self) -> &File;
+    /// Takes the channel event, if one came.
+    fn take_event(&self, out: &mut Vec<u8>) -> io::Result<bool>;
+    /// Asks for the next channel event.
+    fn poll(&self) -> io::Result<()>;
+    /// Sends bytes and identifiers to the host socket.
+    fn send(&self, data: &[u8], ids: &[(u32, u32)]) -> io::Result<()>;
+    /// Sends data for a host pipe.
+    fn write_pipe(&self, id: u32, data: &[u8], hang_up: bool) -> io::Result<()>;
+    /// The id the host expects for the next read pipe.
+    fn next_read_pipe_id(&mut self) -> u32;
+    /// Host memory requirements of a linear buffer.
+    fn requirements(&self, size: u32) -> io::Result<Requirements>;
+    /// A host-visible blob, mapped here.
+    fn host_blob(&self, blob_id: u32, size: u64, writable: bool) -> io::Result<Bo>;
+    /// Releases a blob.
+    fn close(&self, bo: Bo);
+}
+
+impl Host for Context {
+    fn fd(&self) -> &File {
+        Context::fd(self)
+    }
+    fn take_event(&self, out: &mut Vec<u8>) -> io::Result<bool> {
+        Context::take_event(self, out)
+    }
+    fn poll(&self) -> io::Result<()> {
+        Context::poll(self)
+    }
+    fn send(&self, data: &[u8], ids: &[(u32, u32)]) -> io::Result<()> {
+        Context::send(self, data, ids)
+    }
+    fn write_pipe(&self, id: u32, data: &[u8], hang_up: bool) -> io::Result<()> {
+        Context::write_pipe(self, id, data, hang_up)
+    }
+    fn next_read_pipe_id(&mut self) -> u32 {
+        Context::next_read_pipe_id(self)
+    }
+    fn requirements(&self, size: u32) -> io::Result<Requirements> {
+        Context::requirements(self, size)
+    }
+    fn host_blob(&self, blob_id: u32, size: u64, writable: bool) -> io::Result<Bo> {
+        Context::host_blob(self, blob_id, size, writable)
+    }
+    fn close(&self, bo: Bo) {
+        Context::close(self, bo)
     }
 }
 
