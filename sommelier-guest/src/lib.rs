@@ -9,3 +9,8 @@ pub mod procstat;
 pub mod proto;
 pub mod relay;
 pub mod vsock_socket;
+
+/// What the default guest's busybox calls its wget applet: renamed (see
+/// vmapp's image builder) so that the shell runs `/usr/bin/wget`, the
+/// guest init's own, which survives `-T`.
+pub const BUSYBOX_WGET: &str = "wgez";

@@ -177,7 +177,7 @@ pub fn main(argv: &[String]) -> i32 {
     let Some((host, port, path)) = target else {
         // Not ours: busybox's applet, without the option it crashes on.
         let e = std::process::Command::new("/bin/busybox")
-            .arg("wget")
+            .arg(sommelier_guest::BUSYBOX_WGET)
             .args(&a.rest)
             .status();
         return e.ok().and_then(|s| s.code()).unwrap_or(1);

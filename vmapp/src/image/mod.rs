@@ -399,6 +399,32 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
 /// `-T`, unlike busybox 1.35's).
 const WGET: &str = "usr/bin/wget";
 
+/// busybox with its `wget` applet renamed to
+/// [`sommelier_guest::BUSYBOX_WGET`]: Debian's static busybox runs its own
+/// applets before looking at `PATH` (`sh -c 'wget …'` would never reach
+/// [`WGET`]), and its wget crashes on `-T`. The applet names are one sorted,
+/// NUL-separated table; the new name sorts in the same place. Left as it is
+/// (with a warning) if the name is not there exactly once.
+fn without_wget_applet(mut bb: Vec<u8>) -> Vec<u8> {
+    let (from, to) = (
+        b"\0wget\0",
+        format!("\0{}\0", sommelier_guest::BUSYBOX_WGET),
+    );
+    let at: Vec<usize> = bb
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| w == from)
+        .map(|(i, _)| i)
+        .collect();
+    match at.as_slice() {
+        [i] if to.len() == from.len() => bb[*i..*i + from.len()].copy_from_slice(to.as_bytes()),
+        _ => tracing::warn!(
+            "busybox: no single wget applet to rename; the guest's wget is busybox's"
+        ),
+    }
+    bb
+}
+
 /// Adds the base directories, `/dev/console`, busybox with its applet links,
 /// and `mods` with a `modules.dep` to an archive.
 pub fn add_base(c: &mut Cpio, tree: &KernelTree, mods: &[Module]) -> Result<(), ImageError> {
@@ -424,7 +450,7 @@ pub fn add_base(c: &mut Cpio, tree: &KernelTree, mods: &[Module]) -> Result<(), 
     c.char_dev("dev/console", 0o600, 5, 1);
     c.char_dev("dev/null", 0o666, 1, 3);
     let bb = std::fs::read(&tree.busybox).map_err(io_err(tree.busybox.display()))?;
-    c.file("bin/busybox", 0o755, &bb);
+    c.file("bin/busybox", 0o755, &without_wget_applet(bb));
     for a in busybox_applets(&tree.busybox)? {
         if a != "bin/busybox" && a != WGET {
             let depth = a.matches('/').count();
@@ -608,6 +634,23 @@ pub fn prepare(cache: &Path, init: &Path, refresh: bool) -> Result<GuestImage, I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busybox_loses_its_wget_applet_name_and_nothing_else() {
+        let table = b"\0wc\0wget\0which\0".to_vec();
+        let mut bb = b"ELF...".to_vec();
+        bb.extend(&table);
+        bb.extend(b"usage: wget");
+        let out = without_wget_applet(bb.clone());
+        assert_eq!(out.len(), bb.len());
+        let s = String::from_utf8_lossy(&out);
+        assert!(s.contains("\0wc\0wgez\0which\0"), "{s:?}");
+        assert!(s.ends_with("usage: wget"), "only the table entry changes");
+        // Twice (or not at all): left alone.
+        let mut twice = bb.clone();
+        twice.extend(&table);
+        assert_eq!(without_wget_applet(twice.clone()), twice);
+    }
 
     #[test]
     fn control_fields() {

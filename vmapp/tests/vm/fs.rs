@@ -179,9 +179,12 @@ echo host-tmp-file > /tmp/vmapp-hostroot-marker.$$
 mkdir $d/home
 {v} --host-root -- python3 -c 'print(1)'
 echo rc1=$?
-{v} --host-root -- sh -c '
+# The host's python3 (resolved here: the guest's PATH may differ), as the
+# guest reads it through the share.
+PY=$(readlink -f $(command -v python3))
+{v} --host-root --env PY=$PY -- sh -c '
 echo sockversion=$(socat -V | grep -c "socat version")
-echo pysha=$(sha256sum $(readlink -f $(command -v python3)) | cut -d" " -f1)
+echo pysha=$(sha256sum $PY | cut -d" " -f1)
 ls /tmp/vmapp-hostroot-marker.* 2>/dev/null; echo hosttmp-rc=$?
 echo x > /usr/vmapp-write-test 2>/dev/null; echo usr-write-rc=$?
 echo home=$HOME pwd=$(pwd)
@@ -190,7 +193,7 @@ ls /proc/1/exe >/dev/null && echo guestproc=$(cat /proc/1/comm)
 foot --version >/dev/null && echo foot=runs
 '
 echo rc2=$?
-echo hostpysha=$(sha256sum $(readlink -f $(command -v python3)) | cut -d' ' -f1)
+echo hostpysha=$(sha256sum $PY | cut -d' ' -f1)
 {v} --host-root --home $d/home -- sh -c 'echo persisted > $HOME/kept; echo guesthome=$(pwd)'
 echo rc3=$?
 echo kept=$(cat $d/home/kept)

@@ -74,6 +74,9 @@ struct Mapping {
     offset: u64,
     size: u64,
     handle: u32,
+    /// Where the blob is mapped in this process (what the guest's window
+    /// maps too).
+    ptr: usize,
 }
 
 /// What handling one command produced.
@@ -97,10 +100,13 @@ pub struct Backend {
     resources: HashSet<u32>,
     /// Live contexts, each with its guard in front of rutabaga.
     contexts: HashMap<u32, ContextGuard>,
-    /// Host blobs (host memory rutabaga allocated or the host sent): their
-    /// sizes, and the total, capped at half the guest's RAM.
+    /// Host blobs (host memory rutabaga allocated or the host sent), each
+    /// with the bytes the guest had made real when it last unmapped it.
+    /// Blobs are sparse and honest clients declare large ones (foot: a
+    /// 512 MiB pool): what is capped, at half the guest's RAM, is what the
+    /// guest has touched (resident pages of mapped blobs, and what unmapped
+    /// ones kept), checked before each new blob and mapping.
     host_blobs: HashMap<u32, u64>,
-    host_blob_bytes: u64,
     blob_cap: u64,
     /// The last fence created on each ring: a ring's fences must increase
     /// (rutabaga queues a job per ring-1 fence, released only by host data).
@@ -164,7 +170,6 @@ impl Backend {
             resources: HashSet::new(),
             contexts: HashMap::new(),
             host_blobs: HashMap::new(),
-            host_blob_bytes: 0,
             blob_cap,
             ring_fences: HashMap::new(),
             completions,
@@ -455,9 +460,7 @@ impl Backend {
         // Never free memory the guest can still reach: the slot goes first.
         self.remove_mapping(id)?;
         self.resources.remove(&id);
-        if let Some(size) = self.host_blobs.remove(&id) {
-            self.host_blob_bytes -= size;
-        }
+        self.host_blobs.remove(&id);
         self.rutabaga
             .unref_resource(id)
             .map_err(|_| resp::ERR_INVALID_RESOURCE_ID)
@@ -569,13 +572,7 @@ impl Backend {
             if total.is_none_or(|t| t < b.size) {
                 return Err(resp::ERR_INVALID_PARAMETER);
             }
-        } else if self.host_blobs.len() >= MAX_HOST_BLOBS
-            || self
-                .host_blob_bytes
-                .checked_add(b.size)
-                .is_none_or(|t| t > self.blob_cap)
-        {
-            warn_limited!("virtio-gpu: host blobs past half the guest's memory; refused");
+        } else if self.host_blobs.len() >= MAX_HOST_BLOBS || self.blobs_full() {
             return Err(resp::ERR_OUT_OF_MEMORY);
         }
         let host = iovecs.is_none();
@@ -593,8 +590,7 @@ impl Backend {
             })?;
         self.resources.insert(b.resource_id);
         if host {
-            self.host_blobs.insert(b.resource_id, b.size);
-            self.host_blob_bytes += b.size;
+            self.host_blobs.insert(b.resource_id, 0);
         }
         Ok(())
     }
@@ -645,6 +641,9 @@ impl Backend {
         if self.maps.contains_key(&id) || !offset.is_multiple_of(PAGE) {
             return Err(resp::ERR_INVALID_PARAMETER);
         }
+        if self.host_blobs.contains_key(&id) && self.blobs_full() {
+            return Err(resp::ERR_OUT_OF_MEMORY);
+        }
         let info = self
             .rutabaga
             .map_info(id)
@@ -674,6 +673,7 @@ impl Backend {
                         offset,
                         size: m.size,
                         handle,
+                        ptr: m.ptr as usize,
                     },
                 );
                 Ok(info & 0x0f)
@@ -686,11 +686,32 @@ impl Backend {
         }
     }
 
+    /// Whether the guest has made as much host blob memory real as it may:
+    /// what unmapped blobs kept plus what mapped ones hold now.
+    fn blobs_full(&self) -> bool {
+        let mut total = 0u64;
+        for (id, kept) in &self.host_blobs {
+            total += match self.maps.get(id) {
+                Some(m) => resident(m.ptr, m.size),
+                None => *kept,
+            };
+        }
+        let full = total >= self.blob_cap;
+        if full {
+            warn_limited!("virtio-gpu: host blobs hold half the guest's memory; refused");
+        }
+        full
+    }
+
     /// Removes the guest mapping of `id` (if any), then rutabaga's.
     fn remove_mapping(&mut self, id: u32) -> Result<(), u32> {
         let Some(m) = self.maps.get(&id) else {
             return Ok(());
         };
+        // What the guest made real stays with the blob once unmapped.
+        if let Some(kept) = self.host_blobs.get_mut(&id) {
+            *kept = (*kept).max(resident(m.ptr, m.size));
+        }
         if let Err(e) = self.shm.mapper.unmap(m.handle) {
             // The guest can still reach the memory: keep it alive.
             warn_limited!("virtio-gpu: blob {id}: guest unmapping failed: {e}");
@@ -743,6 +764,21 @@ impl Answer {
             fence: None,
         }
     }
+}
+
+/// Bytes of `len` at `ptr` (a mapping of a blob) that are resident
+/// (`mincore`): for a shared-memory blob, the pages anyone made real.
+fn resident(ptr: usize, len: u64) -> u64 {
+    let pages = len.div_ceil(PAGE) as usize;
+    let mut v = vec![0u8; pages];
+    // SAFETY: `ptr` is the start of a live mapping of `len` bytes (held in
+    // `maps` until unmapped); mincore writes one byte per page into `v`.
+    let r = unsafe { libc::mincore(ptr as *mut libc::c_void, len as usize, v.as_mut_ptr()) };
+    if r != 0 {
+        // Unknown: counted as all of it.
+        return len;
+    }
+    v.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE
 }
 
 /// `virtio_gpu_resp_display_info` body: scanout 0 present but disabled.
