@@ -179,9 +179,10 @@ echo host-tmp-file > /tmp/vmapp-hostroot-marker.$$
 mkdir $d/home
 {v} --host-root -- python3 -c 'print(1)'
 echo rc1=$?
-# The host's python3 (resolved here: the guest's PATH may differ), as the
+# The distribution's python3 (the package .ci/run installs; PATH may put
+# another first, in a home the guest does not see), resolved here, as the
 # guest reads it through the share.
-PY=$(readlink -f $(command -v python3))
+PY=$(readlink -f /usr/bin/python3)
 {v} --host-root --env PY=$PY -- sh -c '
 echo sockversion=$(socat -V | grep -c "socat version")
 echo pysha=$(sha256sum $PY | cut -d" " -f1)
