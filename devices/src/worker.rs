@@ -87,6 +87,7 @@ impl Parked {
 
     /// Runs `job` on the worker (after the previous one has been waited for).
     pub fn start(&mut self, job: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
+        self.recover();
         if self.stuck {
             return Err(WorkerError::Stuck);
         }
@@ -121,6 +122,7 @@ impl Parked {
 
     /// [`stop`](Self::stop) with another deadline.
     pub fn stop_within(&mut self, deadline: Duration) -> bool {
+        self.recover();
         if let Some(k) = self.kill.take() {
             let _ = k.write(1);
             if self.busy && !self.stuck {
@@ -136,6 +138,15 @@ impl Parked {
             }
         }
         !self.stuck
+    }
+
+    /// A job given up as stuck that has ended since (a slow one, not a
+    /// wedged one) gives the thread back.
+    fn recover(&mut self) {
+        if self.stuck && self.done.try_recv().is_ok() {
+            self.stuck = false;
+            self.busy = false;
+        }
     }
 
     /// Waits until the running job (if any) has returned (never for a
@@ -206,6 +217,17 @@ mod tests {
             t.elapsed() < Duration::from_secs(1),
             "drop does not join it"
         );
+        // A slow job (not a wedged one) that ends after its deadline gives
+        // the thread back.
+        let mut p = Parked::spawn("test-slow", ThreadKind::VirtioBlk).unwrap();
+        let kill = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        p.serve(kill, || std::thread::sleep(Duration::from_millis(300)))
+            .unwrap();
+        assert!(!p.stop_within(Duration::from_millis(50)), "late");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(p.stop(), "recovered once it ended");
+        p.start(|| ()).unwrap();
+        p.wait();
         // A loop that does stop is waited for.
         let mut p = Parked::spawn("test-stops", ThreadKind::VirtioBlk).unwrap();
         let kill = EventFd::new(libc::EFD_NONBLOCK).unwrap();

@@ -437,6 +437,11 @@ impl Proxy {
                 // client again, level-triggered).
                 if !self.make_room(RECV_FDS, Some(slot)) {
                     self.remove(slot, Some(End::Violation(Violation::Fds(SHORT))));
+                } else if let Err(e) = self.update_interest(slot) {
+                    // What it read before running short waits to be
+                    // written: its sides are watched for it.
+                    warn_limited!("wl-proxy: epoll: {e}");
+                    self.remove(slot, Some(End::Closed("epoll failed")));
                 }
             }
             Ok(true) => {

@@ -586,54 +586,51 @@ pub fn sealed_copy(fd: BorrowedFd<'_>, size: u32) -> std::io::Result<OwnedFd> {
     if size == 0 || size > MAX_KEYMAP {
         return Err(std::io::Error::other(format!("size {size}")));
     }
-    let len = size as usize;
-    // SAFETY: a private read-only mapping of `len` bytes of an open fd;
-    // checked below and unmapped before returning.
-    let src = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if src == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let copy = (|| {
-        // SAFETY: a NUL-terminated name and flags.
-        let m = unsafe {
-            libc::memfd_create(
-                c"keymap".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+    // Read, not mapped: whoever else holds the writable file may shrink it
+    // meanwhile, and a mapping read past the end is a SIGBUS.
+    let mut data = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < data.len() {
+        // SAFETY: pread into the unfilled part of `data`, from an open fd.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                data[got..].as_mut_ptr().cast(),
+                data.len() - got,
+                got as libc::off_t,
             )
         };
-        if m < 0 {
-            return Err(std::io::Error::last_os_error());
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
-        // SAFETY: a new fd nothing else owns.
-        let m = unsafe { OwnedFd::from_raw_fd(m) };
-        let mut f = std::fs::File::from(m);
-        // A file shorter than `size` faults (SIGBUS) past its end: the
-        // mapping is read only as far as the file goes.
-        let have = fstat(fd).map(|st| st.st_size.max(0) as usize)?.min(len);
-        // SAFETY: `have` bytes of the mapping lie inside the file.
-        let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), have) };
-        std::io::Write::write_all(&mut f, bytes)?;
-        std::io::Write::write_all(&mut f, &vec![0; len - have])?;
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on our memfd.
-        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from(f))
-    })();
-    // SAFETY: unmapping what was mapped above.
-    unsafe { libc::munmap(src, len) };
-    copy
+    }
+    // SAFETY: a NUL-terminated name and flags.
+    let m = unsafe {
+        libc::memfd_create(
+            c"keymap".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if m < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nothing else owns.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(m) });
+    // What the file no longer held reads as zeros.
+    std::io::Write::write_all(&mut f, &data)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our memfd.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(f))
 }
 
 /// Pipe buffer given to a pipe a client writes into (what a host reader

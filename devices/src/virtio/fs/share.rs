@@ -206,14 +206,16 @@ impl Share {
     }
 
     /// The flags to pass with a READ or WRITE on `h`: those it was opened
-    /// with, so that fuse-backend-rs never changes the fd's flags.
-    fn flags_of(&self, h: u64, guest: u32) -> u32 {
+    /// with, so that fuse-backend-rs never changes the fd's flags. A handle
+    /// not opened as a file (a directory's, or none) is refused: fuse-backend-rs
+    /// would take a directory's and could close its fd.
+    fn flags_of(&self, h: u64) -> io::Result<u32> {
         self.open_flags
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&h)
             .copied()
-            .unwrap_or_else(|| host_flags(guest))
+            .ok_or_else(|| err(libc::EBADF))
     }
 
     fn took_handle(&self, h: Option<u64>) {
@@ -704,7 +706,9 @@ impl FileSystem for Share {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        let flags = self.flags_of(handle, flags);
+        // The guest's flags go unused: the handle's own are passed.
+        let _ = flags;
+        let flags = self.flags_of(handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -723,7 +727,9 @@ impl FileSystem for Share {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        let flags = self.flags_of(handle, flags);
+        // The guest's flags go unused: the handle's own are passed.
+        let _ = flags;
+        let flags = self.flags_of(handle)?;
         self.inner.write(
             ctx,
             inode,

@@ -1210,4 +1210,13 @@ fn the_guests_o_noatime_works_on_files_of_other_users_and_never_closes_a_handle(
         let r = d.read_flags(node, fh, 5, noatime | libc::O_NONBLOCK as u32);
         assert_eq!(r.ok(), b"hello", "the handle still reads its file");
     }
+    // A directory's handle is not a file's: READ on it is refused (with
+    // O_DIRECT, which a directory refuses, fuse-backend-rs would have
+    // closed the directory's fd), and the directory still lists.
+    drop(_as_user);
+    let dir = d.lookup(1, "dir").nodeid();
+    let dh = d.call(OPENDIR, dir, &le(&[0, 0])).fh(0);
+    let r = d.read_flags(dir, dh, 5, libc::O_DIRECT as u32);
+    assert_eq!(r.errno, libc::EBADF);
+    assert_eq!(list(&mut d, dir), ["inner"]);
 }

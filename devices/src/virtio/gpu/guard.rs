@@ -112,6 +112,16 @@ impl ContextGuard {
             if *c != CMD_SEND {
                 continue;
             }
+            // rutabaga reads a SEND's fixed part and data from the rest of
+            // the buffer, whatever the SEND's own size says: a SEND must
+            // hold both, so that what is checked here is what it reads.
+            let data = le32(bytes, 12).map_or(usize::MAX, |n| n as usize);
+            if SEND_FIXED
+                .checked_add(data)
+                .is_none_or(|need| bytes.len() < need)
+            {
+                return Err("a SEND shorter than its fixed part and data");
+            }
             let pipes = read_pipes(bytes);
             let Some(&(at, id)) = pipes.first() else {
                 continue;
@@ -198,6 +208,29 @@ mod tests {
         let s = g.check(&init).unwrap();
         g.submitted(&s, false);
         assert!(g.check(&init).is_err(), "even after a failed one");
+    }
+
+    #[test]
+    fn a_send_must_hold_its_fixed_part_and_data() {
+        let g = ContextGuard::default();
+        // A 16-byte SEND whose identifiers rutabaga would read from the
+        // command after it (a read pipe at offset 128 of the buffer).
+        let mut short = xd(CMD_SEND, 16);
+        short.extend_from_slice(&1u32.to_le_bytes());
+        short.extend_from_slice(&0u32.to_le_bytes());
+        let mut filler = xd(3, (SEND_FIXED - 16) as u16);
+        filler.resize(SEND_FIXED - 16, 0);
+        short.extend(filler);
+        short[128..132].copy_from_slice(&ID_TYPE_READ_PIPE.to_le_bytes());
+        assert!(g.check(&short).is_err());
+        // Data it claims but does not carry.
+        let mut claims = send(&[(1, 1)]);
+        claims[12..16].copy_from_slice(&100u32.to_le_bytes());
+        assert!(g.check(&claims).is_err());
+        claims.extend([0u8; 100]);
+        let n = claims.len() as u16;
+        claims[2..4].copy_from_slice(&n.to_le_bytes());
+        assert!(g.check(&claims).is_ok());
     }
 
     #[test]

@@ -1059,6 +1059,13 @@ fn parked_answers_stay_bounded_by_the_queue() {
         assert_eq!(t, resp::ERR_INVALID_PARAMETER, "fence {f}");
     }
     assert_eq!(d.used_len(head), None, "the POLL waits");
+    // A ring fence of a context that does not exist (on a command that
+    // otherwise succeeds) is refused: each would be remembered for ever.
+    for ctx in [7, 8, 9] {
+        let flush = u32s(fenced(cmd::RESOURCE_FLUSH, ctx, 1, Some(1)), &[0; 6]);
+        let t = ok(r.call(&mut d, &flush, 24));
+        assert_eq!(t, resp::ERR_INVALID_PARAMETER, "context {ctx}");
+    }
     assert!(!r.interrupt.needs_reset());
     d.repost(head);
     r.notify.write(1).unwrap();

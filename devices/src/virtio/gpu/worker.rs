@@ -350,18 +350,20 @@ impl Backend {
         };
         let timeline = Timeline::of(f.flags, f.ctx_id, f.ring_idx);
         if let Timeline::Ring(..) = timeline {
-            if self
+            let stale = self
                 .ring_fences
                 .get(&timeline)
-                .is_some_and(|&last| f.fence_id <= last)
-            {
-                warn_limited!("virtio-gpu: fence {} not after the ring's last", f.fence_id);
+                .is_some_and(|&last| f.fence_id <= last);
+            if stale || !self.contexts.contains_key(&f.ctx_id) {
+                warn_limited!("virtio-gpu: fence {} refused on its ring", f.fence_id);
                 return Answer::error(hdr, resp::ERR_INVALID_PARAMETER);
             }
-            self.ring_fences.insert(timeline, f.fence_id);
         }
         match self.rutabaga.create_fence(f) {
             Ok(()) => {
+                if let Timeline::Ring(..) = timeline {
+                    self.ring_fences.insert(timeline, f.fence_id);
+                }
                 a.fence = Some(f);
                 a
             }
