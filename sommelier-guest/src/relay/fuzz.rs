@@ -115,8 +115,8 @@ fn receive(bytes: &[u8]) -> Vec<u8> {
     ev
 }
 
-/// Records of `flags: u8`, `len: u16 le` and `len` bytes, as
-/// `relay::session::fuzz` takes them: bit 0 of `flags` is the direction
+/// Records as `relay::session::fuzz` takes them
+/// ([`fuzz_records`](super::session::fuzz_records)): bit 0 of `flags` is the direction
 /// (client request / host event), bits 1–2 how many pool files come with a
 /// request. Requests go through the relay's client path, events (wrapped in
 /// a RECEIVE) through its host path, until one fails. Returns how many
@@ -132,12 +132,7 @@ pub fn session(data: &[u8]) -> usize {
     }
     let mut s = Session::new(host, client);
     let mut n = 0;
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let flags = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
-        let chunk = &rest[3..3 + len.min(rest.len() - 3)];
-        rest = &rest[3 + chunk.len()..];
+    for (flags, chunk) in super::session::fuzz_records(data) {
         let r = if flags & 1 == 0 {
             let fds: io::Result<Vec<OwnedFd>> =
                 (0..(flags >> 1) & 3).map(|_| pool_file()).collect();

@@ -207,12 +207,7 @@ pub fn fuzz(data: &[u8]) -> usize {
     let mut t = Tracker::new();
     let mut bufs = [Vec::new(), Vec::new()];
     let mut n = 0;
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let flags = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
-        let chunk = &rest[3..3 + len.min(rest.len() - 3)];
-        rest = &rest[3 + chunk.len()..];
+    for (flags, chunk) in fuzz_records(data) {
         let d = usize::from(flags & 1);
         let dir = if d == 1 { Dir::Event } else { Dir::Request };
         bufs[d].extend_from_slice(chunk);
@@ -235,6 +230,22 @@ pub fn fuzz(data: &[u8]) -> usize {
         }
     }
     n
+}
+
+/// The records of the relay's fuzz inputs: `flags: u8`, `len: u16 le`,
+/// then `len` bytes (fewer at the end of the input).
+pub fn fuzz_records(data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.len() < 3 {
+            return None;
+        }
+        let flags = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
+        let chunk = &rest[3..3 + len.min(rest.len() - 3)];
+        rest = &rest[3 + chunk.len()..];
+        Some((flags, chunk))
+    })
 }
 
 fn arg_u32(bytes: &[u8], p: &Parsed, index: usize) -> Option<u32> {
