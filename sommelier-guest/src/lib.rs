@@ -9,6 +9,7 @@ pub mod procstat;
 pub mod proto;
 pub mod relay;
 pub mod vsock_socket;
+pub mod x11;
 
 /// What the default guest's busybox calls its wget applet: renamed (see
 /// vmapp's image builder) so that the shell runs `/usr/bin/wget`, the

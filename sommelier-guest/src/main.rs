@@ -362,6 +362,7 @@ fn main() {
             Some("vsock") => std::process::exit(vsock::main(&args[2..])),
             Some("bench") => std::process::exit(bench::main(&args[2..])),
             Some("gpu-attack") => std::process::exit(gpu_attack::main(&args[2..])),
+            Some("x11") => std::process::exit(sommelier_guest::x11::main(&args[2..])),
             _ => {}
         }
     }

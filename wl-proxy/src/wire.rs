@@ -158,6 +158,54 @@ pub fn parse_args<'a, E: From<WireError>>(
     Ok(())
 }
 
+/// Where an object or new-id argument sits in a message body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdSlot {
+    /// Byte offset of the id in the body.
+    pub offset: usize,
+    /// A `new_id` (else an `object`).
+    pub new: bool,
+    /// Its interface, where the signature or the message names one.
+    pub interface: Option<crate::protocol::IfaceId>,
+}
+
+/// The object and new-id arguments of a body (`message[HEADER..]`) with
+/// signature `msg`, for a peer that renumbers objects. The body must be one
+/// [`parse_args`] accepts.
+pub fn id_slots(body: &[u8], msg: &'static Message) -> Result<Vec<IdSlot>, WireError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for arg in msg.args {
+        match arg.kind {
+            ArgKind::Int | ArgKind::Uint | ArgKind::Fixed => {
+                take_word(body, &mut pos)?;
+            }
+            ArgKind::Str | ArgKind::Array => {
+                take_bytes(body, &mut pos)?;
+            }
+            ArgKind::Fd => {}
+            ArgKind::Object | ArgKind::NewId => {
+                let mut interface = arg.interface;
+                if arg.kind == ArgKind::NewId && interface.is_none() {
+                    let name = take_str(body, &mut pos)?;
+                    interface = name.and_then(crate::protocol::lookup);
+                    take_word(body, &mut pos)?;
+                }
+                out.push(IdSlot {
+                    offset: pos,
+                    new: arg.kind == ArgKind::NewId,
+                    interface,
+                });
+                take_word(body, &mut pos)?;
+            }
+        }
+    }
+    if pos != body.len() {
+        return Err(WireError::Malformed("trailing bytes"));
+    }
+    Ok(out)
+}
+
 fn take_word(body: &[u8], pos: &mut usize) -> Result<u32, WireError> {
     let w = word(body, *pos).ok_or(WireError::Malformed("message too short"))?;
     *pos += 4;
@@ -255,6 +303,28 @@ mod tests {
     fn msg(iface: &str, req: &str) -> &'static Message {
         let i = interface(lookup(iface).unwrap());
         i.requests.iter().find(|m| m.name == req).unwrap()
+    }
+
+    #[test]
+    fn id_slots_find_objects_and_new_ids_past_strings() {
+        let m = msg("wl_registry", "bind");
+        let b = Writer::new(2, 0)
+            .uint(7)
+            .string("wl_seat")
+            .uint(5)
+            .uint(9)
+            .finish();
+        let s = id_slots(&b[HEADER..], m).unwrap();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].new);
+        assert_eq!(s[0].offset, 4 + 12 + 4);
+        assert_eq!(s[0].interface, lookup("wl_seat"));
+        let m = msg("wl_surface", "attach");
+        let b = Writer::new(3, 1).uint(8).uint(0).uint(0).finish();
+        let s = id_slots(&b[HEADER..], m).unwrap();
+        assert_eq!((s[0].offset, s[0].new), (0, false));
+        assert_eq!(s[0].interface, lookup("wl_buffer"));
+        assert!(id_slots(&b[HEADER..HEADER + 4], m).is_err());
     }
 
     fn parse<'a>(
