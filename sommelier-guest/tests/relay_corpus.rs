@@ -55,3 +55,41 @@ fn wl_relay_session_corpus_replays() {
         }
     }
 }
+
+/// A pool made and released within one read of the client's (its buffer
+/// and the pool destroyed right away, as Xwayland does with GTK's windows):
+/// the SEND that creates it must reach the host before its blob is
+/// released, or the host refuses the whole batch ("invalid resource id") and
+/// the messages in it are lost.
+#[test]
+fn a_pool_made_and_released_in_one_read_still_reaches_the_host() {
+    use wl_proxy::wire::Writer;
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let seed = std::fs::read(fuzz.join("seeds/wl_relay_session/shm_window")).unwrap();
+    // The seed's first three records: get_registry, the wl_shm global, bind.
+    let mut d = Vec::new();
+    let mut rest = &seed[..];
+    for _ in 0..3 {
+        let n = 3 + usize::from(u16::from_le_bytes([rest[1], rest[2]]));
+        d.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+    let msgs = [
+        Writer::new(3, 0).uint(4).uint(4096).finish(),
+        Writer::new(4, 0)
+            .uint(5)
+            .uint(0)
+            .uint(32)
+            .uint(32)
+            .uint(128)
+            .uint(0)
+            .finish(),
+        Writer::new(5, 0).finish(),
+        Writer::new(4, 1).finish(),
+    ]
+    .concat();
+    d.push(1 << 1);
+    d.extend_from_slice(&(msgs.len() as u16).to_le_bytes());
+    d.extend_from_slice(&msgs);
+    assert_eq!(sommelier_guest::relay::fuzz::session(&d), 4);
+}

@@ -22,6 +22,10 @@ const POOL_FILE: i64 = 64 * 1024;
 pub struct FakeHost {
     fd: File,
     next_read_pipe: u32,
+    /// Live blobs by resource handle: a SEND naming another one fails, as
+    /// the device's does ("invalid resource id"), and loses its batch.
+    blobs: std::cell::RefCell<std::collections::HashSet<u32>>,
+    next_res: std::cell::Cell<u32>,
 }
 
 impl FakeHost {
@@ -29,6 +33,8 @@ impl FakeHost {
         Ok(FakeHost {
             fd: File::open("/dev/null")?,
             next_read_pipe: virtgpu::READ_PIPE_START,
+            blobs: Default::default(),
+            next_res: std::cell::Cell::new(1),
         })
     }
 }
@@ -60,6 +66,13 @@ impl Host for FakeHost {
             pipes == 0 || (pipes == 1 && ids[0].1 == virtgpu::id_type::READ_PIPE),
             "a read pipe that the host would refuse: {ids:?}"
         );
+        let blobs = self.blobs.borrow();
+        if let Some(&(res, _)) = ids
+            .iter()
+            .find(|&&(res, t)| t == virtgpu::id_type::BLOB && !blobs.contains(&res))
+        {
+            return Err(io::Error::other(format!("invalid resource id {res}")));
+        }
         Ok(())
     }
     fn write_pipe(&self, _id: u32, data: &[u8], _hang_up: bool) -> io::Result<()> {
@@ -84,13 +97,18 @@ impl Host for FakeHost {
         if size == 0 || size > MAX_BLOB {
             return Err(io::Error::other("blob size"));
         }
+        let res = self.next_res.get();
+        self.next_res.set(res.wrapping_add(1));
+        self.blobs.borrow_mut().insert(res);
         Ok(Bo {
-            handle: 1,
-            res_handle: 1,
+            handle: res,
+            res_handle: res,
             map: Some(Mapping::anonymous(size as usize)?),
         })
     }
-    fn close(&self, _bo: Bo) {}
+    fn close(&self, bo: Bo) {
+        self.blobs.borrow_mut().remove(&bo.res_handle);
+    }
 }
 
 /// A pool file of [`POOL_FILE`] bytes.

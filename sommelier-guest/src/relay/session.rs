@@ -346,6 +346,9 @@ pub struct Session<H: Host = Context> {
     read_pipes: HashMap<u32, ReadPipe>,
     batch: Vec<u8>,
     batch_ids: Vec<(u32, u32)>,
+    /// Host blobs of freed pools, released once the batch that may still
+    /// name them has gone.
+    releasing: Vec<Bo>,
 }
 
 impl<H: Host> Session<H> {
@@ -369,6 +372,7 @@ impl<H: Host> Session<H> {
             read_pipes: HashMap::new(),
             batch: Vec::new(),
             batch_ids: Vec::new(),
+            releasing: Vec::new(),
         }
     }
 
@@ -405,6 +409,9 @@ impl<H: Host> Session<H> {
     }
 
     fn teardown(&mut self) {
+        for b in self.releasing.drain(..) {
+            self.ctx.close(b);
+        }
         for (_, p) in self.pools.drain() {
             if let Some(b) = p.host {
                 self.ctx.close(b);
@@ -517,6 +524,9 @@ impl<H: Host> Session<H> {
             self.ctx.send(&self.batch, &self.batch_ids)?;
             self.batch.clear();
             self.batch_ids.clear();
+        }
+        for b in self.releasing.drain(..) {
+            self.ctx.close(b);
         }
         Ok(())
     }
@@ -736,9 +746,8 @@ impl<H: Host> Session<H> {
             .is_some_and(|p| p.destroyed && p.buffers == 0)
         {
             if let Some(mut p) = self.pools.remove(&key) {
-                if let Some(b) = p.host.take() {
-                    self.ctx.close(b);
-                }
+                // The batch being built may still create it on the host.
+                self.releasing.extend(p.host.take());
             }
         }
     }
