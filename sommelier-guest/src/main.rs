@@ -182,6 +182,28 @@ fn start_wayland() -> bool {
     }
 }
 
+/// Where the guest finds Xwayland (host-root mode: the host's).
+const XWAYLAND: &[&str] = &["/usr/bin/Xwayland", "/usr/local/bin/Xwayland"];
+
+/// Display `:0` for X11 apps, unless `vmapp.x11=0` or the guest has no
+/// Xwayland: its socket now, the server on the first connection.
+fn start_x11(cmdline: &str) -> bool {
+    if cmdline.split_whitespace().any(|w| w == "vmapp.x11=0") {
+        return false;
+    }
+    let Some(xwayland) = XWAYLAND.iter().find(|p| std::path::Path::new(p).exists()) else {
+        return false;
+    };
+    let relay = std::path::Path::new(RUNTIME_DIR).join("wayland-0");
+    match sommelier_guest::x11::supervise(&relay, xwayland) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("x11: {e}"));
+            false
+        }
+    }
+}
+
 /// With `vmapp.audio=PORT`: the sound socket, relayed to the host's port.
 fn start_audio(cmdline: &str) -> bool {
     let Some(port) = port_arg(cmdline, "audio") else {
@@ -388,8 +410,12 @@ fn main() {
     } else {
         // After the guest root is in place, so the socket is inside it.
         let wayland = wayland && start_wayland();
+        let x11 = wayland && start_x11(&cmdline);
         let audio = start_audio(&cmdline);
-        let env = base_env(&home, wayland, audio);
+        let mut env = base_env(&home, wayland, audio);
+        if x11 {
+            env.push(("DISPLAY".into(), ":0".into()));
+        }
         if let Some(port) = port_arg(&cmdline, "exec") {
             agent::listen_sessions(port, env.clone());
         }

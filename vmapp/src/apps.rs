@@ -94,6 +94,7 @@ fn from_launch(a: &Launch) -> anyhow::Result<Profile> {
             (Some(s), _) => Some(Wayland::Socket(s.clone())),
             (None, false) => None,
         },
+        x11: a.no_x11.then_some(false),
         clipboard: a.clipboard.clone(),
         tag: a.tag.clone(),
         wl_policy: a.wl_policy.clone(),

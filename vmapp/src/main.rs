@@ -208,6 +208,11 @@ struct Launch {
     /// No Wayland, even with WAYLAND_DISPLAY set.
     #[arg(long, conflicts_with = "wayland")]
     no_wayland: bool,
+    /// No X display in the default guest. With windows on, X11 apps get
+    /// `DISPLAY=:0`, served by a rootless Xwayland in the guest (started on
+    /// their first connection) whose windows go through the same wl-proxy.
+    #[arg(long)]
+    no_x11: bool,
     /// wl-proxy policy file (TOML) for this VM's apps.
     #[arg(long, value_name = "FILE")]
     wl_policy: Option<PathBuf>,
@@ -554,6 +559,7 @@ fn add_wayland(
     mut cfg: ProxyConfig,
     dir: &std::path::Path,
     default_guest: bool,
+    x11: bool,
 ) -> anyhow::Result<(VmBuilder, ProxyProcess)> {
     cfg.listen = dir.join("wayland-0");
     let p = ProxyProcess::start(&cfg)?;
@@ -563,6 +569,9 @@ fn add_wayland(
     });
     if default_guest {
         b = b.append_cmdline("vmapp.wayland=1");
+        if !x11 {
+            b = b.append_cmdline("vmapp.x11=0");
+        }
     }
     Ok((b, p))
 }
@@ -789,7 +798,7 @@ fn add_channels(
     };
     let mut proxy = None;
     if let (Some(d), Some(cfg)) = (runtime, proxy_cfg) {
-        let (nb, p) = add_wayland(b, cfg, d, default_guest)?;
+        let (nb, p) = add_wayland(b, cfg, d, default_guest, !a.no_x11)?;
         (b, proxy) = (nb, Some(p));
     }
     if let Some(uds_path) = vsock.clone() {

@@ -18,6 +18,7 @@
 //! workdir = "/tmp"
 //! wayland = true                       # false: no windows; a string: the compositor's socket
 //! clipboard = "deny"                   # or "allow"
+//! x11 = false                          # no X display for X11 apps (default: on with windows)
 //! tag = "browser"                      # the windows' label (default: the profile's name)
 //! wl_policy = "/path/policy.toml"
 //! seccomp = "kill"                     # or "log", "off"
@@ -115,6 +116,9 @@ pub struct Profile {
     /// Windows on the host's desktop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wayland: Option<Wayland>,
+    /// `false`: no X display in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x11: Option<bool>,
     /// `allow` or `deny`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clipboard: Option<String>,
@@ -344,6 +348,9 @@ impl Profile {
             Some(Wayland::Socket(s)) => a.push(format!("--wayland={s}")),
             Some(Wayland::On(true)) => a.push("--wayland".into()),
             None => {}
+        }
+        if self.x11 == Some(false) {
+            a.push("--no-x11".into());
         }
         if self.host_root {
             a.push("--host-root".into());

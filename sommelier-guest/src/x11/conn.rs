@@ -5,11 +5,13 @@ use x11rb::protocol::composite::{self, ConnectionExt as _};
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{
     AtomEnum, ChangeWindowAttributesAux, ClientMessageEvent, ConfigureWindowAux,
-    ConnectionExt as _, CreateWindowAux, EventMask, InputFocus, PropMode, WindowClass,
+    ConnectionExt as _, CreateWindowAux, EventMask, InputFocus, PropMode, SelectionNotifyEvent,
+    SelectionRequestEvent, WindowClass, SELECTION_NOTIFY_EVENT,
 };
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 use x11rb::wrapper::ConnectionExt as _;
 
+use super::clip::{ClipAtoms, XClip, MAX_DATA};
 use super::xwm::{Props, XServer};
 
 /// The atoms the window manager uses (generated, so undocumented).
@@ -33,6 +35,10 @@ mod atoms {
             _NET_SUPPORTED,
             _NET_SUPPORTING_WM_CHECK,
             _XWAYLAND_ALLOW_COMMITS,
+            CLIPBOARD,
+            TARGETS,
+            TEXT,
+            _VMAPP_SELECTION,
         }
     }
 }
@@ -68,6 +74,9 @@ pub struct Live {
     /// The root window.
     pub root: u32,
     atoms: Atoms,
+    /// The window manager's own window (`_NET_SUPPORTING_WM_CHECK`, the
+    /// selections' owner and requestor).
+    check: u32,
 }
 
 impl Live {
@@ -96,54 +105,22 @@ impl Live {
             .check()?;
         conn.xfixes_query_version(6, 0)?.reply()?;
         conn.xfixes_set_client_disconnect_mode(xfixes::ClientDisconnectFlags::TERMINATE)?;
-        let check = conn.generate_id()?;
-        conn.create_window(
-            0,
-            check,
-            root,
-            -1,
-            -1,
-            1,
-            1,
-            0,
-            WindowClass::INPUT_ONLY,
-            0,
-            &CreateWindowAux::new(),
-        )?;
-        for w in [root, check] {
-            conn.change_property32(
-                PropMode::REPLACE,
-                w,
-                atoms._NET_SUPPORTING_WM_CHECK,
-                AtomEnum::WINDOW,
-                &[check],
-            )?;
-        }
-        conn.change_property8(
-            PropMode::REPLACE,
-            check,
-            atoms._NET_WM_NAME,
-            atoms.UTF8_STRING,
-            b"vmapp",
-        )?;
-        conn.change_property32(
-            PropMode::REPLACE,
-            root,
-            atoms._NET_SUPPORTED,
-            AtomEnum::ATOM,
-            &[
-                atoms._NET_WM_NAME,
-                atoms._NET_WM_STATE,
-                atoms._NET_WM_STATE_FULLSCREEN,
-                atoms._NET_WM_STATE_MAXIMIZED_VERT,
-                atoms._NET_WM_STATE_MAXIMIZED_HORZ,
-                atoms._NET_ACTIVE_WINDOW,
-                atoms._NET_SUPPORTING_WM_CHECK,
-            ],
-        )?;
+        let check = announce(&conn, root, &atoms)?;
         conn.set_selection_owner(check, atoms.WM_S0, x11rb::CURRENT_TIME)?;
+        conn.xfixes_select_selection_input(
+            check,
+            atoms.CLIPBOARD,
+            xfixes::SelectionEventMask::SET_SELECTION_OWNER
+                | xfixes::SelectionEventMask::SELECTION_WINDOW_DESTROY
+                | xfixes::SelectionEventMask::SELECTION_CLIENT_CLOSE,
+        )?;
         conn.flush()?;
-        Ok(Live { conn, root, atoms })
+        Ok(Live {
+            conn,
+            root,
+            atoms,
+            check,
+        })
     }
 
     fn property(
@@ -182,7 +159,166 @@ impl Live {
     }
 }
 
+/// The window manager's own window, named on the root as EWMH asks
+/// (`_NET_SUPPORTING_WM_CHECK`, `_NET_SUPPORTED`): toolkits look for it.
+fn announce(conn: &RustConnection, root: u32, atoms: &Atoms) -> Result<u32, ConnError> {
+    let check = conn.generate_id()?;
+    conn.create_window(
+        0,
+        check,
+        root,
+        -1,
+        -1,
+        1,
+        1,
+        0,
+        WindowClass::INPUT_ONLY,
+        0,
+        &CreateWindowAux::new(),
+    )?;
+    for w in [root, check] {
+        conn.change_property32(
+            PropMode::REPLACE,
+            w,
+            atoms._NET_SUPPORTING_WM_CHECK,
+            AtomEnum::WINDOW,
+            &[check],
+        )?;
+    }
+    conn.change_property8(
+        PropMode::REPLACE,
+        check,
+        atoms._NET_WM_NAME,
+        atoms.UTF8_STRING,
+        b"vmapp",
+    )?;
+    conn.change_property32(
+        PropMode::REPLACE,
+        root,
+        atoms._NET_SUPPORTED,
+        AtomEnum::ATOM,
+        &[
+            atoms._NET_WM_NAME,
+            atoms._NET_WM_STATE,
+            atoms._NET_WM_STATE_FULLSCREEN,
+            atoms._NET_WM_STATE_MAXIMIZED_VERT,
+            atoms._NET_WM_STATE_MAXIMIZED_HORZ,
+            atoms._NET_ACTIVE_WINDOW,
+            atoms._NET_SUPPORTING_WM_CHECK,
+        ],
+    )?;
+    Ok(check)
+}
+
+impl XClip for Live {
+    fn clip_atoms(&self) -> ClipAtoms {
+        ClipAtoms {
+            clipboard: self.atoms.CLIPBOARD,
+            targets: self.atoms.TARGETS,
+            utf8: self.atoms.UTF8_STRING,
+            string: AtomEnum::STRING.into(),
+            text: self.atoms.TEXT,
+        }
+    }
+
+    fn atom(&mut self, name: &str) -> u32 {
+        self.conn
+            .intern_atom(false, name.as_bytes())
+            .ok()
+            .and_then(|c| c.reply().ok())
+            .map_or(0, |r| r.atom)
+    }
+
+    fn atom_name(&mut self, atom: u32) -> Option<String> {
+        let r = self.conn.get_atom_name(atom).ok()?.reply().ok()?;
+        String::from_utf8(r.name).ok()
+    }
+
+    fn own_clipboard(&mut self, own: bool) {
+        let owner = if own { self.check } else { 0 };
+        let _ = self
+            .conn
+            .set_selection_owner(owner, self.atoms.CLIPBOARD, x11rb::CURRENT_TIME);
+    }
+
+    fn answer(&mut self, req: &SelectionRequestEvent, data: Option<(u32, u8, Vec<u8>)>) {
+        let mut property = if req.property == 0 {
+            req.target
+        } else {
+            req.property
+        };
+        match data {
+            Some((type_, format, bytes)) => {
+                let len = bytes.len() as u32 / u32::from(format / 8);
+                if self
+                    .conn
+                    .change_property(
+                        PropMode::REPLACE,
+                        req.requestor,
+                        property,
+                        type_,
+                        format,
+                        len,
+                        &bytes,
+                    )
+                    .is_err()
+                {
+                    property = 0;
+                }
+            }
+            None => property = 0,
+        }
+        let e = SelectionNotifyEvent {
+            response_type: SELECTION_NOTIFY_EVENT,
+            sequence: 0,
+            time: req.time,
+            requestor: req.requestor,
+            selection: req.selection,
+            target: req.target,
+            property,
+        };
+        let _ = self
+            .conn
+            .send_event(false, req.requestor, EventMask::NO_EVENT, e);
+    }
+
+    fn convert(&mut self, target: u32) {
+        let _ = self.conn.convert_selection(
+            self.check,
+            self.atoms.CLIPBOARD,
+            target,
+            self.atoms._VMAPP_SELECTION,
+            x11rb::CURRENT_TIME,
+        );
+    }
+
+    fn take_converted(&mut self) -> Option<(u32, Vec<u8>)> {
+        let r = self
+            .conn
+            .get_property(
+                true,
+                self.check,
+                self.atoms._VMAPP_SELECTION,
+                AtomEnum::ANY,
+                0,
+                (MAX_DATA / 4) as u32,
+            )
+            .ok()?
+            .reply()
+            .ok()?;
+        // INCR (a transfer in pieces) is not carried.
+        if r.type_ == 0 || r.bytes_after > 0 || self.atom_name(r.type_).as_deref() == Some("INCR") {
+            return None;
+        }
+        Some((r.type_, r.value))
+    }
+}
+
 impl XServer for Live {
+    fn wm_window(&self) -> u32 {
+        self.check
+    }
+
     fn props(&mut self, w: u32) -> Props {
         let a = &self.atoms;
         let mut p = Props::default();

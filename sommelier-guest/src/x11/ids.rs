@@ -7,7 +7,7 @@
 //! `wl_map_insert_at`). Client-made ids are translated; ids the server makes
 //! (≥ `0xff00_0000`) are the same on both sides.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The first id a server allocates.
 pub const SERVER_BASE: u32 = 0xff00_0000;
@@ -28,6 +28,9 @@ pub struct IdMap {
     u2x: HashMap<u32, Owner>,
     free: BTreeSet<u32>,
     next: u32,
+    /// Server-made objects that belong to the bridge (offers on its data
+    /// device).
+    server_own: HashSet<u32>,
 }
 
 /// Why an id could not be mapped.
@@ -58,6 +61,7 @@ impl IdMap {
             u2x: HashMap::new(),
             free: BTreeSet::new(),
             next: 2,
+            server_own: HashSet::new(),
         };
         m.x2u.insert(1, 1);
         m.u2x.insert(1, Owner::Xwayland(1));
@@ -104,8 +108,12 @@ impl IdMap {
         self.x2u.get(&x).copied().ok_or(IdError::Unknown(x))
     }
 
-    /// Who owns upstream id `u` (server ids and null: Xwayland's, unchanged).
+    /// Who owns upstream id `u` (server ids: Xwayland's, unchanged, unless
+    /// the bridge claimed them; null: Xwayland's).
     pub fn down(&self, u: u32) -> Option<Owner> {
+        if self.server_own.contains(&u) {
+            return Some(Owner::Bridge);
+        }
         if u == 0 || u >= SERVER_BASE {
             return Some(Owner::Xwayland(u));
         }
@@ -124,6 +132,17 @@ impl IdMap {
         }
         self.free.insert(u);
         Some(owner)
+    }
+
+    /// A server-made object (`u` ≥ [`SERVER_BASE`]) that an event on one of
+    /// the bridge's objects created: the bridge's, not Xwayland's.
+    pub fn claim_server(&mut self, u: u32) -> bool {
+        u >= SERVER_BASE && self.server_own.insert(u)
+    }
+
+    /// The bridge destroyed its server-made object `u`.
+    pub fn release_server(&mut self, u: u32) {
+        self.server_own.remove(&u);
     }
 
     /// Live objects on the upstream side.
@@ -165,5 +184,11 @@ mod tests {
         assert_eq!(m.delete(1), None);
         assert_eq!(m.delete(99), None);
         assert_eq!(m.create(SERVER_BASE), Err(IdError::Unknown(SERVER_BASE)));
+        // A server object the bridge's data device made is the bridge's.
+        assert!(m.claim_server(0xff00_0002));
+        assert!(!m.claim_server(7));
+        assert_eq!(m.down(0xff00_0002), Some(Owner::Bridge));
+        m.release_server(0xff00_0002);
+        assert_eq!(m.down(0xff00_0002), Some(Owner::Xwayland(0xff00_0002)));
     }
 }

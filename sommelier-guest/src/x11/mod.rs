@@ -8,7 +8,9 @@
 //! One Xwayland at a time: it ends when its last X client has gone (XFixes
 //! disconnect mode), and the next connection starts another.
 
+pub mod clip;
 pub mod conn;
+pub mod fuzz;
 pub mod ids;
 pub mod xwl;
 pub mod xwm;
@@ -40,8 +42,8 @@ pub enum X11Error {
     /// A socket or the process failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Xwayland did not get ready.
-    #[error("Xwayland was not ready within {0:?}")]
+    /// Xwayland did not take its window manager.
+    #[error("Xwayland did not take its window manager within {0:?}")]
     NotReady(Duration),
     /// A command-line argument was wrong.
     #[error("usage: {0}")]
@@ -59,6 +61,9 @@ pub struct Opts {
     pub xwayland: String,
     /// Where the display's socket goes (`/tmp/.X11-unix`).
     pub socket_dir: PathBuf,
+    /// A listening socket already made (by the init, which keeps it
+    /// across restarts of this process).
+    pub listen_fd: Option<i32>,
 }
 
 impl Opts {
@@ -70,6 +75,7 @@ impl Opts {
             upstream: PathBuf::from("/run/vmapp/wayland-0"),
             xwayland: "Xwayland".into(),
             socket_dir: PathBuf::from("/tmp/.X11-unix"),
+            listen_fd: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -85,6 +91,12 @@ impl Opts {
                 "--upstream" => o.upstream = v.into(),
                 "--xwayland" => o.xwayland = v.clone(),
                 "--socket-dir" => o.socket_dir = v.into(),
+                "--listen-fd" => {
+                    o.listen_fd = Some(
+                        v.parse()
+                            .map_err(|_| X11Error::Usage(format!("bad fd {v}")))?,
+                    )
+                }
                 _ => return Err(X11Error::Usage(format!("unknown option {a}"))),
             }
         }
@@ -101,7 +113,13 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let l = match listen(&o) {
+    let l = match o.listen_fd {
+        // SAFETY: the init passes its listening socket as this fd, which
+        // nothing else in this process owns.
+        Some(fd) => Ok(unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        None => listen(&o),
+    };
+    let l = match l {
         Ok(l) => l,
         Err(e) => {
             eprintln!("x11: cannot listen on display :{}: {e}", o.display);
@@ -165,12 +183,27 @@ fn session(listener: &UnixListener, o: &Opts) -> Result<(), X11Error> {
     let up = UnixStream::connect(&o.upstream)?;
     let (wl, wl_x) = UnixStream::pair()?;
     let (wm, wm_x) = UnixStream::pair()?;
-    let (ready, ready_w) = UnixStream::pair()?;
-    let mut child = spawn_xwayland(o, listener, &wl_x, &wm_x, &ready_w)?;
-    drop((wl_x, wm_x, ready_w));
-    let r = bridge(&mut child, wl, up, wm, ready);
+    let mut child = spawn_xwayland(o, listener, &wl_x, &wm_x)?;
+    drop((wl_x, wm_x));
+    let r = bridge(&mut child, wl, up, wm);
+    // Xwayland ends itself once its last X client has gone (-terminate):
+    // the connections it closes are no error then.
+    let mut ended = false;
+    for _ in 0..50 {
+        match child.try_wait() {
+            Ok(Some(st)) => {
+                ended = st.success();
+                break;
+            }
+            Ok(None) if r.is_err() => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
+    if ended {
+        return Ok(());
+    }
     r
 }
 
@@ -179,20 +212,13 @@ fn spawn_xwayland(
     listener: &UnixListener,
     wl: &UnixStream,
     wm: &UnixStream,
-    ready: &UnixStream,
 ) -> std::io::Result<Child> {
-    let fds = [
-        listener.as_raw_fd(),
-        wl.as_raw_fd(),
-        wm.as_raw_fd(),
-        ready.as_raw_fd(),
-    ];
+    let fds = [listener.as_raw_fd(), wl.as_raw_fd(), wm.as_raw_fd()];
     let mut c = Command::new(&o.xwayland);
     c.arg(format!(":{}", o.display))
         .args(["-rootless", "-shm", "-terminate", "-nolisten", "tcp"])
         .args(["-listenfd", &fds[0].to_string()])
         .args(["-wm", &fds[2].to_string()])
-        .args(["-displayfd", &fds[3].to_string()])
         .env("WAYLAND_SOCKET", fds[1].to_string())
         .env_remove("WAYLAND_DISPLAY")
         .env_remove("DISPLAY");
@@ -294,7 +320,6 @@ fn bridge(
     wl: UnixStream,
     up: UnixStream,
     wm: UnixStream,
-    ready: UnixStream,
 ) -> Result<(), X11Error> {
     let mut p = Pump {
         xwl: Xwl::new(),
@@ -307,14 +332,23 @@ fn bridge(
         buf: vec![0; 64 * 1024],
     };
     p.flush()?;
-    // Until Xwayland says it is ready, only Wayland flows: it waits for
-    // the compositor's answers before it takes the window manager.
+    // Xwayland takes its window manager only once its screen is up, which
+    // needs the compositor's answers: the connection is made on a thread of
+    // its own while this one carries Wayland, and says when it is done.
+    let (done, done_r) = UnixStream::pair()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("x11-wm-connect".into())
+        .spawn(move || {
+            let _ = tx.send(Live::connect(wm));
+            drop(done);
+        })?;
     let start = Instant::now();
-    loop {
+    let mut live = loop {
         let left = READY_WITHIN
             .checked_sub(start.elapsed())
             .ok_or(X11Error::NotReady(READY_WITHIN))?;
-        let fds = [p.wl.as_raw_fd(), p.up.as_raw_fd(), ready.as_raw_fd()];
+        let fds = [p.wl.as_raw_fd(), p.up.as_raw_fd(), done_r.as_raw_fd()];
         match wait_readable(&fds, Some(left))? {
             Some(0) => {
                 if p.read_x()?.is_some() {
@@ -326,21 +360,23 @@ fn bridge(
                     return Ok(());
                 }
             }
-            Some(_) => break,
+            Some(_) => match rx.try_recv() {
+                Ok(live) => break live?,
+                Err(_) => return Err(X11Error::NotReady(READY_WITHIN)),
+            },
             None => return Err(X11Error::NotReady(READY_WITHIN)),
         }
         p.flush()?;
         if let Some(st) = child.try_wait()? {
             return Err(std::io::Error::other(format!("Xwayland exited: {st}")).into());
         }
-    }
-    drop(ready);
-    let mut live = Live::connect(wm)?;
+    };
     let mut wmgr = Wm::new(live.root);
     run(&mut p, &mut live, &mut wmgr)
 }
 
-/// The serving loop: Xwayland's Wayland, the compositor's, and X events.
+/// The serving loop: Xwayland's Wayland, the compositor's, X events and
+/// host selections being read for X apps.
 fn run(p: &mut Pump, live: &mut Live, wmgr: &mut Wm) -> Result<(), X11Error> {
     loop {
         while let Some(e) = live.conn.poll_for_event().map_err(ConnError::from)? {
@@ -349,16 +385,24 @@ fn run(p: &mut Pump, live: &mut Live, wmgr: &mut Wm) -> Result<(), X11Error> {
         while let Some(e) = p.xwl.wm.pop_front() {
             wmgr.wayland_event(live, e);
         }
+        while let Some((mime, fd)) = p.xwl.sends.pop_front() {
+            wmgr.clip.host_wants(live, &mime, fd);
+        }
         live.conn.flush().map_err(ConnError::from)?;
         p.flush()?;
-        let fds = [
+        let mut fds = vec![
             p.wl.as_raw_fd(),
             p.up.as_raw_fd(),
             live.conn.stream().as_raw_fd(),
         ];
+        fds.extend(wmgr.clip.incoming.iter().map(|t| t.fd.as_raw_fd()));
         let ended = match wait_readable(&fds, None)? {
             Some(0) => p.read_x()?,
             Some(1) => p.read_up()?,
+            Some(i) if i >= 3 => {
+                wmgr.clip.read_incoming(live, i - 3);
+                None
+            }
             _ => None,
         };
         match ended {
@@ -374,4 +418,43 @@ fn run(p: &mut Pump, live: &mut Live, wmgr: &mut Wm) -> Result<(), X11Error> {
 /// The X display's socket path for `o`.
 pub fn socket_path(o: &Opts) -> PathBuf {
     Path::new(&o.socket_dir).join(format!("X{}", o.display))
+}
+
+/// The init's side: makes display `:0`'s socket now (so an app started
+/// next finds it) and keeps `/init x11` serving it, started again if it
+/// ends (a crash closes the X apps' windows, not the VM). `upstream` is the
+/// relay's socket, `xwayland` the server's binary.
+pub fn supervise(upstream: &Path, xwayland: &str) -> std::io::Result<()> {
+    let o = Opts {
+        upstream: upstream.to_path_buf(),
+        xwayland: xwayland.to_string(),
+        ..Opts::parse(&[]).map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    let l = listen(&o)?;
+    let up = o.upstream.display().to_string();
+    let xw = o.xwayland.clone();
+    std::thread::Builder::new()
+        .name("x11-supervisor".into())
+        .spawn(move || loop {
+            let fd = l.as_raw_fd();
+            let mut c = Command::new("/proc/self/exe");
+            c.args(["x11", "--upstream", &up, "--xwayland", &xw])
+                .args(["--listen-fd", &fd.to_string()]);
+            // SAFETY: between fork and exec only fcntl, async-signal-safe,
+            // on an fd this thread keeps open.
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            match c.spawn().and_then(|mut ch| ch.wait()) {
+                Ok(st) => eprintln!("x11: display server ended ({st}); starting it again"),
+                Err(e) => eprintln!("x11: cannot start the display server: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        })?;
+    Ok(())
 }

@@ -24,6 +24,9 @@ use wl_proxy::wire::{self, Value, Writer, HEADER};
 use super::ids::{IdError, IdMap, Owner};
 use crate::relay::session::{Dir, RelayError, Tracker};
 
+#[path = "xwl_clip.rs"]
+mod clip;
+
 /// Why the bridge gives up on Xwayland's connection.
 #[derive(Debug, thiserror::Error)]
 pub enum XwlError {
@@ -69,6 +72,12 @@ pub enum WmEvent {
     Close {
         /// Xwayland's surface id.
         surface: u32,
+    },
+    /// The host's selection (clipboard) changed: its MIME types, none when
+    /// it was cleared. Only while one of Xwayland's surfaces has the focus.
+    Selection {
+        /// MIME types offered.
+        mimes: Vec<String>,
     },
 }
 
@@ -163,6 +172,11 @@ enum Own {
     XdgSurface(u32),
     Role(u32),
     Positioner,
+    Seat,
+    DataManager,
+    DataDevice,
+    Offer,
+    Source,
 }
 
 /// Interface ids the bridge acts on.
@@ -179,9 +193,11 @@ fn iface(name: &str) -> IfaceId {
     protocol::lookup(name).unwrap_or(IfaceId::MAX)
 }
 
+use iface as iface_id;
+
 /// The opcode of request `name` of `iface` (an opcode no interface has when
 /// the tables lack it, which the compositor refuses).
-fn op(iface: &str, name: &str) -> u16 {
+pub(crate) fn op(iface: &str, name: &str) -> u16 {
     protocol::lookup(iface)
         .and_then(|i| {
             protocol::interface(i)
@@ -211,6 +227,12 @@ pub struct Xwl {
     wm_base: Option<u32>,
     waiting: HashMap<u32, Kind>,
     known: Ifaces,
+    clip: clip::Clip,
+    /// The last input serial Xwayland got (for `set_selection`).
+    serial: u32,
+    /// Host apps' requests for the X selection's data: (MIME type, the
+    /// pipe to write it into).
+    pub sends: VecDeque<(String, OwnedFd)>,
     /// Bytes for upstream.
     pub to_up: Vec<u8>,
     /// fds for upstream, in message order.
@@ -239,6 +261,9 @@ impl Xwl {
             own: HashMap::new(),
             wm_base: None,
             waiting: HashMap::new(),
+            clip: clip::Clip::default(),
+            serial: 0,
+            sends: VecDeque::new(),
             known: Ifaces {
                 registry: iface("wl_registry"),
                 wm_base: iface("xdg_wm_base"),
@@ -336,7 +361,7 @@ impl Xwl {
                 }
             }
             // Roles Xwayland gives: the surface shows from now on.
-            ("wl_pointer", "set_cursor") => self.xwayland_role(x_args.get(1).copied()),
+            ("wl_pointer", "set_cursor") => self.xwayland_role(x_args.first().copied()),
             ("wl_subcompositor", "get_subsurface") => self.xwayland_role(x_args.get(1).copied()),
             ("xdg_wm_base", "get_xdg_surface") => self.xwayland_role(x_args.get(1).copied()),
             ("wl_data_device", "start_drag") => self.xwayland_role(x_args.get(2).copied()),
@@ -462,6 +487,16 @@ impl Xwl {
             return Ok(());
         }
         let up = s.up;
+        if let Kind::Popup { parent, .. } = &kind {
+            if !matches!(
+                self.surfaces.get(parent).map(|p| &p.role),
+                Some(Role::Xdg { .. })
+            ) {
+                // Its parent has gone (or never showed): nothing to place
+                // it by.
+                return Ok(());
+            }
+        }
         let xs = self.new_own(self.known.xdg_surface, Own::XdgSurface(x))?;
         self.send(
             Writer::new(wm_base, op("xdg_wm_base", "get_xdg_surface"))
@@ -661,8 +696,15 @@ impl Xwl {
             let mut m = rest[..h.size].to_vec();
             match self.ids.down(h.object) {
                 Some(Owner::Bridge) => {
+                    let Some(msg) = self.own_message(&m)? else {
+                        return Ok(off);
+                    };
+                    if fds.len() < msg.fds {
+                        return Ok(off);
+                    }
                     off += h.size;
-                    self.own_event(&m)?;
+                    let f: Vec<OwnedFd> = fds.drain(..msg.fds).collect();
+                    self.own_event(&m, msg, f)?;
                 }
                 Some(Owner::Xwayland(x)) => {
                     put(&mut m, 0, x);
@@ -693,6 +735,12 @@ impl Xwl {
         fds: Vec<OwnedFd>,
     ) -> Result<(), XwlError> {
         let iname = protocol::interface(ifc).name;
+        if matches!(
+            (iname, msg.name),
+            ("wl_keyboard", "enter" | "key") | ("wl_pointer", "button")
+        ) {
+            self.serial = word(m, HEADER);
+        }
         if (iname, msg.name) == ("wl_display", "delete_id") {
             match self.ids.delete(word(m, HEADER)) {
                 Some(Owner::Xwayland(x)) => put(m, HEADER, x),
@@ -706,6 +754,13 @@ impl Xwl {
             let error = (iname, msg.name) == ("wl_display", "error");
             for s in wire::id_slots(&m[HEADER..], msg)? {
                 let at = HEADER + s.offset;
+                if s.new {
+                    // The compositor made an object for Xwayland with an id
+                    // the bridge had (a destroyed offer's): Xwayland's now.
+                    let id = word(m, at);
+                    self.ids.release_server(id);
+                    self.own.remove(&id);
+                }
                 match self.ids.down(word(m, at)) {
                     Some(Owner::Xwayland(x)) => put(m, at, x),
                     // An error about one of the bridge's objects: Xwayland
@@ -722,19 +777,34 @@ impl Xwl {
         Ok(())
     }
 
-    /// An event for one of the bridge's own objects.
-    fn own_event(&mut self, m: &[u8]) -> Result<(), XwlError> {
+    /// The signature of an event for one of the bridge's own objects.
+    fn own_message(&self, m: &[u8]) -> Result<Option<&'static Message>, XwlError> {
+        let u = word(m, 0);
+        let Some(&(ifc, _)) = self.own.get(&u) else {
+            return Err(XwlError::Protocol(format!("event for deleted object {u}")));
+        };
+        let opcode = usize::from(word(m, 4) as u16);
+        protocol::interface(ifc)
+            .events
+            .get(opcode)
+            .map(Some)
+            .ok_or_else(|| XwlError::Protocol(format!("no event {opcode}")))
+    }
+
+    /// An event for one of the bridge's own objects (`fds`: the ones it
+    /// carries).
+    fn own_event(
+        &mut self,
+        m: &[u8],
+        msg: &'static Message,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(), XwlError> {
         let u = word(m, 0);
         let Some(&(ifc, what)) = self.own.get(&u) else {
             return Err(XwlError::Protocol(format!("event for deleted object {u}")));
         };
-        let opcode = usize::from(word(m, 4) as u16);
-        let msg = protocol::interface(ifc)
-            .events
-            .get(opcode)
-            .ok_or_else(|| XwlError::Protocol(format!("no event {opcode}")))?;
         let mut args = Vec::new();
-        wire::parse_args::<wire::WireError>(&m[HEADER..], 0, msg, |_, v| {
+        wire::parse_args::<wire::WireError>(&m[HEADER..], fds.len(), msg, |_, v| {
             args.push(match v {
                 Value::Int(i) | Value::Fixed(i) => Arg::N(i),
                 Value::Uint(u) | Value::Object(u) | Value::NewId(u) => Arg::N(u as i32),
@@ -748,26 +818,15 @@ impl Xwl {
             Some(Arg::N(v)) => *v,
             _ => 0,
         };
+        let name = |i: usize| match args.get(i) {
+            Some(Arg::S(s)) => s.as_str(),
+            _ => "",
+        };
         match (what, msg.name) {
-            (Own::Registry, "global") => {
-                if let (Some(Arg::S(name)), None) = (args.get(1), self.wm_base) {
-                    if name == "xdg_wm_base" {
-                        let ver = (n(2) as u32).min(WM_BASE_VERSION);
-                        let wb = self.new_own(self.known.wm_base, Own::WmBase)?;
-                        self.send(
-                            Writer::new(u, op("wl_registry", "bind"))
-                                .uint(n(0) as u32)
-                                .string("xdg_wm_base")
-                                .uint(ver)
-                                .uint(wb),
-                        );
-                        self.wm_base = Some(wb);
-                        let waiting: Vec<(u32, Kind)> = self.waiting.drain().collect();
-                        for (x, k) in waiting {
-                            self.pair(x, k)?;
-                        }
-                    }
-                }
+            (Own::Registry, "global") => self.global(u, n(0) as u32, name(1), n(2) as u32)?,
+            (Own::DataDevice | Own::Offer | Own::Source, _) => {
+                let fd = (!fds.is_empty()).then(|| fds.remove(0));
+                self.clip_event(u, what, msg.name, &args, fd)?;
             }
             (Own::WmBase, "ping") => {
                 self.send(Writer::new(u, op("xdg_wm_base", "pong")).uint(n(0) as u32));
@@ -803,6 +862,43 @@ impl Xwl {
         Ok(())
     }
 
+    /// A global on the bridge's registry `reg`: `xdg_wm_base` for roles,
+    /// a seat and the data device manager for the clipboard.
+    fn global(&mut self, reg: u32, name: u32, iface: &str, ver: u32) -> Result<(), XwlError> {
+        let (ifc, own, ver) = match iface {
+            "xdg_wm_base" if self.wm_base.is_none() => {
+                (self.known.wm_base, Own::WmBase, ver.min(WM_BASE_VERSION))
+            }
+            "wl_seat" if self.clip.seat.is_none() => (iface_id("wl_seat"), Own::Seat, 1),
+            "wl_data_device_manager" if self.clip.manager.is_none() => (
+                iface_id("wl_data_device_manager"),
+                Own::DataManager,
+                ver.min(3),
+            ),
+            _ => return Ok(()),
+        };
+        let id = self.new_own(ifc, own)?;
+        self.send(
+            Writer::new(reg, op("wl_registry", "bind"))
+                .uint(name)
+                .string(iface)
+                .uint(ver)
+                .uint(id),
+        );
+        match own {
+            Own::WmBase => {
+                self.wm_base = Some(id);
+                let waiting: Vec<(u32, Kind)> = self.waiting.drain().collect();
+                for (x, k) in waiting {
+                    self.pair(x, k)?;
+                }
+            }
+            Own::Seat => self.clip.seat = Some(id),
+            _ => self.clip.manager = Some(id),
+        }
+        self.clip_device()
+    }
+
     /// The first (or a further) configure of surface `x`'s xdg surface:
     /// what was held shows, the window manager hears the toplevel's size.
     fn configured(&mut self, x: u32) {
@@ -832,6 +928,7 @@ impl Xwl {
     }
 }
 
+/// A decoded argument of an event for the bridge's own objects.
 enum Arg {
     N(i32),
     S(String),
@@ -861,4 +958,655 @@ fn clean(s: &str) -> String {
         out.truncate(end);
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// (object, opcode, body) of each message in `b`.
+    pub(crate) fn msgs(b: &[u8]) -> Vec<(u32, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < b.len() {
+            let h = wire::header(&b[off..]).unwrap();
+            out.push((h.object, h.opcode, b[off + HEADER..off + h.size].to_vec()));
+            off += h.size;
+        }
+        out
+    }
+
+    pub(crate) fn ev(iface: &str, name: &str) -> u16 {
+        protocol::lookup(iface)
+            .and_then(|i| {
+                protocol::interface(i)
+                    .events
+                    .iter()
+                    .position(|m| m.name == name)
+            })
+            .unwrap() as u16
+    }
+
+    pub(crate) fn feed_x(b: &mut Xwl, m: Vec<u8>, fds: Vec<OwnedFd>) {
+        let mut q: VecDeque<OwnedFd> = fds.into();
+        assert_eq!(b.requests(&m, &mut q).unwrap(), m.len());
+    }
+
+    pub(crate) fn feed_up(b: &mut Xwl, m: Vec<u8>) {
+        let mut q = VecDeque::new();
+        assert_eq!(b.events(&m, &mut q).unwrap(), m.len());
+    }
+
+    pub(crate) fn take_up(b: &mut Xwl) -> Vec<(u32, u16, Vec<u8>)> {
+        msgs(&std::mem::take(&mut b.to_up))
+    }
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    /// The bridge with its xdg_wm_base bound (upstream 3) and Xwayland's
+    /// registry (2 → 4), compositor (3 → 5), shm (5 → 6), a pool (6 → 7),
+    /// a buffer (7 → 8) and a surface (4 → 9).
+    pub(crate) fn bridge_with_surface() -> Xwl {
+        let mut b = Xwl::new();
+        assert_eq!(
+            take_up(&mut b),
+            vec![(
+                1,
+                op("wl_display", "get_registry"),
+                2u32.to_ne_bytes().to_vec()
+            )]
+        );
+        feed_up(
+            &mut b,
+            Writer::new(2, ev("wl_registry", "global"))
+                .uint(7)
+                .string("xdg_wm_base")
+                .uint(6)
+                .finish(),
+        );
+        let bind = take_up(&mut b);
+        assert_eq!((bind[0].0, bind[0].1), (2, op("wl_registry", "bind")));
+        // Version capped, new id 3 (the next upstream id).
+        assert_eq!(&bind[0].2[bind[0].2.len() - 8..], &[5, 0, 0, 0, 3, 0, 0, 0]);
+        feed_x(
+            &mut b,
+            Writer::new(1, op("wl_display", "get_registry"))
+                .uint(2)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(2, op("wl_registry", "bind"))
+                .uint(1)
+                .string("wl_compositor")
+                .uint(4)
+                .uint(3)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(3, op("wl_compositor", "create_surface"))
+                .uint(4)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(2, op("wl_registry", "bind"))
+                .uint(2)
+                .string("wl_shm")
+                .uint(1)
+                .uint(5)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(5, op("wl_shm", "create_pool"))
+                .uint(6)
+                .uint(4096)
+                .finish(),
+            vec![fd()],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(6, op("wl_shm_pool", "create_buffer"))
+                .uint(7)
+                .uint(0)
+                .uint(32)
+                .uint(32)
+                .uint(128)
+                .uint(0)
+                .finish(),
+            vec![],
+        );
+        let up = take_up(&mut b);
+        // Renumbered: get_registry 2 → 4, bind → 5, create_surface → 6 on 5.
+        assert_eq!(
+            up[0],
+            (
+                1,
+                op("wl_display", "get_registry"),
+                4u32.to_ne_bytes().to_vec()
+            )
+        );
+        assert_eq!((up[2].0, up[2].2.clone()), (5, 6u32.to_ne_bytes().to_vec()));
+        assert_eq!(b.to_up_fds.len(), 1, "the pool's fd goes with it");
+        b
+    }
+
+    #[test]
+    fn a_surface_shows_nothing_until_its_toplevel_is_configured() {
+        let mut b = bridge_with_surface();
+        // Xwayland draws before any role: the frame request goes (its
+        // callback must exist), attach and commit are held.
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "attach"))
+                .uint(7)
+                .uint(0)
+                .uint(0)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "frame")).uint(8).finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "commit")).finish(),
+            vec![],
+        );
+        let up = take_up(&mut b);
+        assert_eq!(up.len(), 1, "{up:?}");
+        assert_eq!((up[0].0, up[0].1), (6, op("wl_surface", "frame")));
+        assert!(!b.shows(4));
+        let t = Toplevel {
+            title: "xterm\u{7}".into(),
+            app_id: "XTerm".into(),
+            ..Toplevel::default()
+        };
+        b.pair(4, Kind::Toplevel(t)).unwrap();
+        let up = take_up(&mut b);
+        let names: Vec<u16> = up.iter().map(|m| m.1).collect();
+        assert_eq!(
+            up[0],
+            (
+                3,
+                op("xdg_wm_base", "get_xdg_surface"),
+                [11u32.to_ne_bytes(), 6u32.to_ne_bytes()].concat()
+            )
+        );
+        assert_eq!((up[1].0, up[1].1), (11, op("xdg_surface", "get_toplevel")));
+        // The title without its control character; no attach before the
+        // first commit, which is the last message.
+        assert!(up
+            .iter()
+            .any(|m| m.0 == 12 && m.2.windows(6).any(|w| w == b"xterm\0")));
+        assert!(!up
+            .iter()
+            .any(|m| m.0 == 6 && m.1 == op("wl_surface", "attach")));
+        assert_eq!(*up.last().unwrap(), (6, op("wl_surface", "commit"), vec![]));
+        assert!(names.len() >= 4);
+        // The compositor configures: acked, the held buffer shows, the
+        // window manager hears the size and focus.
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("xdg_toplevel", "configure"))
+                .uint(800)
+                .uint(600)
+                .array(&4u32.to_ne_bytes())
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(11, ev("xdg_surface", "configure"))
+                .uint(77)
+                .finish(),
+        );
+        let up = take_up(&mut b);
+        assert_eq!(
+            up[0],
+            (
+                11,
+                op("xdg_surface", "ack_configure"),
+                77u32.to_ne_bytes().to_vec()
+            )
+        );
+        assert_eq!(up[1].0, 6);
+        assert_eq!(up[1].1, op("wl_surface", "attach"));
+        assert_eq!(
+            &up[1].2[..4],
+            &9u32.to_ne_bytes(),
+            "the held buffer, upstream id"
+        );
+        assert_eq!(up.last().unwrap().1, op("wl_surface", "commit"));
+        assert_eq!(
+            b.wm.pop_front(),
+            Some(WmEvent::Configure {
+                surface: 4,
+                width: 800,
+                height: 600,
+                activated: true,
+                fullscreen: false,
+                maximized: false
+            })
+        );
+        assert!(b.shows(4));
+        assert!(
+            b.to_x.is_empty(),
+            "Xwayland hears nothing of the bridge's objects"
+        );
+        // From now on commits pass as they come.
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "commit")).finish(),
+            vec![],
+        );
+        assert_eq!(
+            take_up(&mut b),
+            vec![(6, op("wl_surface", "commit"), vec![])]
+        );
+        // Close from the compositor reaches the window manager.
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("xdg_toplevel", "close")).finish(),
+        );
+        assert_eq!(b.wm.pop_front(), Some(WmEvent::Close { surface: 4 }));
+    }
+
+    #[test]
+    fn ids_are_renumbered_back_and_the_bridges_deletions_kept_back() {
+        let mut b = bridge_with_surface();
+        b.pair(4, Kind::Toplevel(Toplevel::default())).unwrap();
+        take_up(&mut b);
+        // An event for Xwayland's surface (upstream 6) naming its output.
+        feed_up(
+            &mut b,
+            Writer::new(6, ev("wl_surface", "enter"))
+                .uint(0xff00_0001)
+                .finish(),
+        );
+        let x = msgs(&std::mem::take(&mut b.to_x));
+        assert_eq!(
+            x,
+            vec![(
+                4,
+                ev("wl_surface", "enter"),
+                0xff00_0001u32.to_ne_bytes().to_vec()
+            )]
+        );
+        // Xwayland destroys its surface: the roles go first, then the
+        // surface; the deletions come back renumbered, the bridge's own
+        // are not Xwayland's business.
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "destroy")).finish(),
+            vec![],
+        );
+        let up = take_up(&mut b);
+        assert_eq!(
+            up.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+            vec![
+                (11, op("xdg_toplevel", "destroy")),
+                (10, op("xdg_surface", "destroy")),
+                (6, op("wl_surface", "destroy"))
+            ]
+        );
+        for id in [11u32, 10, 6] {
+            feed_up(
+                &mut b,
+                Writer::new(1, ev("wl_display", "delete_id"))
+                    .uint(id)
+                    .finish(),
+            );
+        }
+        let x = msgs(&std::mem::take(&mut b.to_x));
+        assert_eq!(
+            x,
+            vec![(
+                1,
+                ev("wl_display", "delete_id"),
+                4u32.to_ne_bytes().to_vec()
+            )]
+        );
+        // Id 4 is Xwayland's to use again; upstream it gets the lowest free one.
+        feed_x(
+            &mut b,
+            Writer::new(3, op("wl_compositor", "create_surface"))
+                .uint(4)
+                .finish(),
+            vec![],
+        );
+        assert_eq!(take_up(&mut b)[0].2, 6u32.to_ne_bytes().to_vec());
+        assert_eq!(b.surfaces(), 1);
+    }
+
+    #[test]
+    fn a_cursor_shows_at_once_and_unknown_objects_end_the_bridge() {
+        let mut b = bridge_with_surface();
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "attach"))
+                .uint(7)
+                .uint(0)
+                .uint(0)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(4, op("wl_surface", "commit")).finish(),
+            vec![],
+        );
+        assert!(take_up(&mut b).is_empty());
+        feed_x(
+            &mut b,
+            Writer::new(2, op("wl_registry", "bind"))
+                .uint(3)
+                .string("wl_seat")
+                .uint(5)
+                .uint(9)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(9, op("wl_seat", "get_pointer"))
+                .uint(10)
+                .finish(),
+            vec![],
+        );
+        take_up(&mut b);
+        feed_x(
+            &mut b,
+            Writer::new(10, op("wl_pointer", "set_cursor"))
+                .uint(1)
+                .uint(4)
+                .uint(0)
+                .uint(0)
+                .finish(),
+            vec![],
+        );
+        let up = take_up(&mut b);
+        assert_eq!(
+            up.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+            vec![
+                (11, op("wl_pointer", "set_cursor")),
+                (6, op("wl_surface", "attach")),
+                (6, op("wl_surface", "damage")),
+                (6, op("wl_surface", "commit"))
+            ]
+        );
+        assert!(b.shows(4));
+        // A request on an object Xwayland never made.
+        let mut q = VecDeque::new();
+        assert!(b.requests(&Writer::new(40, 0).finish(), &mut q).is_err());
+        // An event for an upstream object nobody has.
+        assert!(b.events(&Writer::new(99, 0).finish(), &mut q).is_err());
+    }
+
+    #[test]
+    fn a_menu_is_a_popup_at_its_offset_and_goes_before_its_parent() {
+        let mut b = bridge_with_surface();
+        b.pair(4, Kind::Toplevel(Toplevel::default())).unwrap();
+        feed_x(
+            &mut b,
+            Writer::new(3, op("wl_compositor", "create_surface"))
+                .uint(8)
+                .finish(),
+            vec![],
+        );
+        take_up(&mut b);
+        // The menu's surface (Xwayland 8, upstream 12) as a popup of 4
+        // (xdg_surface 10): its xdg_surface 13, positioner 14, popup 15.
+        b.pair(
+            8,
+            Kind::Popup {
+                parent: 4,
+                x: 40,
+                y: 60,
+                width: 160,
+                height: 120,
+            },
+        )
+        .unwrap();
+        let up = take_up(&mut b);
+        let anchor = up
+            .iter()
+            .find(|m| m.1 == op("xdg_positioner", "set_anchor_rect") && m.0 == 14)
+            .unwrap();
+        assert_eq!(
+            anchor.2,
+            [40u32, 60, 1, 1]
+                .iter()
+                .flat_map(|v| v.to_ne_bytes())
+                .collect::<Vec<u8>>()
+        );
+        let popup = up
+            .iter()
+            .find(|m| m.0 == 13 && m.1 == op("xdg_surface", "get_popup"))
+            .unwrap();
+        assert_eq!(
+            &popup.2[4..8],
+            &10u32.to_ne_bytes(),
+            "the parent's xdg_surface"
+        );
+        // The parent's window goes: the popup goes first.
+        b.unpair(4);
+        let up = take_up(&mut b);
+        assert_eq!(
+            up.iter().map(|m| (m.0, m.1)).take(4).collect::<Vec<_>>(),
+            vec![
+                (15, op("xdg_popup", "destroy")),
+                (13, op("xdg_surface", "destroy")),
+                (12, op("wl_surface", "attach")),
+                (12, op("wl_surface", "commit"))
+            ]
+        );
+        // A popup whose parent has no role is not made.
+        b.pair(
+            8,
+            Kind::Popup {
+                parent: 4,
+                x: 0,
+                y: 0,
+                width: 1,
+                height: 1,
+            },
+        )
+        .unwrap();
+        assert!(take_up(&mut b).is_empty());
+        assert!(!b.shows(8));
+    }
+
+    /// The bridge with its clipboard: seat (upstream 10), data device
+    /// manager (11), data device (12); Xwayland's keyboard (X 9, upstream
+    /// 14) entered its surface with serial 55.
+    fn bridge_with_clipboard() -> Xwl {
+        let mut b = bridge_with_surface();
+        feed_up(
+            &mut b,
+            Writer::new(2, ev("wl_registry", "global"))
+                .uint(8)
+                .string("wl_seat")
+                .uint(7)
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(2, ev("wl_registry", "global"))
+                .uint(9)
+                .string("wl_data_device_manager")
+                .uint(3)
+                .finish(),
+        );
+        let up = take_up(&mut b);
+        assert_eq!(
+            *up.last().unwrap(),
+            (
+                11,
+                op("wl_data_device_manager", "get_data_device"),
+                [12u32.to_ne_bytes(), 10u32.to_ne_bytes()].concat()
+            )
+        );
+        feed_x(
+            &mut b,
+            Writer::new(2, op("wl_registry", "bind"))
+                .uint(8)
+                .string("wl_seat")
+                .uint(5)
+                .uint(8)
+                .finish(),
+            vec![],
+        );
+        feed_x(
+            &mut b,
+            Writer::new(8, op("wl_seat", "get_keyboard"))
+                .uint(9)
+                .finish(),
+            vec![],
+        );
+        take_up(&mut b);
+        feed_up(
+            &mut b,
+            Writer::new(14, ev("wl_keyboard", "enter"))
+                .uint(55)
+                .uint(6)
+                .array(&[])
+                .finish(),
+        );
+        let x = msgs(&std::mem::take(&mut b.to_x));
+        assert_eq!(x[0].0, 9, "Xwayland's keyboard");
+        assert_eq!(
+            &x[0].2[4..8],
+            &4u32.to_ne_bytes(),
+            "its surface, renumbered"
+        );
+        b.to_up_fds.clear();
+        b
+    }
+
+    #[test]
+    fn the_hosts_selection_comes_to_the_window_manager_and_the_x_one_goes_to_the_host() {
+        let mut b = bridge_with_clipboard();
+        let offer = 0xff00_0001u32;
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("wl_data_device", "data_offer"))
+                .uint(offer)
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(offer, ev("wl_data_offer", "offer"))
+                .string("text/plain")
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(offer, ev("wl_data_offer", "offer"))
+                .string("image/png")
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("wl_data_device", "selection"))
+                .uint(offer)
+                .finish(),
+        );
+        assert_eq!(
+            b.wm.pop_front(),
+            Some(WmEvent::Selection {
+                mimes: vec!["text/plain".into(), "image/png".into()]
+            })
+        );
+        assert!(
+            b.to_x.is_empty(),
+            "Xwayland hears nothing of the bridge's offers"
+        );
+        // An X app asks for it: a pipe, its write end to the host.
+        let r = b.receive("text/plain").unwrap();
+        assert!(r.is_some());
+        let up = take_up(&mut b);
+        assert_eq!((up[0].0, up[0].1), (offer, op("wl_data_offer", "receive")));
+        assert_eq!(b.to_up_fds.len(), 1);
+        assert!(
+            b.receive("text/html").unwrap().is_none(),
+            "a type the host does not offer"
+        );
+        // The X selection offered to the host with Xwayland's last serial.
+        b.set_selection(&["text/plain;charset=utf-8".into()])
+            .unwrap();
+        let up = take_up(&mut b);
+        assert_eq!(
+            up[0],
+            (
+                11,
+                op("wl_data_device_manager", "create_data_source"),
+                15u32.to_ne_bytes().to_vec()
+            )
+        );
+        assert_eq!((up[1].0, up[1].1), (15, op("wl_data_source", "offer")));
+        assert_eq!(
+            up[2],
+            (
+                12,
+                op("wl_data_device", "set_selection"),
+                [15u32.to_ne_bytes(), 55u32.to_ne_bytes()].concat()
+            )
+        );
+        // The host wants it: the request and its pipe for the window manager.
+        let m = Writer::new(15, ev("wl_data_source", "send"))
+            .string("text/plain;charset=utf-8")
+            .finish();
+        let mut q: VecDeque<OwnedFd> = vec![fd()].into();
+        assert_eq!(b.events(&m, &mut q).unwrap(), m.len());
+        assert_eq!(b.sends.len(), 1);
+        // The compositor hands the bridge's own selection back: no echo to X.
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("wl_data_device", "data_offer"))
+                .uint(0xff00_0002)
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("wl_data_device", "selection"))
+                .uint(0xff00_0002)
+                .finish(),
+        );
+        assert!(b.wm.is_empty());
+        // Someone else copies on the host: the source is cancelled, the new
+        // selection reaches the window manager.
+        feed_up(
+            &mut b,
+            Writer::new(15, ev("wl_data_source", "cancelled")).finish(),
+        );
+        assert_eq!(
+            take_up(&mut b).last().unwrap().1,
+            op("wl_data_source", "destroy")
+        );
+        feed_up(
+            &mut b,
+            Writer::new(12, ev("wl_data_device", "selection"))
+                .uint(0)
+                .finish(),
+        );
+        assert_eq!(b.wm.pop_front(), Some(WmEvent::Selection { mimes: vec![] }));
+    }
+
+    #[test]
+    fn a_compositor_without_a_data_device_manager_gets_no_selection() {
+        let mut b = bridge_with_surface();
+        b.set_selection(&["text/plain".into()]).unwrap();
+        assert!(take_up(&mut b).is_empty());
+        assert!(b.receive("text/plain").unwrap().is_none());
+    }
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use x11rb::protocol::xproto;
 use x11rb::protocol::Event;
 
+use super::clip::{Clipboard, XClip};
 use super::xwl::{Kind, Toplevel, WmEvent, Xwl, XwlError};
 
 /// What the window manager reads of a window when it maps.
@@ -29,7 +30,9 @@ pub struct Props {
 
 /// The X requests the window manager makes (a live connection, or the
 /// tests' recorder).
-pub trait XServer {
+pub trait XServer: XClip {
+    /// The window manager's own window (it owns selections with it).
+    fn wm_window(&self) -> u32;
     /// Reads the window's properties.
     fn props(&mut self, w: u32) -> Props;
     /// Maps a window (and marks it `NormalState`).
@@ -74,6 +77,8 @@ pub struct Wm {
     focused: Option<u32>,
     /// Most recently paired toplevels last (a menu's parent by default).
     order: Vec<u32>,
+    /// The clipboard's X side.
+    pub clip: Clipboard,
 }
 
 /// Most X windows the manager keeps track of.
@@ -88,6 +93,7 @@ impl Wm {
             by_surface: HashMap::new(),
             focused: None,
             order: Vec::new(),
+            clip: Clipboard::default(),
         }
     }
 
@@ -156,6 +162,15 @@ impl Wm {
                     self.by_surface.insert(surface, e.window);
                     self.try_pair(x, xwl, e.window)?;
                 }
+            }
+            Event::SelectionRequest(e) => self.clip.request(x, xwl, *e)?,
+            Event::SelectionNotify(e) if e.requestor == x.wm_window() => {
+                self.clip.converted(x, xwl, e.property != 0)?
+            }
+            Event::SelectionClear(e) if e.selection == x.clip_atoms().clipboard => self.clip.lost(),
+            Event::XfixesSelectionNotify(e) if e.selection == x.clip_atoms().clipboard => {
+                let ours = e.owner == x.wm_window();
+                self.clip.x_owner_changed(x, ours, e.owner)
             }
             _ => {}
         }
@@ -301,11 +316,289 @@ impl Wm {
                     x.close(window, delete);
                 }
             }
+            WmEvent::Selection { mimes } => self.clip.host_selection(x, mimes),
         }
     }
 
     /// The window paired with Xwayland's surface `s`.
     pub fn window_of(&self, s: u32) -> Option<u32> {
         self.by_surface.get(&s).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::clip::ClipAtoms;
+    use super::super::xwl::op;
+    use super::super::xwl::tests::{bridge_with_surface, ev, feed_up, feed_x, take_up};
+    use super::*;
+    use wl_proxy::wire::Writer;
+    use x11rb::protocol::xproto::*;
+
+    const ROOT: u32 = 0x100;
+    const SURFACE_ID: u32 = 300;
+    const W: u32 = 0x20_0001;
+    const MENU: u32 = 0x20_0005;
+
+    /// What the window manager asked of X, in order.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        props: Props,
+        atoms: Vec<String>,
+        converted: Option<(u32, Vec<u8>)>,
+    }
+
+    impl XClip for Recorder {
+        fn clip_atoms(&self) -> ClipAtoms {
+            ClipAtoms {
+                clipboard: 500,
+                targets: 501,
+                utf8: 502,
+                string: 31,
+                text: 503,
+            }
+        }
+        fn atom(&mut self, name: &str) -> u32 {
+            match self.atoms.iter().position(|a| a == name) {
+                Some(i) => 600 + i as u32,
+                None => {
+                    self.atoms.push(name.to_string());
+                    600 + self.atoms.len() as u32 - 1
+                }
+            }
+        }
+        fn atom_name(&mut self, atom: u32) -> Option<String> {
+            self.atoms.get(atom.checked_sub(600)? as usize).cloned()
+        }
+        fn own_clipboard(&mut self, own: bool) {
+            self.log.push(format!("own clipboard {own}"));
+        }
+        fn answer(&mut self, req: &SelectionRequestEvent, data: Option<(u32, u8, Vec<u8>)>) {
+            self.log.push(format!(
+                "answer {:#x} {:?}",
+                req.requestor,
+                data.map(|d| d.2)
+            ));
+        }
+        fn convert(&mut self, target: u32) {
+            self.log.push(format!("convert {target}"));
+        }
+        fn take_converted(&mut self) -> Option<(u32, Vec<u8>)> {
+            self.converted.take()
+        }
+    }
+
+    impl XServer for Recorder {
+        fn wm_window(&self) -> u32 {
+            0x400
+        }
+        fn props(&mut self, _: u32) -> Props {
+            self.props.clone()
+        }
+        fn map(&mut self, w: u32) {
+            self.log.push(format!("map {w:#x}"));
+        }
+        fn configure_request(&mut self, e: &ConfigureRequestEvent) {
+            self.log.push(format!(
+                "configure {:#x} {}x{}",
+                e.window, e.width, e.height
+            ));
+        }
+        fn resize(&mut self, w: u32, width: u32, height: u32) {
+            self.log.push(format!("resize {w:#x} {width}x{height}"));
+        }
+        fn focus(&mut self, w: u32, take_focus: bool) {
+            self.log.push(format!("focus {w:#x} {take_focus}"));
+        }
+        fn close(&mut self, w: u32, delete: bool) {
+            self.log.push(format!("close {w:#x} {delete}"));
+        }
+        fn withdrawn(&mut self, w: u32) {
+            self.log.push(format!("withdrawn {w:#x}"));
+        }
+        fn allow_commits(&mut self, w: u32, allow: bool) {
+            self.log.push(format!("commits {w:#x} {allow}"));
+        }
+        fn surface_id_atom(&self) -> u32 {
+            SURFACE_ID
+        }
+        fn watched(&self, atom: u32) -> bool {
+            atom == u32::from(AtomEnum::WM_NAME)
+        }
+    }
+
+    fn create(window: u32, x: i16, y: i16, or: bool) -> Event {
+        Event::CreateNotify(CreateNotifyEvent {
+            response_type: CREATE_NOTIFY_EVENT,
+            sequence: 0,
+            parent: ROOT,
+            window,
+            x,
+            y,
+            width: 640,
+            height: 480,
+            border_width: 0,
+            override_redirect: or,
+        })
+    }
+
+    fn map_notify(window: u32, or: bool) -> Event {
+        Event::MapNotify(MapNotifyEvent {
+            response_type: MAP_NOTIFY_EVENT,
+            sequence: 0,
+            event: ROOT,
+            window,
+            override_redirect: or,
+        })
+    }
+
+    fn surface_id(window: u32, surface: u32) -> Event {
+        Event::ClientMessage(ClientMessageEvent::new(
+            32,
+            window,
+            SURFACE_ID,
+            [surface, 0, 0, 0, 0],
+        ))
+    }
+
+    /// The recorded sequence of a toplevel's life: created, map request,
+    /// mapped, WL_SURFACE_ID, configured and focused by the compositor, a
+    /// menu beside it, closed, unmapped.
+    #[test]
+    fn a_window_and_its_menu_from_map_request_to_unmap() {
+        let mut x = Recorder::default();
+        x.props.toplevel.title = "xterm".into();
+        x.props.toplevel.app_id = "XTerm".into();
+        x.props.delete = true;
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(
+            &mut x,
+            &mut xwl,
+            &Event::MapRequest(MapRequestEvent {
+                response_type: MAP_REQUEST_EVENT,
+                sequence: 0,
+                parent: ROOT,
+                window: W,
+            }),
+        )
+        .unwrap();
+        assert_eq!(x.log, ["commits 0x200001 false", "map 0x200001"]);
+        // The surface id may come before the map notify: paired only once
+        // both are there.
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        assert!(take_up(&mut xwl).is_empty());
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        let up = take_up(&mut xwl);
+        assert_eq!(
+            (up[0].0, up[0].1),
+            (3, op("xdg_wm_base", "get_xdg_surface"))
+        );
+        assert!(up.iter().any(|m| m.2.windows(6).any(|w| w == b"XTerm\0")));
+        assert_eq!(wm.window_of(4), Some(W));
+        // The compositor's configure: X commits allowed, resized, focused.
+        feed_up(
+            &mut xwl,
+            Writer::new(11, ev("xdg_toplevel", "configure"))
+                .uint(1280)
+                .uint(695)
+                .array(&4u32.to_ne_bytes())
+                .finish(),
+        );
+        feed_up(
+            &mut xwl,
+            Writer::new(10, ev("xdg_surface", "configure"))
+                .uint(5)
+                .finish(),
+        );
+        while let Some(e) = xwl.wm.pop_front() {
+            wm.wayland_event(&mut x, e);
+        }
+        assert_eq!(
+            x.log[2..],
+            [
+                "commits 0x200001 true",
+                "resize 0x200001 1280x695",
+                "focus 0x200001 false"
+            ]
+        );
+        // A menu (override-redirect) at (40, 60) from the window: a popup
+        // of the focused window's surface, X commits allowed at once.
+        feed_x(
+            &mut xwl,
+            Writer::new(3, op("wl_compositor", "create_surface"))
+                .uint(8)
+                .finish(),
+            vec![],
+        );
+        take_up(&mut xwl);
+        wm.event(&mut x, &mut xwl, &create(MENU, 40, 60, true))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(MENU, true)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(MENU, 8)).unwrap();
+        let up = take_up(&mut xwl);
+        // The positioner is upstream 14 (after the menu's surface 12 and its
+        // xdg_surface 13).
+        let anchor = up
+            .iter()
+            .find(|m| (m.0, m.1) == (14, op("xdg_positioner", "set_anchor_rect")))
+            .expect("a positioner");
+        assert_eq!(&anchor.2[..8], &[40, 0, 0, 0, 60, 0, 0, 0]);
+        assert_eq!(x.log.last().unwrap(), "commits 0x200005 true");
+        // Closed from the compositor: WM_DELETE_WINDOW, since it has it.
+        feed_up(
+            &mut xwl,
+            Writer::new(11, ev("xdg_toplevel", "close")).finish(),
+        );
+        while let Some(e) = xwl.wm.pop_front() {
+            wm.wayland_event(&mut x, e);
+        }
+        assert_eq!(x.log.last().unwrap(), "close 0x200001 true");
+        // The client unmaps it: the menu's popup and the toplevel go.
+        wm.event(
+            &mut x,
+            &mut xwl,
+            &Event::UnmapNotify(UnmapNotifyEvent {
+                response_type: UNMAP_NOTIFY_EVENT,
+                sequence: 0,
+                event: ROOT,
+                window: W,
+                from_configure: false,
+            }),
+        )
+        .unwrap();
+        let up = take_up(&mut xwl);
+        assert_eq!(up[0].1, op("xdg_popup", "destroy"));
+        assert!(up
+            .iter()
+            .any(|m| (m.0, m.1) == (11, op("xdg_toplevel", "destroy"))));
+        assert_eq!(x.log.last().unwrap(), "withdrawn 0x200001");
+        assert_eq!(wm.window_of(4), None);
+    }
+
+    #[test]
+    fn windows_of_other_parents_and_unknown_ones_are_left_alone() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        let mut child = create(W, 0, 0, false);
+        if let Event::CreateNotify(e) = &mut child {
+            e.parent = 0x999;
+        }
+        wm.event(&mut x, &mut xwl, &child).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        // A menu with no toplevel to hang from.
+        wm.event(&mut x, &mut xwl, &create(MENU, 0, 0, true))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(MENU, true)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(MENU, 4)).unwrap();
+        assert!(take_up(&mut xwl).is_empty());
+        assert!(x.log.is_empty(), "{:?}", x.log);
+        // Configure and close for a surface no window has.
+        wm.wayland_event(&mut x, WmEvent::Close { surface: 77 });
+        assert!(x.log.is_empty());
     }
 }

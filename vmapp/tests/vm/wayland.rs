@@ -40,7 +40,7 @@ waitwin() {
 /// The script's start ([`SWAY`], then `$V`: `vmapp launch` in host-root
 /// mode) and the path of our test client `wl-color`, which lives in the
 /// build's directory: host-root mode shows it only because `$V` exposes it.
-fn sway_and_launcher() -> (String, String) {
+fn sway_and_launcher() -> (String, String, String) {
     let bins = std::path::Path::new(VMAPP)
         .parent()
         .expect("vmapp's directory");
@@ -48,12 +48,16 @@ fn sway_and_launcher() -> (String, String) {
         "{SWAY}\nV=\"timeout {T} {VMAPP} launch --memory 512 --host-root --expose {}\"\n",
         bins.display()
     );
-    (prelude, bins.join("wl-color").display().to_string())
+    (
+        prelude,
+        bins.join("wl-color").display().to_string(),
+        bins.join("x-color").display().to_string(),
+    )
 }
 
 #[test]
-fn guest_windows_pixels_keyboard_and_denied_clients() {
-    let (prelude, c) = sway_and_launcher();
+fn guest_windows_pixels_keyboard_denied_clients_and_x11_apps() {
+    let (prelude, c, xc) = sway_and_launcher();
     let script = format!(
         r#"{prelude}
 
@@ -109,11 +113,107 @@ $V -- sh -c 'wtype x 2>&1; echo wtype-rc=$?; grim /tmp/o.png 2>&1; echo grim-rc=
 grep -E 'wtype-rc|grim-rc' $RT/deny.out
 echo "deny-said=$(grep -v -e '-rc=' $RT/deny.out | tr '\n' ' ')"
 cat $RT/kb.out | sed 's/^/kb: /'
+
+# 5. X11 apps, through the guest's rootless Xwayland and the same proxy: our
+#    raw X client x-color (its colour at its window's centre, its
+#    override-redirect menu where X put it, relative to the window), closed
+#    from sway (WM_DELETE_WINDOW: it prints `deleted` and exits), xterm typed
+#    into on sway directly, a GTK 3 app forced to X11, and the clipboard.
+$V --tag xapp -- sh -c '{xc} --color 00ffff --title xcolor --menu ff00ff --seconds 900; echo xc-rc=$?' > $RT/x.out 2>&1 &
+pid=$!
+waitwin '"name": "\[xapp\] xcolor"' $RT/x.out && echo x-mapped=yes
+for i in $(seq 300); do grep -q menu= $RT/x.out && break; sleep 0.2; done
+echo x-appid=$(swaymsg -t get_tree | grep -o '"app_id": "xapp:[^"]*"' | sort -u)
+# The content's top-left corner and size, then the pixels at the centre and
+# at the menu's centre (40 + 80, 60 + 60 from the corner).
+xat() {{ swaymsg -t get_tree | python3 -c 'import json,sys
+def walk(n):
+    if n.get("name")=="[xapp] xcolor":
+        r=n["rect"]; w=n["window_rect"]; x=r["x"]+w["x"]; y=r["y"]+w["y"]
+        print("%d,%d 1x1 %d,%d 1x1"%(x+w["width"]//2,y+w["height"]//2,x+120,y+120)); sys.exit()
+    for c in n.get("nodes",[])+n.get("floating_nodes",[]): walk(c)
+walk(json.load(sys.stdin))'; }}
+sleep 2
+set -- $(xat)
+echo x-centre=$(grim -g "$1 $2" -t ppm - | tail -c 3 | od -An -tx1 | tr -d ' ')
+echo x-menu=$(grim -g "$3 $4" -t ppm - | tail -c 3 | od -An -tx1 | tr -d ' ')
+swaymsg '[title="xcolor$"] kill' > /dev/null
+wait $pid; echo x-rc=$?
+grep -q '^deleted' $RT/x.out && echo x-deleted=yes
+grep xc-rc= $RT/x.out
+# xterm: typed into once it has the focus (and time to start, emulated).
+$V --tag xt -- sh -c 'xterm -T term -e sh -c "read l; echo \$l > /tmp/typed"; echo xtyped=$(cat /tmp/typed)' > $RT/xt.out 2>&1 &
+pid=$!
+waitwin '"name": "\[xt\] term"' $RT/xt.out && echo xterm-mapped=yes
+for i in $(seq 600); do swaymsg -t get_tree | python3 -c 'import json,sys
+def walk(n):
+    if n.get("focused") and n.get("name")=="[xt] term": sys.exit(0)
+    for c in n.get("nodes",[])+n.get("floating_nodes",[]): walk(c)
+walk(json.load(sys.stdin)); sys.exit(1)' && break; sleep 0.2; done; sleep 15
+wtype hello-x11; sleep 5; wtype -k Return
+wait $pid; echo xterm-rc=$?
+grep xtyped= $RT/xt.out
+# GTK 3 on X11: a tagged window with its WM_CLASS as app id, closed from sway.
+$V --tag gtk -- sh -c 'GDK_BACKEND=x11 gtk3-demo; echo gtk-rc=$?' > $RT/gtk.out 2>&1 &
+pid=$!
+waitwin '"app_id": "gtk:Gtk3-demo"' $RT/gtk.out && echo gtk-mapped=yes
+swaymsg '[app_id="gtk:Gtk3-demo"] kill' > /dev/null
+wait $pid; grep gtk-rc= $RT/gtk.out
+# Clipboard, allowed: an X app's copy pasted on the host, the host's copy
+# pasted by an X app (each once it has the focus).
+$V --tag xcp -- {xc} --title copier --copy x11-to-host --seconds 600 > $RT/cp.out 2>&1 &
+pid=$!
+waitwin '"name": "\[xcp\] copier"' $RT/cp.out
+for i in $(seq 300); do grep -q copied $RT/cp.out && break; sleep 0.2; done
+sleep 2; echo host-pasted=$(timeout 60 wl-paste -n)
+swaymsg '[title="copier$"] kill' > /dev/null; wait $pid
+wl-copy host-to-x11
+$V --tag xps -- {xc} --title paster --paste --seconds 120 > $RT/ps.out 2>&1
+grep pasted $RT/ps.out | sed 's/^/x-/'
+# Without the focus, no paste: a host window (wl-color, on sway directly)
+# keeps the focus, which sway does not give the new X window (`no_focus`
+# holds when the workspace has another window); the host's selection never
+# reaches the VM.
+swaymsg 'no_focus [title="nofocus"]' > /dev/null
+{c} --title holder --seconds 600 > /dev/null 2>&1 &
+holder=$!
+waitwin '"name": "holder"' /dev/null
+$V --tag xnf -- {xc} --title nofocus --paste-unfocused --seconds 90 > $RT/nf.out 2>&1
+kill $holder
+grep -E 'pasted|focused' $RT/nf.out | sed 's/^/nofocus-/'
+# Clipboard denied: nothing either way.
+$V --tag xd --clipboard deny -- sh -c '{xc} --title denied --paste --seconds 60; {xc} --title denied2 --copy x11-denied --seconds 60' > $RT/deny-x.out 2>&1 &
+pid=$!
+waitwin '"name": "\[xd\] denied2"' $RT/deny-x.out
+sleep 5; echo denied-host-paste=$(timeout 30 wl-paste -n)
+swaymsg '[title="denied2$"] kill' > /dev/null; wait $pid
+grep pasted $RT/deny-x.out | sed 's/^/denied-/'
+cat $RT/x.out $RT/xt.out $RT/gtk.out $RT/cp.out $RT/ps.out $RT/nf.out $RT/deny-x.out | grep -v '^\[' | sed 's/^/x11: /'
 kill $HOLDER $SWAYPID 2>/dev/null; true
 "#
     );
     let (out, err) = in_kvm(&script);
     let all = format!("{out}\n{err}");
+    assert_eq!(value(&out, "x-mapped="), "yes", "{all}");
+    assert_eq!(
+        value(&out, "x-appid="),
+        "\"app_id\": \"xapp:x-color\"",
+        "{all}"
+    );
+    assert_eq!(value(&out, "x-centre="), "00ffff", "{all}");
+    assert_eq!(value(&out, "x-menu="), "ff00ff", "{all}");
+    assert_eq!(value(&out, "x-deleted="), "yes", "{all}");
+    assert_eq!(value(&out, "xc-rc="), "0", "{all}");
+    assert_eq!(value(&out, "xterm-mapped="), "yes", "{all}");
+    assert_eq!(value(&out, "xtyped="), "hello-x11", "{all}");
+    assert_eq!(value(&out, "gtk-mapped="), "yes", "{all}");
+    assert_eq!(value(&out, "gtk-rc="), "0", "{all}");
+    assert_eq!(value(&out, "host-pasted="), "x11-to-host", "{all}");
+    assert_eq!(value(&out, "x-pasted="), "host-to-x11", "{all}");
+    assert!(out.contains("nofocus-pasted-none"), "{all}");
+    assert!(!out.contains("nofocus-focused"), "{all}");
+    assert!(out.contains("denied-pasted-none"), "{all}");
+    assert_eq!(value(&out, "denied-host-paste="), "host-to-x11", "{all}");
     assert_eq!(value(&out, "wi-rc="), "0", "{all}");
     let globals = value(&out, "globals=");
     for g in [
@@ -164,7 +264,7 @@ kill $HOLDER $SWAYPID 2>/dev/null; true
 
 #[test]
 fn clipboard_both_ways_deny_a_stuck_reader_and_a_compositor_that_goes() {
-    let (prelude, c) = sway_and_launcher();
+    let (prelude, c, _) = sway_and_launcher();
     let script = format!(
         r#"{prelude}
 big() {{ head -c 800000 /dev/urandom | base64 -w0 | head -c 1048576; }}
