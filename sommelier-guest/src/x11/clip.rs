@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use x11rb::protocol::xproto::SelectionRequestEvent;
 
@@ -82,6 +84,8 @@ pub struct Clipboard {
     waiting: VecDeque<(u32, OwnedFd)>,
     /// The conversion under way (one at a time: one property).
     converting: Option<Conversion>,
+    /// Writes to host pipes under way.
+    sending: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,8 @@ enum Conversion {
 
 /// Most host selections read at once.
 const MAX_INCOMING: usize = 16;
+/// Most X selections being written to host apps at once.
+const MAX_SENDING: usize = 16;
 
 impl Clipboard {
     /// The host's selection changed (`mimes` empty: none).
@@ -109,7 +115,11 @@ impl Clipboard {
             return;
         }
         self.host = None;
-        if owner != 0 && self.converting.is_none() {
+        // What was being converted came from the old owner: its host
+        // reader gets nothing (its pipe closes), and the new owner's
+        // targets are asked for now.
+        self.converting = None;
+        if owner != 0 {
             self.converting = Some(Conversion::Targets);
             x.convert(x.clip_atoms().targets);
         }
@@ -191,8 +201,14 @@ impl Clipboard {
         };
         if let Some(ok) = done {
             let t = self.incoming.remove(i);
-            let type_ = t.req.target;
-            x.answer(&t.req, ok.then_some((type_, 8, t.data)));
+            let a = x.clip_atoms();
+            // TEXT is answered as UTF-8; STRING is Latin-1 (ICCCM).
+            let (type_, data) = match t.req.target {
+                tg if tg == a.text => (a.utf8, t.data),
+                tg if tg == a.string => (tg, latin1(&t.data)),
+                tg => (tg, t.data),
+            };
+            x.answer(&t.req, ok.then_some((type_, 8, data)));
         }
     }
 
@@ -250,14 +266,23 @@ impl Clipboard {
                 xwl.set_selection(&mimes)?;
             }
             Some(Conversion::Data(fd)) => {
-                if let Some((_, data)) = got {
-                    // A host app that reads slowly must not hold up the
-                    // window manager: the write has a thread of its own.
-                    let _ = std::thread::Builder::new()
+                // A host app that reads slowly must not hold up the window
+                // manager: the write has a thread of its own (at most
+                // MAX_SENDING; past that the reader gets nothing).
+                let sending = self.sending.clone();
+                if let Some((_, data)) =
+                    got.filter(|_| sending.load(Ordering::Relaxed) < MAX_SENDING)
+                {
+                    sending.fetch_add(1, Ordering::Relaxed);
+                    let spawned = std::thread::Builder::new()
                         .name("x11-clip-send".into())
                         .spawn(move || {
                             let _ = std::fs::File::from(fd).write_all(&data);
+                            sending.fetch_sub(1, Ordering::Relaxed);
                         });
+                    if spawned.is_err() {
+                        self.sending.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
             None => {}
@@ -265,6 +290,14 @@ impl Clipboard {
         self.next_conversion(x);
         Ok(())
     }
+}
+
+/// UTF-8 text as Latin-1, characters past U+00FF as `?`.
+fn latin1(utf8: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(utf8)
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
 }
 
 fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -293,12 +293,13 @@ impl XClip for Live {
     }
 
     fn take_converted(&mut self) -> Option<(u32, Vec<u8>)> {
+        let prop = self.atoms._VMAPP_SELECTION;
         let r = self
             .conn
             .get_property(
-                true,
+                false,
                 self.check,
-                self.atoms._VMAPP_SELECTION,
+                prop,
                 AtomEnum::ANY,
                 0,
                 (MAX_DATA / 4) as u32,
@@ -306,7 +307,9 @@ impl XClip for Live {
             .ok()?
             .reply()
             .ok()?;
-        // INCR (a transfer in pieces) is not carried.
+        let _ = self.conn.delete_property(self.check, prop);
+        // INCR (the owner's transfer in pieces, past ~256 KiB for GTK) is
+        // not carried: the host app gets nothing rather than a part.
         if r.type_ == 0 || r.bytes_after > 0 || self.atom_name(r.type_).as_deref() == Some("INCR") {
             return None;
         }

@@ -379,14 +379,24 @@ fn bridge(
 /// host selections being read for X apps.
 fn run(p: &mut Pump, live: &mut Live, wmgr: &mut Wm) -> Result<(), X11Error> {
     loop {
-        while let Some(e) = live.conn.poll_for_event().map_err(ConnError::from)? {
-            wmgr.event(live, &mut p.xwl, &e)?;
-        }
-        while let Some(e) = p.xwl.wm.pop_front() {
-            wmgr.wayland_event(live, e);
-        }
-        while let Some((mime, fd)) = p.xwl.sends.pop_front() {
-            wmgr.clip.host_wants(live, &mime, fd);
+        // Until nothing is left: a round trip made while handling one thing
+        // (an atom, a property) may have queued X events that poll would
+        // not see again.
+        let mut busy = true;
+        while busy {
+            busy = false;
+            while let Some(e) = live.conn.poll_for_event().map_err(ConnError::from)? {
+                busy = true;
+                wmgr.event(live, &mut p.xwl, &e)?;
+            }
+            while let Some(e) = p.xwl.wm.pop_front() {
+                busy = true;
+                wmgr.wayland_event(live, e);
+            }
+            while let Some((mime, fd)) = p.xwl.sends.pop_front() {
+                busy = true;
+                wmgr.clip.host_wants(live, &mime, fd);
+            }
         }
         live.conn.flush().map_err(ConnError::from)?;
         p.flush()?;

@@ -177,6 +177,9 @@ enum Own {
     DataDevice,
     Offer,
     Source,
+    /// Destroyed by the bridge; its events (already on their way) are
+    /// dropped until its id is deleted or made again.
+    Dead,
 }
 
 /// Interface ids the bridge acts on.
@@ -294,6 +297,17 @@ impl Xwl {
         self.to_up.extend_from_slice(&w.finish());
     }
 
+    /// Destroys the bridge's object `u` (of `iface`, whose destructor is
+    /// `destroy`), once: what the compositor sent it before it heard of
+    /// that is dropped, never answered.
+    fn destroy_own(&mut self, u: u32, iface: &str) {
+        match self.own.get_mut(&u) {
+            Some((_, what)) if !matches!(what, Own::Dead) => *what = Own::Dead,
+            _ => return,
+        }
+        self.send(Writer::new(u, op(iface, "destroy")));
+    }
+
     /// Frames and passes on every complete request in `buf` (with `fds`
     /// queued); returns the bytes consumed.
     pub fn requests(&mut self, buf: &[u8], fds: &mut VecDeque<OwnedFd>) -> Result<usize, XwlError> {
@@ -365,6 +379,7 @@ impl Xwl {
             ("wl_subcompositor", "get_subsurface") => self.xwayland_role(x_args.get(1).copied()),
             ("xdg_wm_base", "get_xdg_surface") => self.xwayland_role(x_args.get(1).copied()),
             ("wl_data_device", "start_drag") => self.xwayland_role(x_args.get(2).copied()),
+            ("zwp_tablet_tool_v2", "set_cursor") => self.xwayland_role(x_args.first().copied()),
             _ => {}
         }
         Ok(())
@@ -463,20 +478,23 @@ impl Xwl {
     }
 
     /// The window manager gives surface `x` (Xwayland's id) its role. A
-    /// surface Xwayland has not made yet gets it when it does.
-    pub fn pair(&mut self, x: u32, kind: Kind) -> Result<(), XwlError> {
+    /// surface Xwayland has not made yet gets it when it does. `Ok(false)`:
+    /// no role, now or later (a popup whose parent has none, too many
+    /// windows); the window manager may ask again.
+    pub fn pair(&mut self, x: u32, kind: Kind) -> Result<bool, XwlError> {
         let Some(s) = self.surfaces.get(&x) else {
-            if self.waiting.len() < MAX_PAIRED {
-                self.waiting.insert(x, kind);
+            if self.waiting.len() >= MAX_PAIRED {
+                return Ok(false);
             }
-            return Ok(());
+            self.waiting.insert(x, kind);
+            return Ok(true);
         };
         if !matches!(s.role, Role::None) {
-            return Ok(());
+            return Ok(true);
         }
         let Some(wm_base) = self.wm_base else {
             self.waiting.insert(x, kind);
-            return Ok(());
+            return Ok(true);
         };
         let paired = self
             .surfaces
@@ -484,7 +502,7 @@ impl Xwl {
             .filter(|s| matches!(s.role, Role::Xdg { .. }))
             .count();
         if paired >= MAX_PAIRED {
-            return Ok(());
+            return Ok(false);
         }
         let up = s.up;
         if let Kind::Popup { parent, .. } = &kind {
@@ -494,7 +512,7 @@ impl Xwl {
             ) {
                 // Its parent has gone (or never showed): nothing to place
                 // it by.
-                return Ok(());
+                return Ok(false);
             }
         }
         let xs = self.new_own(self.known.xdg_surface, Own::XdgSurface(x))?;
@@ -514,8 +532,8 @@ impl Xwl {
             } => match self.make_popup(x, xs, *parent, (*px, *py, *width, *height))? {
                 Some(r) => r,
                 None => {
-                    self.send(Writer::new(xs, op("xdg_surface", "destroy")));
-                    return Ok(());
+                    self.destroy_own(xs, "xdg_surface");
+                    return Ok(false);
                 }
             },
         };
@@ -532,7 +550,7 @@ impl Xwl {
                 configured: false,
             };
         }
-        Ok(())
+        Ok(true)
     }
 
     fn make_toplevel(&mut self, x: u32, xs: u32, t: &Toplevel) -> Result<u32, XwlError> {
@@ -555,7 +573,12 @@ impl Xwl {
         self.send(Writer::new(tl, op("xdg_toplevel", "set_title")).string(&clean(&t.title)));
         self.send(Writer::new(tl, op("xdg_toplevel", "set_app_id")).string(&clean(&t.app_id)));
         let (minw, minh) = (t.min.0.max(0) as u32, t.min.1.max(0) as u32);
-        let (maxw, maxh) = (t.max.0.max(0) as u32, t.max.1.max(0) as u32);
+        let (mut maxw, mut maxh) = (t.max.0.max(0) as u32, t.max.1.max(0) as u32);
+        // A maximum below the minimum is an error to some compositors
+        // (the connection would go): no maximum then.
+        if (maxw != 0 && maxw < minw) || (maxh != 0 && maxh < minh) {
+            (maxw, maxh) = (0, 0);
+        }
         self.send(
             Writer::new(tl, op("xdg_toplevel", "set_min_size"))
                 .uint(minw)
@@ -626,7 +649,7 @@ impl Xwl {
                 .uint(parent_xs)
                 .uint(pos),
         );
-        self.send(Writer::new(pos, op("xdg_positioner", "destroy")));
+        self.destroy_own(pos, "xdg_positioner");
         Ok(Some(popup))
     }
 
@@ -663,13 +686,8 @@ impl Xwl {
         s.held = Held::default();
         s.pending = None;
         let up = s.up;
-        let (ri, rn) = if popup {
-            ("xdg_popup", "destroy")
-        } else {
-            ("xdg_toplevel", "destroy")
-        };
-        self.send(Writer::new(role, op(ri, rn)));
-        self.send(Writer::new(xdg_surface, op("xdg_surface", "destroy")));
+        self.destroy_own(role, if popup { "xdg_popup" } else { "xdg_toplevel" });
+        self.destroy_own(xdg_surface, "xdg_surface");
         if clear {
             self.send(
                 Writer::new(up, op("wl_surface", "attach"))
@@ -823,6 +841,7 @@ impl Xwl {
             _ => "",
         };
         match (what, msg.name) {
+            (Own::Dead, _) => {}
             (Own::Registry, "global") => self.global(u, n(0) as u32, name(1), n(2) as u32)?,
             (Own::DataDevice | Own::Offer | Own::Source, _) => {
                 let fd = (!fds.is_empty()).then(|| fds.remove(0));
@@ -1608,5 +1627,77 @@ pub(crate) mod tests {
         b.set_selection(&["text/plain".into()]).unwrap();
         assert!(take_up(&mut b).is_empty());
         assert!(b.receive("text/plain").unwrap().is_none());
+    }
+
+    #[test]
+    fn events_for_roles_the_bridge_already_destroyed_get_no_answer() {
+        let mut b = bridge_with_surface();
+        b.pair(4, Kind::Toplevel(Toplevel::default())).unwrap();
+        take_up(&mut b);
+        // The window goes before the compositor's first configure arrives.
+        b.unpair(4);
+        take_up(&mut b);
+        feed_up(
+            &mut b,
+            Writer::new(11, ev("xdg_toplevel", "configure"))
+                .uint(9)
+                .uint(9)
+                .array(&[])
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(10, ev("xdg_surface", "configure"))
+                .uint(3)
+                .finish(),
+        );
+        feed_up(
+            &mut b,
+            Writer::new(11, ev("xdg_toplevel", "close")).finish(),
+        );
+        assert!(
+            take_up(&mut b).is_empty(),
+            "a request on a destroyed object"
+        );
+        assert!(b.wm.is_empty());
+        // Its delete_ids come and free the ids.
+        for id in [11u32, 10] {
+            feed_up(
+                &mut b,
+                Writer::new(1, ev("wl_display", "delete_id"))
+                    .uint(id)
+                    .finish(),
+            );
+        }
+        assert!(b.to_x.is_empty());
+    }
+
+    /// Size hints whose maximum is below their minimum (which some
+    /// compositors refuse, cutting the connection) lose their maximum.
+    #[test]
+    fn a_maximum_below_the_minimum_is_dropped() {
+        let mut b = bridge_with_surface();
+        let t = Toplevel {
+            min: (400, 300),
+            max: (200, 600),
+            ..Toplevel::default()
+        };
+        b.pair(4, Kind::Toplevel(t)).unwrap();
+        let up = take_up(&mut b);
+        let size = |name| {
+            up.iter()
+                .find(|m| (m.0, m.1) == (11, op("xdg_toplevel", name)))
+                .unwrap()
+                .2
+                .clone()
+        };
+        assert_eq!(
+            size("set_min_size"),
+            [400u32.to_ne_bytes(), 300u32.to_ne_bytes()].concat()
+        );
+        assert_eq!(
+            size("set_max_size"),
+            [0u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat()
+        );
     }
 }

@@ -93,7 +93,7 @@ impl Xwl {
                 }
             }
             (Own::Source, "cancelled") => {
-                self.send(Writer::new(u, op("wl_data_source", "destroy")));
+                self.destroy_own(u, "wl_data_source");
                 if self.clip.source == Some(u) {
                     self.clip.source = None;
                 }
@@ -131,7 +131,7 @@ impl Xwl {
     /// makes another object with it (events may still be on their way).
     fn drop_offer(&mut self, o: u32) {
         if self.clip.offers.remove(&o).is_some() {
-            self.send(Writer::new(o, op("wl_data_offer", "destroy")));
+            self.destroy_own(o, "wl_data_offer");
         }
     }
 
@@ -170,7 +170,7 @@ impl Xwl {
             return Ok(());
         };
         if let Some(old) = self.clip.source.take() {
-            self.send(Writer::new(old, op("wl_data_source", "destroy")));
+            self.destroy_own(old, "wl_data_source");
         }
         let mut src = 0;
         if !mimes.is_empty() {

@@ -119,6 +119,17 @@ impl Wm {
                 );
             }
             Event::DestroyNotify(e) => self.forget(xwl, e.window),
+            Event::ReparentNotify(e)
+                if e.parent == self.root && self.windows.len() < MAX_WINDOWS =>
+            {
+                self.windows.entry(e.window).or_insert(Win {
+                    override_redirect: e.override_redirect,
+                    x: e.x.into(),
+                    y: e.y.into(),
+                    ..Win::default()
+                });
+            }
+            Event::ReparentNotify(e) => self.forget(xwl, e.window),
             Event::MapRequest(e) => {
                 if let Some(w) = self.windows.get_mut(&e.window) {
                     w.props = x.props(e.window);
@@ -150,7 +161,13 @@ impl Wm {
                     }
                 }
             }
-            Event::ClientMessage(e) if e.type_ == x.surface_id_atom() && e.format == 32 => {
+            // Only Xwayland's own (not one another client sent with
+            // SendEvent, which sets bit 7 of the type).
+            Event::ClientMessage(e)
+                if e.type_ == x.surface_id_atom()
+                    && e.format == 32
+                    && e.response_type & 0x80 == 0 =>
+            {
                 let surface = e.data.as_data32()[0];
                 if let Some(w) = self.windows.get_mut(&e.window) {
                     if w.paired {
@@ -164,7 +181,9 @@ impl Wm {
                 }
             }
             Event::SelectionRequest(e) => self.clip.request(x, xwl, *e)?,
-            Event::SelectionNotify(e) if e.requestor == x.wm_window() => {
+            Event::SelectionNotify(e)
+                if e.requestor == x.wm_window() && e.selection == x.clip_atoms().clipboard =>
+            {
                 self.clip.converted(x, xwl, e.property != 0)?
             }
             Event::SelectionClear(e) if e.selection == x.clip_atoms().clipboard => self.clip.lost(),
@@ -253,16 +272,33 @@ impl Wm {
             Kind::Toplevel(t)
         };
         let toplevel = matches!(kind, Kind::Toplevel(_));
-        xwl.pair(surface, kind)?;
+        if !xwl.pair(surface, kind)? {
+            return Ok(());
+        }
         if let Some(w) = self.windows.get_mut(&window) {
             w.paired = true;
         }
         if toplevel {
             self.order.push(window);
+            self.retry_menus(x, xwl)?;
         } else {
             // Xwayland may draw it now: a popup needs no configure of the
             // window manager's.
             x.allow_commits(window, true);
+        }
+        Ok(())
+    }
+
+    /// Menus mapped while no window could be their parent get one now.
+    fn retry_menus(&mut self, x: &mut impl XServer, xwl: &mut Xwl) -> Result<(), XwlError> {
+        let waiting: Vec<u32> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.override_redirect && w.mapped && !w.paired && w.surface.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for w in waiting {
+            self.try_pair(x, xwl, w)?;
         }
         Ok(())
     }
@@ -600,5 +636,102 @@ mod tests {
         // Configure and close for a surface no window has.
         wm.wayland_event(&mut x, WmEvent::Close { surface: 77 });
         assert!(x.log.is_empty());
+    }
+
+    /// Any X client can send a client message to the root: a forged
+    /// `WL_SURFACE_ID` (sent with SendEvent) pairs nothing.
+    #[test]
+    fn a_forged_surface_id_pairs_nothing() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        let mut forged = surface_id(W, 4);
+        if let Event::ClientMessage(e) = &mut forged {
+            e.response_type |= 0x80;
+        }
+        wm.event(&mut x, &mut xwl, &forged).unwrap();
+        assert!(take_up(&mut xwl).is_empty());
+        assert_eq!(wm.window_of(4), None);
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        assert_eq!(wm.window_of(4), Some(W));
+    }
+
+    /// A window reparented to the root (an XEmbed icon undocked) is managed
+    /// from then on; one reparented away is forgotten.
+    #[test]
+    fn windows_reparented_to_and_from_the_root_are_followed() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        let reparent = |window, parent| {
+            Event::ReparentNotify(ReparentNotifyEvent {
+                response_type: REPARENT_NOTIFY_EVENT,
+                sequence: 0,
+                event: ROOT,
+                window,
+                parent,
+                x: 0,
+                y: 0,
+                override_redirect: false,
+            })
+        };
+        wm.event(&mut x, &mut xwl, &reparent(W, ROOT)).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        assert_eq!(wm.window_of(4), Some(W));
+        wm.event(&mut x, &mut xwl, &reparent(W, 0x999)).unwrap();
+        assert_eq!(wm.window_of(4), None);
+        assert!(take_up(&mut xwl)
+            .iter()
+            .any(|m| m.1 == op("xdg_toplevel", "destroy")));
+    }
+
+    /// A menu mapped before any window it could hang from (a splash, a
+    /// tooltip of a window not yet shown) gets its popup once one is there.
+    #[test]
+    fn a_menu_without_a_parent_yet_waits_for_one() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        feed_x(
+            &mut xwl,
+            Writer::new(3, op("wl_compositor", "create_surface"))
+                .uint(8)
+                .finish(),
+            vec![],
+        );
+        take_up(&mut xwl);
+        wm.event(&mut x, &mut xwl, &create(MENU, 40, 60, true))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(MENU, true)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(MENU, 8)).unwrap();
+        assert!(take_up(&mut xwl).is_empty());
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        // Two xdg surfaces made on xdg_wm_base (upstream 3): the window's
+        // and the menu's.
+        let up = take_up(&mut xwl);
+        let made = up
+            .iter()
+            .filter(|m| (m.0, m.1) == (3, op("xdg_wm_base", "get_xdg_surface")))
+            .count();
+        assert_eq!(made, 2, "{up:?}");
+    }
+
+    /// An X app takes the clipboard while a host paste is being converted
+    /// from the previous owner: the new owner's targets are asked for at
+    /// once (the host must not keep the old list).
+    #[test]
+    fn a_new_x_owner_is_asked_for_its_targets_even_mid_conversion() {
+        let mut x = Recorder::default();
+        let mut wm = Wm::new(ROOT);
+        let fd: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        wm.clip.host_wants(&mut x, "text/plain", fd);
+        assert_eq!(x.log.last().unwrap(), "convert 502");
+        wm.clip.x_owner_changed(&mut x, false, 0x999);
+        assert_eq!(x.log.last().unwrap(), "convert 501");
     }
 }
