@@ -180,14 +180,28 @@ impl Wm {
                     self.try_pair(x, xwl, e.window)?;
                 }
             }
+            e => self.selection_event(x, xwl, e)?,
+        }
+        Ok(())
+    }
+
+    /// The clipboard's X events (selection requests, conversions, owners).
+    fn selection_event(
+        &mut self,
+        x: &mut impl XServer,
+        xwl: &mut Xwl,
+        e: &Event,
+    ) -> Result<(), XwlError> {
+        let clipboard = x.clip_atoms().clipboard;
+        match e {
             Event::SelectionRequest(e) => self.clip.request(x, xwl, *e)?,
             Event::SelectionNotify(e)
-                if e.requestor == x.wm_window() && e.selection == x.clip_atoms().clipboard =>
+                if e.requestor == x.wm_window() && e.selection == clipboard =>
             {
                 self.clip.converted(x, xwl, e.property != 0)?
             }
-            Event::SelectionClear(e) if e.selection == x.clip_atoms().clipboard => self.clip.lost(),
-            Event::XfixesSelectionNotify(e) if e.selection == x.clip_atoms().clipboard => {
+            Event::SelectionClear(e) if e.selection == clipboard => self.clip.lost(),
+            Event::XfixesSelectionNotify(e) if e.selection == clipboard => {
                 let ours = e.owner == x.wm_window();
                 self.clip.x_owner_changed(x, ours, e.owner)
             }
