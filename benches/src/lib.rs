@@ -1,6 +1,8 @@
 //! Helpers shared by the benchmark binaries: spawning a VMM, timing a marker
 //! line on its console, sampling its memory, and summarising runs.
 
+pub mod sway;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;

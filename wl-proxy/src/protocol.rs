@@ -94,6 +94,8 @@ pub struct Known {
     pub xdg_toplevel: IfaceId,
     /// `wl_keyboard`
     pub keyboard: IfaceId,
+    /// `wl_surface`
+    pub surface: IfaceId,
 }
 
 impl Known {
@@ -107,6 +109,7 @@ impl Known {
             Known {
                 display: l("wl_display"),
                 registry: l("wl_registry"),
+                surface: l("wl_surface"),
                 shm: l("wl_shm"),
                 shm_pool: l("wl_shm_pool"),
                 xdg_toplevel: l("xdg_toplevel"),

@@ -577,16 +577,21 @@ impl Proxy {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
+        let (n, commits) = (c.serial, c.session.commits());
         match end {
-            None => info_limited!("wl-proxy: client {} disconnected", c.serial),
+            None => info_limited!("wl-proxy: client {n} disconnected ({commits} surface commits)"),
             Some(End::Closed(why)) => {
-                info_limited!("wl-proxy: client {} disconnected: {why}", c.serial)
+                info_limited!(
+                    "wl-proxy: client {n} disconnected ({commits} surface commits): {why}"
+                )
             }
             Some(End::Short) => {
-                info_limited!("wl-proxy: client {} disconnected: out of fds", c.serial)
+                info_limited!(
+                    "wl-proxy: client {n} disconnected ({commits} surface commits): out of fds"
+                )
             }
             Some(End::Violation(v)) => {
-                warn_limited!("wl-proxy: client {} disconnected: {v}", c.serial);
+                warn_limited!("wl-proxy: client {n} disconnected ({commits} surface commits): {v}");
                 // The compositor connection goes first, so nothing more reaches it.
                 let _ = c.up.shutdown(std::net::Shutdown::Both);
                 drop(c.up);

@@ -132,6 +132,7 @@ pub struct Session {
     globals: HashMap<u32, Global>,
     pools: HashMap<u32, OwnedFd>,
     known: &'static Known,
+    commits: u64,
 }
 
 struct ArgErr(Violation);
@@ -170,6 +171,7 @@ impl Session {
             globals: HashMap::new(),
             pools: HashMap::new(),
             known,
+            commits: 0,
         }
     }
 
@@ -187,6 +189,12 @@ impl Session {
     /// The shm pools this client holds (an fd each).
     pub fn pool_count(&self) -> usize {
         self.pools.len()
+    }
+
+    /// `wl_surface.commit` requests this client has made (logged when it
+    /// goes; the benchmarks count frames that reached the compositor by it).
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// Number of objects the client has.
@@ -291,6 +299,8 @@ impl Session {
             self.check_pool(vals, fds, None)?;
         } else if obj.iface == k.shm_pool && h.opcode == 2 {
             self.check_pool(vals, fds, Some(h.object))?;
+        } else if obj.iface == k.surface && h.opcode == 6 {
+            self.commits += 1;
         } else if obj.iface == k.xdg_toplevel && (h.opcode == 2 || h.opcode == 3) {
             if let Some(Value::Str(Some(s))) = vals.first() {
                 let new = self.label(s, h.opcode == 2);

@@ -13,6 +13,8 @@
 //!   `cargo xtask bench gpu`: a guest app's frames/s and launch → mapped
 //!   through vmapp's virtio-gpu + wl-proxy vs waypipe over vsock (headless
 //!   sway in the same host).
+//!   `cargo xtask bench x11`: an X11 app's frames/s and launch → mapped
+//!   (Xwayland and the X11 bridge in the guest) vs a Wayland app's.
 //! - `cargo xtask bench wl [ARGS…]`: wl-proxy vs a direct connection to a
 //!   headless sway, and the parse + validate rate (criterion); no VM.
 //! - `cargo xtask bench audio [--secs S] [--runs N]`: audio-proxy vs a plain
@@ -68,7 +70,7 @@ fn timeout(default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// `cargo xtask bench [boot|io|vsock|net|fs|gpu] [ARGS…]`: a VM benchmark, in
+/// `cargo xtask bench [boot|io|vsock|net|fs|gpu|x11] [ARGS…]`: a VM benchmark, in
 /// the emulated KVM host where /dev/kvm cannot run stock kernels.
 fn bench(args: &[String]) -> Result<i32> {
     cargo(&["build", "--release", "--workspace", "--bins"])?;
@@ -97,6 +99,7 @@ fn bench(args: &[String]) -> Result<i32> {
         Some("net") => ("net-bench", &args[2..]),
         Some("fs") => ("fs-bench", &args[2..]),
         Some("gpu") => ("gpu-bench", &args[2..]),
+        Some("x11") => ("x11-bench", &args[2..]),
         Some("boot") => ("boot-bench", &args[2..]),
         _ => ("boot-bench", &args[1..]),
     };
@@ -233,7 +236,7 @@ fn main() -> ExitCode {
                 println!("{:?}", xtask::host());
                 Ok(0)
             }
-            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|net|fs|gpu|wl|audio] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
+            _ => bail!("usage: cargo xtask run -- VMAPP-ARGS… | cargo xtask test [CARGO-TEST-ARGS…] | cargo xtask bench [boot|io|vsock|net|fs|gpu|x11|wl|audio] [--runs N] | cargo xtask sh SCRIPT | cargo xtask host"),
         }
     })();
     match r {

@@ -14,11 +14,12 @@
 //! Run it through `cargo xtask bench gpu`.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use benches::sway::{launch_to_map, Sway};
 use benches::{median, run_capture};
 use clap::Parser;
 
@@ -43,80 +44,6 @@ const FOOT: &str = "foot -o tweak.max-shm-pool-size-mb=0 sleep 60";
 
 fn main() -> ExitCode {
     benches::exit("gpu-bench", run())
-}
-
-struct Sway {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Sway {
-    fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(&home)?;
-        let _ = std::fs::create_dir_all("/dev/shm");
-        let conf = home.join("sway.conf");
-        std::fs::write(&conf, "output HEADLESS-1 resolution 1280x720\n")?;
-        for p in [dir.path(), home.as_path()] {
-            std::os::unix::fs::chown(p, Some(65534), Some(65534))?;
-        }
-        let child = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
-            .arg(format!("XDG_RUNTIME_DIR={}", dir.path().display()))
-            .arg(format!("HOME={}", home.display()))
-            .args([
-                "WLR_BACKENDS=headless",
-                "WLR_LIBINPUT_NO_DEVICES=1",
-                "WLR_RENDERER=pixman",
-            ])
-            .arg("sway")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting sway")?;
-        let s = Sway { child, dir };
-        let t = Instant::now();
-        while !s.socket().exists() {
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!("sway did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("wayland-1")
-    }
-
-    fn swaymsg_has(&self, pattern: &str) -> bool {
-        let ipc = std::fs::read_dir(self.dir.path()).ok().and_then(|mut d| {
-            d.find_map(|e| {
-                let p = e.ok()?.path();
-                p.file_name()?
-                    .to_str()?
-                    .starts_with("sway-ipc")
-                    .then_some(p)
-            })
-        });
-        let Some(ipc) = ipc else { return false };
-        Command::new("swaymsg")
-            .args(["-s"])
-            .arg(ipc)
-            .args(["-t", "get_tree"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(pattern))
-    }
-}
-
-impl Drop for Sway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `vmapp launch --host-root` of `sh -c cmd`, with the Wayland relay in
@@ -167,24 +94,6 @@ fn fps(out: &str, key: &str) -> Result<f64> {
         .and_then(|l| l.split("fps=").nth(1))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no {key} frames in:\n{out}"))
-}
-
-/// Milliseconds from starting `c` until sway shows `pattern`.
-fn launch_to_map(mut c: Command, sway: &Sway, pattern: &str) -> Result<f64> {
-    let t = Instant::now();
-    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let r = loop {
-        if sway.swaymsg_has(pattern) {
-            break Ok(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        if t.elapsed() > Duration::from_secs(600) || child.try_wait()?.is_some() {
-            break Err(anyhow::anyhow!("{pattern} never mapped"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    r
 }
 
 fn run() -> Result<()> {

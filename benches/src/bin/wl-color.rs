@@ -4,12 +4,15 @@
 //! compositor; the Wayland benchmark uses `--bench` to measure frames/s.
 //!
 //! ```text
-//! wl-color [--color RRGGBB] [--title T] [--size WxH] [--seconds S] [--bench]
+//! wl-color [--color RRGGBB] [--title T] [--size WxH] [--seconds S] [--bench [--paced] [--fps N]]
 //! ```
 //! Without `--bench` it shows the colour for S seconds (default 2), or until
 //! the window is closed, and exits.
 //! With `--bench` it redraws and commits full frames for S seconds, each
-//! followed by a `wl_display.sync` round trip, and prints `frames=N fps=F`.
+//! followed by a `wl_display.sync` round trip, and prints `frames=N fps=F`;
+//! with `--paced` each frame waits for its `wl_surface.frame` callback instead
+//! (as toolkits, games and Xwayland pace theirs); `--fps N` draws at most N a
+//! second (a toolkit's frame clock).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -27,6 +30,8 @@ struct Args {
     h: u32,
     seconds: f64,
     bench: bool,
+    paced: bool,
+    fps: Option<f64>,
 }
 
 fn parse_args() -> Args {
@@ -37,6 +42,8 @@ fn parse_args() -> Args {
         h: 480,
         seconds: 2.0,
         bench: false,
+        paced: false,
+        fps: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -52,8 +59,10 @@ fn parse_args() -> Args {
                 }
             }
             "--seconds" => a.seconds = next.parse().unwrap_or(a.seconds),
-            "--bench" => {
-                a.bench = true;
+            "--fps" => a.fps = next.parse().ok(),
+            "--bench" | "--paced" => {
+                a.bench |= v[i] == "--bench";
+                a.paced |= v[i] == "--paced";
                 i += 1;
                 continue;
             }
@@ -318,12 +327,18 @@ fn main() {
         fill(i, color);
         c.send(&Writer::new(7, 1).uint(11 + i).uint(0).uint(0).finish());
         c.send(&Writer::new(7, 9).uint(0).uint(0).uint(w).uint(h).finish());
-        c.send(&Writer::new(7, 6).finish());
-        frames += 1;
-        // A round trip: the frame has reached the compositor.
         let cb = next_id;
         next_id += 1;
-        c.send(&Writer::new(1, 0).uint(cb).finish());
+        if a.paced {
+            // wl_surface.frame: done once the compositor has shown it.
+            c.send(&Writer::new(7, 3).uint(cb).finish());
+        }
+        c.send(&Writer::new(7, 6).finish());
+        frames += 1;
+        if !a.paced {
+            // A round trip: the frame has reached the compositor.
+            c.send(&Writer::new(1, 0).uint(cb).finish());
+        }
         loop {
             let (o, op, b) = c.event();
             match (o, op) {
@@ -332,6 +347,11 @@ fn main() {
                 (6, 0) => c.send(&Writer::new(6, 3).uint(word(&b, 0)).finish()),
                 _ => {}
             }
+        }
+        if let Some(fps) = a.fps {
+            let next = start + Duration::from_secs_f64((frames + 1) as f64 / fps);
+            // Events wait in the socket (a release read here would be lost).
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
         let done = start.elapsed() >= Duration::from_secs_f64(a.seconds);
         if !a.bench {

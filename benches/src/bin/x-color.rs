@@ -7,7 +7,18 @@
 //! ```text
 //! x-color [--color RRGGBB] [--title T] [--class C] [--size WxH]
 //!         [--seconds S] [--menu RRGGBB] [--copy TEXT | --paste | --paste-unfocused]
+//!         [--bench [--present | --fps N]] [--fullscreen-on-key]
 //! ```
+//! With `--bench` (the X11 benchmark) it redraws the whole window for S
+//! seconds and prints `frames=N fps=F` (frames drawn): each frame filled
+//! straight into the window and followed by a round trip to the X server (as
+//! Xlib/cairo toolkits draw; Xwayland sends the compositor what is there each
+//! time the last frame's callback is back); with `--present` each frame is
+//! filled in a pixmap, shown with the Present extension and the next one drawn
+//! once it is complete (as GL and Vulkan clients swap).
+//! With `--fullscreen-on-key` its first key press asks the window manager for
+//! fullscreen (`_NET_WM_STATE`, as EWMH says), and it prints `state=fullscreen`
+//! once its `_NET_WM_STATE` says it is.
 //! It prints `mapped` at its first Expose, `key=N` for each key press,
 //! `deleted` when asked to close (then exits 0).
 //! With `--copy TEXT` it owns `CLIPBOARD` once it has the focus and serves
@@ -38,6 +49,10 @@ struct Args {
     copy: Option<String>,
     paste: bool,
     paste_unfocused: bool,
+    bench: bool,
+    present: bool,
+    fps: Option<f64>,
+    fullscreen_on_key: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -52,12 +67,27 @@ fn parse() -> Result<Args> {
         copy: None,
         paste: false,
         paste_unfocused: false,
+        bench: false,
+        present: false,
+        fps: None,
+        fullscreen_on_key: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        if ["--paste", "--paste-unfocused"].contains(&k.as_str()) {
+        if [
+            "--paste",
+            "--paste-unfocused",
+            "--bench",
+            "--present",
+            "--fullscreen-on-key",
+        ]
+        .contains(&k.as_str())
+        {
+            a.fullscreen_on_key |= k == "--fullscreen-on-key";
             a.paste |= k == "--paste";
             a.paste_unfocused |= k == "--paste-unfocused";
+            a.bench |= k == "--bench";
+            a.present |= k == "--present";
             continue;
         }
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -68,6 +98,7 @@ fn parse() -> Result<Args> {
             "--copy" => a.copy = Some(v),
             "--class" => a.class = v,
             "--seconds" => a.seconds = v.parse()?,
+            "--fps" => a.fps = Some(v.parse()?),
             "--size" => {
                 let (w, h) = v.split_once('x').context("--size WxH")?;
                 (a.w, a.h) = (w.parse()?, h.parse()?);
@@ -102,7 +133,8 @@ fn main() -> Result<()> {
             EventMask::EXPOSURE
                 | EventMask::KEY_PRESS
                 | EventMask::STRUCTURE_NOTIFY
-                | EventMask::FOCUS_CHANGE,
+                | EventMask::FOCUS_CHANGE
+                | EventMask::PROPERTY_CHANGE,
         ),
     )?;
     conn.change_property8(
@@ -130,6 +162,7 @@ fn main() -> Result<()> {
     let (mut w, mut h) = (a.w, a.h);
     let mut mapped = false;
     let mut focused = false;
+    let (mut fullscreen_asked, mut fullscreen_shown) = (a.fullscreen_on_key, false);
     let clip = Clip::new(&conn)?;
     while Instant::now() < end {
         let Some(e) = conn.poll_for_event()? else {
@@ -142,6 +175,12 @@ fn main() -> Result<()> {
                 if !mapped {
                     mapped = true;
                     println!("mapped");
+                    if a.bench && a.present {
+                        return bench_present(&conn, win, (w, h), &a);
+                    }
+                    if a.bench {
+                        return bench(&conn, win, gc, &a);
+                    }
                     if let Some(c) = a.menu {
                         menu(&conn, root, win, c)?;
                     }
@@ -159,7 +198,18 @@ fn main() -> Result<()> {
                 }
             }
             Event::ConfigureNotify(e) if e.window == win => (w, h) = (e.width, e.height),
-            Event::KeyPress(k) => println!("key={}", k.detail),
+            Event::KeyPress(k) => {
+                println!("key={}", k.detail);
+                if std::mem::take(&mut fullscreen_asked) {
+                    ask_fullscreen(&conn, root, win)?;
+                }
+            }
+            Event::PropertyNotify(p) if p.window == win && !fullscreen_shown => {
+                fullscreen_shown = is_fullscreen(&conn, win)?;
+                if fullscreen_shown {
+                    println!("state=fullscreen");
+                }
+            }
             Event::FocusIn(_) if !focused => {
                 focused = true;
                 println!("focused");
@@ -175,6 +225,131 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--bench`: full frames drawn into the window, each followed by a round
+/// trip, for `a.seconds` (the window's size followed as it changes); prints
+/// `frames=N fps=F`.
+fn bench(conn: &impl Connection, win: u32, gc: u32, a: &Args) -> Result<()> {
+    let (mut w, mut h) = (a.w, a.h);
+    let start = Instant::now();
+    let mut frames = 0u32;
+    while start.elapsed() < Duration::from_secs_f64(a.seconds) {
+        let color = a.color ^ (frames & 0xff);
+        conn.change_gc(
+            gc,
+            &x11rb::protocol::xproto::ChangeGCAux::new().foreground(color),
+        )?;
+        fill(conn, win, gc, w, h)?;
+        conn.get_input_focus()?.reply()?;
+        if let Some(fps) = a.fps {
+            let next = start + Duration::from_secs_f64(f64::from(frames + 1) / fps);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        while let Some(e) = conn.poll_for_event()? {
+            match e {
+                Event::ConfigureNotify(e) if e.window == win => (w, h) = (e.width, e.height),
+                Event::ClientMessage(_) => {
+                    println!("deleted");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        frames += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("frames={frames} fps={:.1}", f64::from(frames) / secs);
+    Ok(())
+}
+
+/// `--bench --present`: full frames through the Present extension, each
+/// drawn once the last is complete, for `a.seconds`; prints `frames=N fps=F`.
+fn bench_present(conn: &impl Connection, win: u32, (w, h): (u16, u16), a: &Args) -> Result<()> {
+    use x11rb::protocol::present::{self, ConnectionExt as _};
+    conn.present_query_version(1, 2)?
+        .reply()
+        .context("the X server has no Present extension")?;
+    let depth = conn.setup().roots[0].root_depth;
+    let pixmap = conn.generate_id()?;
+    conn.create_pixmap(depth, pixmap, win, w, h)?;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, pixmap, &CreateGCAux::new())?;
+    let eid = conn.generate_id()?;
+    conn.present_select_input(eid, win, present::EventMask::COMPLETE_NOTIFY)?;
+    let start = Instant::now();
+    let mut frames = 0u32;
+    while start.elapsed() < Duration::from_secs_f64(a.seconds) {
+        let color = a.color ^ (frames & 0xff);
+        conn.change_gc(
+            gc,
+            &x11rb::protocol::xproto::ChangeGCAux::new().foreground(color),
+        )?;
+        fill(conn, pixmap, gc, w, h)?;
+        // valid/update regions, offsets, crtc, wait/idle fences: none.
+        conn.present_pixmap(
+            win,
+            pixmap,
+            frames,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            present::Option::NONE.into(),
+            0,
+            0,
+            0,
+            &[],
+        )?;
+        conn.flush()?;
+        loop {
+            match conn.wait_for_event()? {
+                Event::PresentCompleteNotify(c) if c.serial == frames => break,
+                Event::ClientMessage(_) => {
+                    println!("deleted");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        frames += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("frames={frames} fps={:.1}", f64::from(frames) / secs);
+    Ok(())
+}
+
+/// EWMH: `_NET_WM_STATE` add `_NET_WM_STATE_FULLSCREEN`, sent to the root.
+fn ask_fullscreen(conn: &impl Connection, root: u32, win: u32) -> Result<()> {
+    let state = conn.intern_atom(false, b"_NET_WM_STATE")?.reply()?.atom;
+    let full = conn
+        .intern_atom(false, b"_NET_WM_STATE_FULLSCREEN")?
+        .reply()?
+        .atom;
+    let m = x11rb::protocol::xproto::ClientMessageEvent::new(32, win, state, [1, full, 0, 1, 0]);
+    conn.send_event(
+        false,
+        root,
+        EventMask::SUBSTRUCTURE_REDIRECT | EventMask::SUBSTRUCTURE_NOTIFY,
+        m,
+    )?;
+    conn.flush()?;
+    Ok(())
+}
+
+fn is_fullscreen(conn: &impl Connection, win: u32) -> Result<bool> {
+    let state = conn.intern_atom(false, b"_NET_WM_STATE")?.reply()?.atom;
+    let full = conn
+        .intern_atom(false, b"_NET_WM_STATE_FULLSCREEN")?
+        .reply()?
+        .atom;
+    let r = conn
+        .get_property(false, win, state, AtomEnum::ATOM, 0, 64)?
+        .reply()?;
+    Ok(r.value32().is_some_and(|mut v| v.any(|a| a == full)))
 }
 
 /// The clipboard modes' atoms.

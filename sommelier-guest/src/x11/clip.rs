@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use x11rb::protocol::xproto::SelectionRequestEvent;
 
@@ -82,8 +83,11 @@ pub struct Clipboard {
     pub incoming: Vec<Incoming>,
     /// Host apps waiting for the X selection's data: target, pipe.
     waiting: VecDeque<(u32, OwnedFd)>,
-    /// The conversion under way (one at a time: one property).
-    converting: Option<Conversion>,
+    /// The conversion under way (one at a time: one property), its target
+    /// and when it was asked for.
+    converting: Option<(Conversion, u32, Instant)>,
+    /// The X owner's best text target (UTF8_STRING, else STRING, else TEXT).
+    x_text: Option<u32>,
     /// Writes to host pipes under way.
     sending: Arc<AtomicUsize>,
 }
@@ -93,6 +97,10 @@ enum Conversion {
     Targets,
     Data(OwnedFd),
 }
+
+/// An X owner that has not answered a conversion by then is given up on
+/// (the host reader gets nothing) so later pastes are not held up.
+pub const CONVERT_WITHIN: Duration = Duration::from_secs(5);
 
 /// Most host selections read at once.
 const MAX_INCOMING: usize = 16;
@@ -115,13 +123,41 @@ impl Clipboard {
             return;
         }
         self.host = None;
+        self.x_text = None;
         // What was being converted came from the old owner: its host
         // reader gets nothing (its pipe closes), and the new owner's
         // targets are asked for now.
         self.converting = None;
         if owner != 0 {
-            self.converting = Some(Conversion::Targets);
-            x.convert(x.clip_atoms().targets);
+            self.start(x, Conversion::Targets, x.clip_atoms().targets);
+        }
+    }
+
+    fn start(&mut self, x: &mut impl XClip, c: Conversion, target: u32) {
+        self.converting = Some((c, target, Instant::now()));
+        x.convert(target);
+    }
+
+    /// The X owner's text target, once its targets are known.
+    pub fn x_text_target(&self) -> Option<u32> {
+        self.x_text
+    }
+
+    /// When the conversion under way is to be given up.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.converting.as_ref().map(|c| c.2 + CONVERT_WITHIN)
+    }
+
+    /// Gives up a conversion the X owner has not answered by `now`, and
+    /// asks for the next.
+    pub fn expire(&mut self, x: &mut impl XClip, now: Instant) {
+        if self.deadline().is_some_and(|d| d <= now) {
+            eprintln!(
+                "x11: the clipboard's owner did not answer within {} s; paste given up",
+                CONVERT_WITHIN.as_secs()
+            );
+            self.converting = None;
+            self.next_conversion(x);
         }
     }
 
@@ -216,7 +252,7 @@ impl Clipboard {
     pub fn host_wants(&mut self, x: &mut impl XClip, mime: &str, fd: OwnedFd) {
         let a = x.clip_atoms();
         let target = if mime.starts_with("text/plain") || mime == "UTF8_STRING" {
-            a.utf8
+            self.x_text.unwrap_or(a.utf8)
         } else {
             x.atom(mime)
         };
@@ -231,41 +267,66 @@ impl Clipboard {
             return;
         }
         if let Some((target, fd)) = self.waiting.pop_front() {
-            self.converting = Some(Conversion::Data(fd));
-            x.convert(target);
+            self.start(x, Conversion::Data(fd), target);
         }
     }
 
-    /// The owner answered the window manager's conversion (`ok`: the
-    /// property is set).
+    /// The owner answered the window manager's conversion to `target`
+    /// (`ok`: the property is set). An answer for another target (a late
+    /// one, after its conversion was given up) is ignored.
     pub fn converted(
         &mut self,
         x: &mut impl XClip,
         xwl: &mut Xwl,
+        target: u32,
         ok: bool,
     ) -> Result<(), XwlError> {
+        if self.converting.as_ref().is_some_and(|c| c.1 != target) {
+            return Ok(());
+        }
         let got = if ok { x.take_converted() } else { None };
-        match self.converting.take() {
-            Some(Conversion::Targets) => {
+        let a = x.clip_atoms();
+        match self.converting.take().map(|c| (c.0, c.1)) {
+            Some((Conversion::Targets, _)) => {
                 let mut mimes = Vec::new();
+                let mut text = Vec::new();
                 if let Some((_, bytes)) = got {
-                    let a = x.clip_atoms();
                     for c in bytes.chunks_exact(4).take(256) {
                         let atom = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-                        if atom == a.utf8 {
-                            mimes.extend([
-                                "text/plain;charset=utf-8".to_string(),
-                                "text/plain".into(),
-                            ]);
+                        if [a.utf8, a.string, a.text].contains(&atom) {
+                            text.push(atom);
                         } else if let Some(n) = x.atom_name(atom).filter(|n| n.contains('/')) {
                             mimes.push(n);
                         }
                     }
-                    mimes.dedup();
                 }
+                self.x_text = [a.utf8, a.string, a.text]
+                    .into_iter()
+                    .find(|t| text.contains(t));
+                if self.x_text.is_some() {
+                    mimes.splice(
+                        0..0,
+                        ["text/plain;charset=utf-8".to_string(), "text/plain".into()],
+                    );
+                }
+                mimes.dedup();
                 xwl.set_selection(&mimes)?;
             }
-            Some(Conversion::Data(fd)) => {
+            Some((Conversion::Data(fd), target)) => {
+                // STRING is Latin-1; the host gets UTF-8.
+                let got = got.map(|(t, d)| {
+                    if target == a.string {
+                        (
+                            t,
+                            d.iter()
+                                .map(|&b| char::from(b))
+                                .collect::<String>()
+                                .into_bytes(),
+                        )
+                    } else {
+                        (t, d)
+                    }
+                });
                 // A host app that reads slowly must not hold up the window
                 // manager: the write has a thread of its own (at most
                 // MAX_SENDING; past that the reader gets nothing).

@@ -12,7 +12,7 @@ use x11rb::rust_connection::{DefaultStream, RustConnection};
 use x11rb::wrapper::ConnectionExt as _;
 
 use super::clip::{ClipAtoms, XClip, MAX_DATA};
-use super::xwm::{Props, XServer};
+use super::xwm::{Props, StateAtoms, XServer};
 
 /// The atoms the window manager uses (generated, so undocumented).
 #[allow(missing_docs)]
@@ -443,6 +443,48 @@ impl XServer for Live {
 
     fn surface_id_atom(&self) -> u32 {
         self.atoms.WL_SURFACE_ID
+    }
+
+    fn state_atoms(&self) -> StateAtoms {
+        let a = &self.atoms;
+        StateAtoms {
+            state: a._NET_WM_STATE,
+            fullscreen: a._NET_WM_STATE_FULLSCREEN,
+            max_vert: a._NET_WM_STATE_MAXIMIZED_VERT,
+            max_horz: a._NET_WM_STATE_MAXIMIZED_HORZ,
+        }
+    }
+
+    fn set_state(&mut self, w: u32, fullscreen: bool, maximized: bool) {
+        let a = &self.atoms;
+        // The window's other states stay as they are.
+        let ours = [
+            a._NET_WM_STATE_FULLSCREEN,
+            a._NET_WM_STATE_MAXIMIZED_VERT,
+            a._NET_WM_STATE_MAXIMIZED_HORZ,
+        ];
+        let mut states: Vec<u32> = self
+            .words(w, a._NET_WM_STATE)
+            .into_iter()
+            .filter(|s| !ours.contains(s))
+            .take(64)
+            .collect();
+        if fullscreen {
+            states.push(a._NET_WM_STATE_FULLSCREEN);
+        }
+        if maximized {
+            states.extend([
+                a._NET_WM_STATE_MAXIMIZED_VERT,
+                a._NET_WM_STATE_MAXIMIZED_HORZ,
+            ]);
+        }
+        let _ = self.conn.change_property32(
+            PropMode::REPLACE,
+            w,
+            a._NET_WM_STATE,
+            AtomEnum::ATOM,
+            &states,
+        );
     }
 
     fn watched(&self, atom: u32) -> bool {

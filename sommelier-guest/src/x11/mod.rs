@@ -162,7 +162,10 @@ fn wait_readable(fds: &[i32], timeout: Option<Duration>) -> std::io::Result<Opti
             revents: 0,
         })
         .collect();
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // Rounded up: a deadline less than 1 ms away must not spin.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
     loop {
         // SAFETY: a valid pollfd array for the call.
         let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
@@ -406,7 +409,14 @@ fn run(p: &mut Pump, live: &mut Live, wmgr: &mut Wm) -> Result<(), X11Error> {
             live.conn.stream().as_raw_fd(),
         ];
         fds.extend(wmgr.clip.incoming.iter().map(|t| t.fd.as_raw_fd()));
-        let ended = match wait_readable(&fds, None)? {
+        // Woken for windows due to be reported as not shown and clipboard
+        // conversions to give up.
+        let timeout = wmgr
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let ready = wait_readable(&fds, timeout)?;
+        wmgr.timers(live, Instant::now());
+        let ended = match ready {
             Some(0) => p.read_x()?,
             Some(1) => p.read_up()?,
             Some(i) if i >= 3 => {

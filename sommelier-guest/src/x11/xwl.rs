@@ -602,6 +602,29 @@ impl Xwl {
         }
     }
 
+    /// Asks the compositor to make toplevel `x` fullscreen or not.
+    pub fn set_fullscreen(&mut self, x: u32, on: bool) {
+        if let Some(tl) = self.toplevel_of(x) {
+            if on {
+                self.send(Writer::new(tl, op("xdg_toplevel", "set_fullscreen")).uint(0));
+            } else {
+                self.send(Writer::new(tl, op("xdg_toplevel", "unset_fullscreen")));
+            }
+        }
+    }
+
+    /// Asks the compositor to maximize toplevel `x` or not.
+    pub fn set_maximized(&mut self, x: u32, on: bool) {
+        if let Some(tl) = self.toplevel_of(x) {
+            let name = if on {
+                "set_maximized"
+            } else {
+                "unset_maximized"
+            };
+            self.send(Writer::new(tl, op("xdg_toplevel", name)));
+        }
+    }
+
     fn toplevel_of(&self, x: u32) -> Option<u32> {
         match self.surfaces.get(&x)?.role {
             Role::Xdg {

@@ -8,6 +8,7 @@
 //! that the tests can drive it with X events of their own.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use x11rb::protocol::xproto;
 use x11rb::protocol::Event;
@@ -53,6 +54,23 @@ pub trait XServer: XClip {
     fn surface_id_atom(&self) -> u32;
     /// Atoms whose change means re-reading the properties.
     fn watched(&self, atom: u32) -> bool;
+    /// The `_NET_WM_STATE` atoms.
+    fn state_atoms(&self) -> StateAtoms;
+    /// Writes a window's `_NET_WM_STATE` (what the compositor granted).
+    fn set_state(&mut self, w: u32, fullscreen: bool, maximized: bool);
+}
+
+/// `_NET_WM_STATE` and the states the bridge carries.
+#[derive(Debug, Clone, Copy)]
+pub struct StateAtoms {
+    /// `_NET_WM_STATE`
+    pub state: u32,
+    /// `_NET_WM_STATE_FULLSCREEN`
+    pub fullscreen: u32,
+    /// `_NET_WM_STATE_MAXIMIZED_VERT`
+    pub max_vert: u32,
+    /// `_NET_WM_STATE_MAXIMIZED_HORZ`
+    pub max_horz: u32,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +84,29 @@ struct Win {
     surface: Option<u32>,
     paired: bool,
     props: Props,
+    /// When it was last mapped (its surface is due within [`PAIR_WITHIN`]).
+    mapped_at: Option<Instant>,
+    /// Logged as not shown (once per mapping).
+    reported: bool,
+    /// Fullscreen and maximized as the window's `_NET_WM_STATE` has them.
+    state_prop: (bool, bool),
+}
+
+impl Win {
+    /// Larger than any buffer the host takes.
+    fn too_large(&self) -> bool {
+        self.width > MAX_WIDTH || self.height > MAX_HEIGHT
+    }
+
+    /// When it is to be reported as not shown, if it is waiting.
+    fn report_due(&self) -> Option<Instant> {
+        let at = self.mapped_at.filter(|_| !self.paired && !self.reported)?;
+        Some(if self.too_large() {
+            at
+        } else {
+            at + PAIR_WITHIN
+        })
+    }
 }
 
 /// The window manager's state.
@@ -79,10 +120,26 @@ pub struct Wm {
     order: Vec<u32>,
     /// The clipboard's X side.
     pub clip: Clipboard,
+    /// Windows logged as not shown so far.
+    reports: u32,
 }
 
 /// Most X windows the manager keeps track of.
 pub const MAX_WINDOWS: usize = 65536;
+
+/// A mapped window without its surface (or without a role) this long is
+/// logged, once, as not shown.
+pub const PAIR_WITHIN: Duration = Duration::from_secs(10);
+
+/// The largest window shown (Qubes' bound on a window's buffer, which
+/// wl-proxy's policy uses too); larger ones get no role, so Xwayland draws
+/// nothing for them.
+pub const MAX_WIDTH: u32 = 16384;
+/// See [`MAX_WIDTH`].
+pub const MAX_HEIGHT: u32 = 6144;
+
+/// Windows logged as not shown, one line each, before the log goes quiet.
+const MAX_REPORTS: u32 = 20;
 
 impl Wm {
     /// A manager of `root`'s children.
@@ -94,6 +151,7 @@ impl Wm {
             focused: None,
             order: Vec::new(),
             clip: Clipboard::default(),
+            reports: 0,
         }
     }
 
@@ -133,12 +191,17 @@ impl Wm {
             Event::MapRequest(e) => {
                 if let Some(w) = self.windows.get_mut(&e.window) {
                     w.props = x.props(e.window);
+                    w.state_prop = (w.props.toplevel.fullscreen, w.props.toplevel.maximized);
                     x.allow_commits(e.window, false);
                 }
                 x.map(e.window);
             }
             Event::MapNotify(e) => {
                 if let Some(w) = self.windows.get_mut(&e.window) {
+                    if !w.mapped {
+                        w.mapped_at = Some(Instant::now());
+                        w.reported = false;
+                    }
                     w.mapped = true;
                     w.override_redirect = e.override_redirect;
                 }
@@ -151,6 +214,10 @@ impl Wm {
                     (w.x, w.y) = (e.x.into(), e.y.into());
                     (w.width, w.height) = (e.width.into(), e.height.into());
                     w.override_redirect = e.override_redirect;
+                    if w.mapped && !w.paired {
+                        // It may fit now.
+                        self.try_pair(x, xwl, e.window)?;
+                    }
                 }
             }
             Event::PropertyNotify(e) if x.watched(e.atom) => {
@@ -180,9 +247,51 @@ impl Wm {
                     self.try_pair(x, xwl, e.window)?;
                 }
             }
+            // EWMH: sent to the root with SendEvent by the client itself.
+            Event::ClientMessage(e) if e.type_ == x.state_atoms().state && e.format == 32 => {
+                self.state_request(x, xwl, e.window, e.data.as_data32());
+            }
             e => self.selection_event(x, xwl, e)?,
         }
         Ok(())
+    }
+
+    /// `_NET_WM_STATE`'s client message: `[action (0 remove, 1 add,
+    /// 2 toggle), state, state, source, 0]`; fullscreen and maximized are
+    /// asked of the compositor (before the map they are read with the
+    /// window's properties).
+    fn state_request(&mut self, x: &mut impl XServer, xwl: &mut Xwl, window: u32, d: [u32; 5]) {
+        let a = x.state_atoms();
+        let Some(w) = self.windows.get_mut(&window) else {
+            return;
+        };
+        let t = &mut w.props.toplevel;
+        let apply = |on: bool| match d[0] {
+            0 => false,
+            1 => true,
+            2 => !on,
+            _ => on,
+        };
+        let (mut fullscreen, mut maximized) = (t.fullscreen, t.maximized);
+        if d[1..3].contains(&a.fullscreen) {
+            fullscreen = apply(fullscreen);
+        }
+        if d[1..3].contains(&a.max_vert) || d[1..3].contains(&a.max_horz) {
+            maximized = apply(maximized);
+        }
+        if (fullscreen, maximized) == (t.fullscreen, t.maximized) {
+            return;
+        }
+        let (was_fullscreen, was_maximized) = (t.fullscreen, t.maximized);
+        (t.fullscreen, t.maximized) = (fullscreen, maximized);
+        if let (true, Some(s)) = (w.paired && !w.override_redirect, w.surface) {
+            if fullscreen != was_fullscreen {
+                xwl.set_fullscreen(s, fullscreen);
+            }
+            if maximized != was_maximized {
+                xwl.set_maximized(s, maximized);
+            }
+        }
     }
 
     /// The clipboard's X events (selection requests, conversions, owners).
@@ -198,7 +307,7 @@ impl Wm {
             Event::SelectionNotify(e)
                 if e.requestor == x.wm_window() && e.selection == clipboard =>
             {
-                self.clip.converted(x, xwl, e.property != 0)?
+                self.clip.converted(x, xwl, e.target, e.property != 0)?
             }
             Event::SelectionClear(e) if e.selection == clipboard => self.clip.lost(),
             Event::XfixesSelectionNotify(e) if e.selection == clipboard => {
@@ -230,6 +339,7 @@ impl Wm {
             return;
         };
         w.mapped = false;
+        w.mapped_at = None;
         if let Some(s) = w.surface.take() {
             self.by_surface.remove(&s);
             if std::mem::take(&mut w.paired) {
@@ -258,6 +368,9 @@ impl Wm {
         let (true, false, Some(surface)) = (w.mapped, w.paired, w.surface) else {
             return Ok(());
         };
+        if w.too_large() {
+            return Ok(());
+        }
         let kind = if w.override_redirect {
             let Some(p) = self.parent_for(w) else {
                 return Ok(());
@@ -340,7 +453,8 @@ impl Wm {
                 width,
                 height,
                 activated,
-                ..
+                fullscreen,
+                maximized,
             } => {
                 let Some(&window) = self.by_surface.get(&surface) else {
                     return;
@@ -351,6 +465,13 @@ impl Wm {
                 };
                 if width > 0 && height > 0 && (width as u32, height as u32) != (w.width, w.height) {
                     x.resize(window, width as u32, height as u32);
+                }
+                // The window's _NET_WM_STATE says what was granted.
+                let t = &mut w.props.toplevel;
+                (t.fullscreen, t.maximized) = (fullscreen, maximized);
+                if w.state_prop != (fullscreen, maximized) {
+                    w.state_prop = (fullscreen, maximized);
+                    x.set_state(window, fullscreen, maximized);
                 }
                 if activated && self.focused != Some(window) {
                     self.focused = Some(window);
@@ -368,6 +489,61 @@ impl Wm {
             }
             WmEvent::Selection { mimes } => self.clip.host_selection(x, mimes),
         }
+    }
+
+    /// When [`Wm::timers`] next has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        [self.report_deadline(), self.clip.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What is due at `now`: windows reported as not shown, a clipboard
+    /// conversion given up.
+    pub fn timers(&mut self, x: &mut impl XServer, now: Instant) {
+        self.overdue(now);
+        self.clip.expire(x, now);
+    }
+
+    /// When [`Wm::overdue`] next has a window to report.
+    pub fn report_deadline(&self) -> Option<Instant> {
+        self.windows.values().filter_map(Win::report_due).min()
+    }
+
+    /// The mapped windows still not shown at `now` (no surface or no role
+    /// within [`PAIR_WITHIN`], or too large), each logged once and then
+    /// left alone.
+    pub fn overdue(&mut self, now: Instant) -> Vec<u32> {
+        let mut due: Vec<u32> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.report_due().is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        due.sort_unstable();
+        for id in &due {
+            let Some(w) = self.windows.get_mut(id) else {
+                continue;
+            };
+            w.reported = true;
+            self.reports = self.reports.saturating_add(1);
+            let why = if w.too_large() {
+                format!(
+                    "it is {}×{}, larger than {MAX_WIDTH}×{MAX_HEIGHT}",
+                    w.width, w.height
+                )
+            } else {
+                format!("no surface or role within {} s", PAIR_WITHIN.as_secs())
+            };
+            if self.reports <= MAX_REPORTS {
+                eprintln!("x11: window {id:#x} is not shown: {why}");
+            }
+            if self.reports == MAX_REPORTS {
+                eprintln!("x11: further windows not shown are not logged");
+            }
+        }
+        due
     }
 
     /// The window paired with Xwayland's surface `s`.
@@ -475,6 +651,19 @@ mod tests {
         }
         fn watched(&self, atom: u32) -> bool {
             atom == u32::from(AtomEnum::WM_NAME)
+        }
+        fn state_atoms(&self) -> StateAtoms {
+            StateAtoms {
+                state: NET_WM_STATE,
+                fullscreen: FULLSCREEN,
+                max_vert: MAX_VERT,
+                max_horz: MAX_HORZ,
+            }
+        }
+        fn set_state(&mut self, w: u32, fullscreen: bool, maximized: bool) {
+            self.log.push(format!(
+                "state {w:#x} fullscreen={fullscreen} maximized={maximized}"
+            ));
         }
     }
 
@@ -747,5 +936,209 @@ mod tests {
         assert_eq!(x.log.last().unwrap(), "convert 502");
         wm.clip.x_owner_changed(&mut x, false, 0x999);
         assert_eq!(x.log.last().unwrap(), "convert 501");
+    }
+
+    fn configure_notify(window: u32, width: u16, height: u16) -> Event {
+        Event::ConfigureNotify(ConfigureNotifyEvent {
+            response_type: CONFIGURE_NOTIFY_EVENT,
+            sequence: 0,
+            event: ROOT,
+            window,
+            above_sibling: 0,
+            x: 0,
+            y: 0,
+            width,
+            height,
+            border_width: 0,
+            override_redirect: false,
+        })
+    }
+
+    /// A window whose surface never comes is reported once, 10 s after it
+    /// was mapped, and never again; a paired one never.
+    #[test]
+    fn a_window_never_paired_is_reported_once_after_10_s() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        let t0 = Instant::now();
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        let due = wm.report_deadline().unwrap();
+        assert!(due >= t0 + PAIR_WITHIN);
+        assert!(wm.overdue(due - Duration::from_millis(1)).is_empty());
+        assert_eq!(wm.overdue(due), [W]);
+        assert!(wm.overdue(due + PAIR_WITHIN).is_empty());
+        assert_eq!(wm.report_deadline(), None);
+        // Another, paired in time: nothing to report.
+        wm.event(&mut x, &mut xwl, &create(MENU + 1, 0, 0, false))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(MENU + 1, false))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(MENU + 1, 4))
+            .unwrap();
+        assert_eq!(wm.report_deadline(), None);
+        assert!(wm.overdue(due + PAIR_WITHIN * 3).is_empty());
+    }
+
+    /// A window larger than any buffer the host takes is not given a role
+    /// (Xwayland draws nothing for it) until it is resized within bounds.
+    #[test]
+    fn an_absurdly_large_window_is_not_shown_until_it_fits() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &configure_notify(W, 30000, 200))
+            .unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        assert!(
+            take_up(&mut xwl).is_empty(),
+            "no role for a 30000 px window"
+        );
+        // Reported at once, not after 10 s.
+        assert_eq!(wm.overdue(Instant::now()), [W]);
+        wm.event(&mut x, &mut xwl, &configure_notify(W, 800, 600))
+            .unwrap();
+        let up = take_up(&mut xwl);
+        assert_eq!(
+            (up[0].0, up[0].1),
+            (3, op("xdg_wm_base", "get_xdg_surface"))
+        );
+    }
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for pipe2's two fds.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: pipe2 just made both fds; each is owned once.
+        unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    /// An X owner that never answers a conversion does not hold up later
+    /// pastes: after CONVERT_WITHIN the host reader gets nothing (its pipe
+    /// closes) and the next conversion is asked for.
+    #[test]
+    fn a_conversion_never_answered_is_given_up() {
+        use std::io::Read;
+        let mut x = Recorder::default();
+        let mut wm = Wm::new(ROOT);
+        let (mut r1, w1) = pipe();
+        wm.clip.host_wants(&mut x, "text/plain", w1);
+        assert_eq!(x.log.last().unwrap(), "convert 502");
+        let (_r2, w2) = pipe();
+        wm.clip.host_wants(&mut x, "image/png", w2);
+        assert_eq!(x.log.len(), 1, "one conversion at a time: {:?}", x.log);
+        let due = wm.deadline().expect("a deadline for the conversion");
+        wm.timers(&mut x, due - Duration::from_millis(1));
+        assert_eq!(x.log.len(), 1);
+        wm.timers(&mut x, due);
+        assert_eq!(x.log.last().unwrap(), "convert 600", "{:?}", x.log);
+        let mut got = Vec::new();
+        r1.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
+    }
+
+    /// An X owner offering only STRING (Latin-1) is offered to the host as
+    /// text, converted as STRING and handed over as UTF-8.
+    #[test]
+    fn an_x_owner_with_only_string_is_pasted_as_utf8() {
+        use std::io::Read;
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        wm.clip.x_owner_changed(&mut x, false, 0x999);
+        assert_eq!(x.log.last().unwrap(), "convert 501");
+        x.converted = Some((4, 31u32.to_ne_bytes().to_vec()));
+        wm.clip.converted(&mut x, &mut xwl, 501, true).unwrap();
+        assert_eq!(wm.clip.x_text_target(), Some(31));
+        let (mut r, w) = pipe();
+        wm.clip.host_wants(&mut x, "text/plain;charset=utf-8", w);
+        assert_eq!(x.log.last().unwrap(), "convert 31");
+        x.converted = Some((31, b"caf\xe9".to_vec()));
+        wm.clip.converted(&mut x, &mut xwl, 31, true).unwrap();
+        let mut got = String::new();
+        r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "café");
+    }
+
+    const NET_WM_STATE: u32 = 700;
+    const FULLSCREEN: u32 = 701;
+    const MAX_VERT: u32 = 702;
+    const MAX_HORZ: u32 = 703;
+
+    /// `_NET_WM_STATE` asked after the map (an EWMH client message, sent to
+    /// the root): fullscreen and maximized are asked of the compositor, and
+    /// what the compositor grants is written back to the window.
+    #[test]
+    fn net_wm_state_requests_reach_the_compositor_and_its_answer_the_window() {
+        let mut x = Recorder::default();
+        let mut xwl = bridge_with_surface();
+        let mut wm = Wm::new(ROOT);
+        wm.event(&mut x, &mut xwl, &create(W, 0, 0, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &map_notify(W, false)).unwrap();
+        wm.event(&mut x, &mut xwl, &surface_id(W, 4)).unwrap();
+        take_up(&mut xwl);
+        let state = |action: u32, p1: u32, p2: u32| {
+            let mut m = ClientMessageEvent::new(32, W, NET_WM_STATE, [action, p1, p2, 1, 0]);
+            m.response_type |= 0x80; // sent with SendEvent, as EWMH says
+            Event::ClientMessage(m)
+        };
+        let asked = |xwl: &mut Xwl| -> Vec<u16> {
+            take_up(xwl)
+                .into_iter()
+                .filter(|m| m.0 == 11)
+                .map(|m| m.1)
+                .collect()
+        };
+        wm.event(&mut x, &mut xwl, &state(1, FULLSCREEN, 0))
+            .unwrap();
+        assert_eq!(asked(&mut xwl), [op("xdg_toplevel", "set_fullscreen")]);
+        wm.event(&mut x, &mut xwl, &state(2, MAX_VERT, MAX_HORZ))
+            .unwrap();
+        assert_eq!(asked(&mut xwl), [op("xdg_toplevel", "set_maximized")]);
+        wm.event(&mut x, &mut xwl, &state(0, FULLSCREEN, 0))
+            .unwrap();
+        assert_eq!(asked(&mut xwl), [op("xdg_toplevel", "unset_fullscreen")]);
+        // Asking again for what is already asked sends nothing.
+        wm.event(&mut x, &mut xwl, &state(1, MAX_HORZ, MAX_VERT))
+            .unwrap();
+        assert!(asked(&mut xwl).is_empty());
+        // The compositor maximizes it: the window hears so.
+        let mut states = Vec::new();
+        for s in [1u32, 4] {
+            states.extend_from_slice(&s.to_ne_bytes());
+        }
+        feed_up(
+            &mut xwl,
+            Writer::new(11, ev("xdg_toplevel", "configure"))
+                .uint(1280)
+                .uint(695)
+                .array(&states)
+                .finish(),
+        );
+        feed_up(
+            &mut xwl,
+            Writer::new(10, ev("xdg_surface", "configure"))
+                .uint(5)
+                .finish(),
+        );
+        while let Some(e) = xwl.wm.pop_front() {
+            wm.wayland_event(&mut x, e);
+        }
+        assert!(
+            x.log
+                .contains(&"state 0x200001 fullscreen=false maximized=true".to_string()),
+            "{:?}",
+            x.log
+        );
     }
 }

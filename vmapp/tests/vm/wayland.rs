@@ -116,10 +116,11 @@ cat $RT/kb.out | sed 's/^/kb: /'
 
 # 5. X11 apps, through the guest's rootless Xwayland and the same proxy: our
 #    raw X client x-color (its colour at its window's centre, its
-#    override-redirect menu where X put it, relative to the window), closed
-#    from sway (WM_DELETE_WINDOW: it prints `deleted` and exits), xterm typed
-#    into on sway directly, a GTK 3 app forced to X11, and the clipboard.
-$V --tag xapp -- sh -c '{xc} --color 00ffff --title xcolor --menu ff00ff --seconds 900; echo xc-rc=$?' > $RT/x.out 2>&1 &
+#    override-redirect menu where X put it, relative to the window, then
+#    fullscreen asked after its map), closed from sway (WM_DELETE_WINDOW: it
+#    prints `deleted` and exits), xterm typed into on sway directly, a GTK 3
+#    app forced to X11, and the clipboard.
+$V --tag xapp -- sh -c '{xc} --color 00ffff --title xcolor --menu ff00ff --fullscreen-on-key --seconds 900; echo xc-rc=$?' > $RT/x.out 2>&1 &
 pid=$!
 waitwin '"name": "\[xapp\] xcolor"' $RT/x.out && echo x-mapped=yes
 for i in $(seq 300); do grep -q menu= $RT/x.out && break; sleep 0.2; done
@@ -137,6 +138,16 @@ sleep 2
 set -- $(xat)
 echo x-centre=$(grim -g "$1 $2" -t ppm - | tail -c 3 | od -An -tx1 | tr -d ' ')
 echo x-menu=$(grim -g "$3 $4" -t ppm - | tail -c 3 | od -An -tx1 | tr -d ' ')
+# A key makes x-color ask for fullscreen after its map (_NET_WM_STATE):
+# sway makes the window fullscreen and the window's property says so.
+wtype f
+for i in $(seq 300); do grep -q state=fullscreen $RT/x.out && break; sleep 0.2; done
+echo x-fullscreen=$(swaymsg -t get_tree | python3 -c 'import json,sys
+def walk(n):
+    if n.get("name")=="[xapp] xcolor": print(n.get("fullscreen_mode")); sys.exit()
+    for c in n.get("nodes",[])+n.get("floating_nodes",[]): walk(c)
+walk(json.load(sys.stdin))')
+grep -q '^state=fullscreen' $RT/x.out && echo x-state-fullscreen=yes
 swaymsg '[title="xcolor$"] kill' > /dev/null
 wait $pid; echo x-rc=$?
 grep -q '^deleted' $RT/x.out && echo x-deleted=yes
@@ -202,6 +213,8 @@ kill $HOLDER $SWAYPID 2>/dev/null; true
     );
     assert_eq!(value(&out, "x-centre="), "00ffff", "{all}");
     assert_eq!(value(&out, "x-menu="), "ff00ff", "{all}");
+    assert_eq!(value(&out, "x-fullscreen="), "1", "{all}");
+    assert_eq!(value(&out, "x-state-fullscreen="), "yes", "{all}");
     assert_eq!(value(&out, "x-deleted="), "yes", "{all}");
     assert_eq!(value(&out, "xc-rc="), "0", "{all}");
     assert_eq!(value(&out, "xterm-mapped="), "yes", "{all}");

@@ -416,3 +416,23 @@ fn a_writable_keymap_reaches_the_client_sealed() {
     let ro = std::fs::File::open("/proc/self/exe").unwrap();
     assert!(read_only(ro.as_fd()));
 }
+
+#[test]
+fn surface_commits_are_counted() {
+    let mut s = session("", None);
+    with_registry(&mut s, &[(1, "wl_compositor", 6)]);
+    req(&mut s, bind(1, "wl_compositor", 6, 3)).unwrap();
+    req(&mut s, Writer::new(3, 0).uint(4).finish()).unwrap(); // surface 4
+    req(&mut s, Writer::new(3, 0).uint(5).finish()).unwrap(); // surface 5
+    assert_eq!(s.commits(), 0);
+    req(&mut s, Writer::new(4, 6).finish()).unwrap();
+    req(&mut s, Writer::new(5, 6).finish()).unwrap();
+    req(&mut s, Writer::new(4, 6).finish()).unwrap();
+    // Other surface requests are not commits.
+    req(
+        &mut s,
+        Writer::new(4, 9).uint(0).uint(0).uint(1).uint(1).finish(),
+    )
+    .unwrap();
+    assert_eq!(s.commits(), 3);
+}
