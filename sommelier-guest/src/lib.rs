@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod audio;
+pub mod desktop;
 pub mod net;
 pub mod procstat;
 pub mod proto;
