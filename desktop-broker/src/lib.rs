@@ -4,9 +4,13 @@
 //! [`sommelier_guest::desktop`]; this crate decides.
 //!
 //! - [`policy`]: the VM's switches, notification text made plain and
-//!   bounded, links checked, the flood limit, the audit log's lines.
+//!   bounded, links checked, the flood limit, the audit log's lines;
+//! - [`serve`]: one guest stream served: frames read, requests checked and
+//!   carried out by the host's desktop (a [`serve::Desktop`]), answered and
+//!   audited.
 #![deny(missing_docs)]
 
 #[doc(hidden)]
 pub mod fuzz;
 pub mod policy;
+pub mod serve;

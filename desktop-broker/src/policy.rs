@@ -26,6 +26,9 @@ pub enum PolicyError {
     /// A link the host does not open.
     #[error("link refused: {0}")]
     Uri(&'static str),
+    /// A notification id the host's server did not give this VM.
+    #[error("not this VM's notification")]
+    NotOwn,
 }
 
 /// Where a VM's links go (`--open-uri`).
