@@ -228,30 +228,40 @@ impl Wm {
                     }
                 }
             }
-            // Only Xwayland's own (not one another client sent with
-            // SendEvent, which sets bit 7 of the type).
-            Event::ClientMessage(e)
-                if e.type_ == x.surface_id_atom()
-                    && e.format == 32
-                    && e.response_type & 0x80 == 0 =>
-            {
-                let surface = e.data.as_data32()[0];
-                if let Some(w) = self.windows.get_mut(&e.window) {
-                    if w.paired {
-                        return Ok(());
-                    }
-                    if let Some(old) = w.surface.replace(surface) {
-                        self.by_surface.remove(&old);
-                    }
-                    self.by_surface.insert(surface, e.window);
-                    self.try_pair(x, xwl, e.window)?;
-                }
-            }
-            // EWMH: sent to the root with SendEvent by the client itself.
-            Event::ClientMessage(e) if e.type_ == x.state_atoms().state && e.format == 32 => {
-                self.state_request(x, xwl, e.window, e.data.as_data32());
-            }
+            Event::ClientMessage(e) => self.client_message(x, xwl, e)?,
             e => self.selection_event(x, xwl, e)?,
+        }
+        Ok(())
+    }
+
+    /// Client messages: Xwayland's `WL_SURFACE_ID` (only its own, not one
+    /// another client sent with SendEvent, which sets bit 7 of the type) and
+    /// EWMH's `_NET_WM_STATE` (sent to the root with SendEvent by the client
+    /// itself).
+    fn client_message(
+        &mut self,
+        x: &mut impl XServer,
+        xwl: &mut Xwl,
+        e: &xproto::ClientMessageEvent,
+    ) -> Result<(), XwlError> {
+        if e.format != 32 {
+            return Ok(());
+        }
+        if e.type_ == x.surface_id_atom() && e.response_type & 0x80 == 0 {
+            let surface = e.data.as_data32()[0];
+            let Some(w) = self.windows.get_mut(&e.window) else {
+                return Ok(());
+            };
+            if w.paired {
+                return Ok(());
+            }
+            if let Some(old) = w.surface.replace(surface) {
+                self.by_surface.remove(&old);
+            }
+            self.by_surface.insert(surface, e.window);
+            self.try_pair(x, xwl, e.window)?;
+        } else if e.type_ == x.state_atoms().state {
+            self.state_request(x, xwl, e.window, e.data.as_data32());
         }
         Ok(())
     }
